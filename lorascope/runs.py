@@ -1,0 +1,364 @@
+"""The run directory: the one interface between training and analysis.
+
+    runs/<sweep>/<run>/
+      config.yaml                 resolved config of this run
+      adapter.safetensors         "<module>.lora_A" (r, in), "<module>.lora_B" (out, r) + header metadata
+      adapter_init.safetensors    the same at step 0
+      head.safetensors            trained extra modules (a classification head), if any
+      checkpoints/step-<N>/adapter.safetensors
+      metrics.jsonl               one JSON object per logged step / eval
+      summary.json                written last, atomically; "status": "complete" marks a finished run
+
+Nothing is loaded with pickle. Every file is written to a temporary name and renamed,
+so an interrupted write never leaves a half file under the real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lorascope.errors import LorascopeError
+
+FORMAT = "lorascope"
+FORMAT_VERSION = 1
+ADAPTER_FILE = "adapter.safetensors"
+INIT_FILE = "adapter_init.safetensors"
+HEAD_FILE = "head.safetensors"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+PEFT_CONFIG_FILE = "adapter_config.json"
+
+_RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """One module's LoRA factors: ΔW = scaling · B A, with A (r, in) and B (out, r)."""
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scaling: float
+
+    @property
+    def rank(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.A.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.B.shape[0]
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = s · B A, (out, in). Dense: prefer `lorascope.analysis.delta_svd` for its SVD."""
+        return self.scaling * (self.B @ self.A)
+
+
+@dataclass
+class Run:
+    """A loaded run: factors by module name, plus what the run folder says about itself."""
+
+    path: Path
+    adapters: dict[str, Adapter]
+    meta: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Adapter] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    kind: str = FORMAT
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def rank(self) -> int:
+        return int(self.meta.get("rank") or max(a.rank for a in self.adapters.values()))
+
+    @property
+    def status(self) -> str:
+        return self.summary.get("status", "incomplete")
+
+    @property
+    def base_model(self) -> str | None:
+        return self.meta.get("base_model")
+
+    @cached_property
+    def metrics(self):
+        """metrics.jsonl as a pandas DataFrame (empty if the run logged nothing)."""
+        return read_metrics(self.path)
+
+    def checkpoints(self) -> dict[int, Path]:
+        """Snapshot files by training step."""
+        root = self.path / CHECKPOINT_DIR
+        found = {}
+        for d in root.glob("step-*") if root.is_dir() else ():
+            step = d.name.removeprefix("step-")
+            if step.isdigit() and (d / ADAPTER_FILE).is_file():
+                found[int(step)] = d / ADAPTER_FILE
+        return dict(sorted(found.items()))
+
+    def load_checkpoint(self, step: int) -> dict[str, Adapter]:
+        snapshots = self.checkpoints()
+        if step not in snapshots:
+            raise LorascopeError(f"{self.path}: no checkpoint at step {step}; have {list(snapshots)}")
+        return read_adapter(snapshots[step])[0]
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then rename tmp onto path: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """safetensors file with JSON-encoded header metadata, written atomically."""
+    from safetensors.torch import save_file
+
+    header = {k: json.dumps(v) for k, v in metadata.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def adapter_metadata(
+    *,
+    rank: int,
+    alpha: float,
+    scaling: float,
+    base_model: str,
+    targets: Any,
+    init: str,
+    rslora: bool,
+    base_fingerprint: dict[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The header every adapter file carries, so that a file explains itself."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "rank": rank,
+        "alpha": alpha,
+        "scaling": scaling,
+        "base_model": base_model,
+        "targets": targets,
+        "init": init,
+        "rslora": rslora,
+        "base_fingerprint": base_fingerprint or {},
+        **extra,
+    }
+
+
+def save_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write "<module>.lora_A"/"<module>.lora_B" tensors with `adapter_metadata(...)` as header."""
+    _split_factors(tensors, path)  # refuse to write what could not be read back
+    save_tensors(path, tensors, metadata)
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    text = yaml.safe_dump(config, sort_keys=False)
+    _atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+
+
+def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / METRICS_FILE, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Written last: a run is complete exactly when summary.json says "status": "complete"."""
+    text = json.dumps(summary, indent=2) + "\n"
+    _atomic_write(Path(run_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
+
+
+def base_fingerprint(W: torch.Tensor) -> float:
+    """‖W‖_F in float64: cheap, dtype-robust, and enough to tell two base models apart."""
+    return float(torch.linalg.matrix_norm(W.detach().double().cpu()))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LorascopeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LorascopeError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_metrics(run_dir: Path):
+    import pandas as pd
+
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return pd.DataFrame()
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut short by an interrupted run ends the log
+    return pd.DataFrame(rows)
+
+
+def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and decoded header metadata of a safetensors file; a clear error if unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise LorascopeError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types, and OSError on short reads
+        raise LorascopeError(f"{path}: not a readable safetensors file ({e})") from None
+    meta = {}
+    for k, v in header.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v  # headers written by other tools hold plain strings
+    return tensors, meta
+
+
+def _split_factors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, tuple]:
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in tensors.items():
+        module, _, part = key.rpartition(".")
+        if part not in ("lora_A", "lora_B"):
+            raise LorascopeError(f"{path}: unexpected tensor {key!r} (want <module>.lora_A / .lora_B)")
+        pairs.setdefault(module, {})[part] = t
+    out = {}
+    for module, p in pairs.items():
+        if set(p) != {"lora_A", "lora_B"}:
+            raise LorascopeError(f"{path}: module {module} has only {', '.join(p)}")
+        A, B = p["lora_A"], p["lora_B"]
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise LorascopeError(
+                f"{path}: module {module} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
+                "want A (r, in) and B (out, r)"
+            )
+        out[module] = (A, B)
+    return out
+
+
+def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
+    """Adapters by module name and the header metadata of one lorascope adapter file."""
+    tensors, meta = read_tensors(path)
+    if not tensors:
+        raise LorascopeError(f"{path}: holds no tensors")
+    if meta.get("format") != FORMAT:
+        raise LorascopeError(f"{path}: not a lorascope adapter file (no format header)")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise LorascopeError(
+            f"{path}: format version {meta['format_version']} is newer than this lorascope "
+            f"reads ({FORMAT_VERSION}); upgrade lorascope"
+        )
+    scaling = float(meta["scaling"])
+    per_module = meta.get("module_scaling") or {}
+    adapters = {
+        m: Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
+        for m, (A, B) in _split_factors(tensors, path).items()
+    }
+    return adapters, meta
+
+
+def is_run_dir(path: Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and any(
+        (path / f).is_file() for f in (CONFIG_FILE, ADAPTER_FILE, SUMMARY_FILE, PEFT_CONFIG_FILE)
+    )
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        return read_summary(run_dir).get("status") == "complete"
+    except LorascopeError:
+        return False
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Load a lorascope run folder, or a PEFT LoRA adapter folder, as a `Run`."""
+    path = Path(path)
+    if not path.exists():
+        raise LorascopeError(f"{path}: no such run folder")
+    if not path.is_dir():
+        raise LorascopeError(f"{path}: is a file; a run is a folder (with {ADAPTER_FILE})")
+    if not (path / ADAPTER_FILE).is_file():
+        if (path / PEFT_CONFIG_FILE).is_file():
+            from lorascope.peft_format import load_peft_run
+
+            return load_peft_run(path)
+        if (path / CONFIG_FILE).is_file():
+            status = read_summary(path).get("status", "incomplete")
+            raise LorascopeError(f"{path}: run has no {ADAPTER_FILE} yet (status: {status})")
+        hint = " (it holds runs: give one of them)" if list_runs(path) else ""
+        raise LorascopeError(f"{path}: not a run: no {ADAPTER_FILE} or {PEFT_CONFIG_FILE}{hint}")
+    adapters, meta = read_adapter(path / ADAPTER_FILE)
+    init = read_adapter(path / INIT_FILE)[0] if (path / INIT_FILE).is_file() else None
+    return Run(
+        path=path,
+        adapters=adapters,
+        meta=meta,
+        init=init,
+        config=read_config(path),
+        summary=read_summary(path),
+    )
+
+
+def _run_sort_key(path: Path):
+    m = _RUN_NAME.fullmatch(path.name)
+    return (0, int(m["rank"]), int(m["seed"]), "") if m else (1, 0, 0, path.name)
+
+
+def list_runs(sweep: str | os.PathLike) -> list[Path]:
+    """Run folders directly under a sweep folder, complete or not, ordered by rank then seed."""
+    sweep = Path(sweep)
+    if not sweep.is_dir():
+        raise LorascopeError(f"{sweep}: no such sweep folder")
+    return sorted((p for p in sweep.iterdir() if is_run_dir(p)), key=_run_sort_key)
+
+
+def parse_run_name(name: str) -> tuple[int, int] | None:
+    """(rank, seed) from a folder named r{rank}-s{seed}, else None."""
+    m = _RUN_NAME.fullmatch(name)
+    return (int(m["rank"]), int(m["seed"])) if m else None
