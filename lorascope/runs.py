@@ -121,7 +121,7 @@ class Run:
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call write(tmp_path), then rename tmp onto path: readers see the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     header = {k: json.dumps(v) for k, v in metadata.items()}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
 def adapter_metadata(
@@ -180,7 +180,7 @@ def save_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:
     text = yaml.safe_dump(config, sort_keys=False)
-    _atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -191,7 +191,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Written last: a run is complete exactly when summary.json says "status": "complete"."""
     text = json.dumps(summary, indent=2) + "\n"
-    _atomic_write(Path(run_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write(Path(run_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
 
 
 def base_fingerprint(W: torch.Tensor) -> float:
@@ -213,8 +213,11 @@ def read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json as a dict; {} for a run that has not finished. A PEFT folder is a finished adapter."""
     path = Path(run_dir) / SUMMARY_FILE
     if not path.is_file():
+        if (Path(run_dir) / PEFT_CONFIG_FILE).is_file() and not (Path(run_dir) / ADAPTER_FILE).is_file():
+            return {"status": "complete", "kind": "peft"}
         return {}
     try:
         return json.loads(path.read_text())

@@ -104,7 +104,7 @@ def test_failed_write_leaves_previous_file_untouched(tmp_path):
         raise Boom
 
     with pytest.raises(Boom):
-        runs._atomic_write(run_dir / runs.SUMMARY_FILE, broken)
+        runs.atomic_write(run_dir / runs.SUMMARY_FILE, broken)
     assert runs.read_summary(run_dir) == {"status": "complete"}
     assert sorted(p.name for p in run_dir.iterdir()) == [runs.SUMMARY_FILE]
 
@@ -199,3 +199,10 @@ def test_base_fingerprint_ignores_dtype_and_layout():
     assert runs.base_fingerprint(W) == pytest.approx(runs.base_fingerprint(W.T.contiguous()))
     assert runs.base_fingerprint(W.bfloat16()) == pytest.approx(runs.base_fingerprint(W), rel=1e-2)
     assert runs.base_fingerprint(W) == pytest.approx(torch.linalg.norm(W).item(), rel=1e-6)
+
+
+def test_peft_folder_counts_as_a_complete_run(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / runs.PEFT_CONFIG_FILE).write_text("{}")
+    assert runs.is_complete(tmp_path / "adapter")
+    assert [p.name for p in runs.list_runs(tmp_path)] == ["adapter"]
