@@ -1,0 +1,80 @@
+"""Which modules to analyse: match two runs by module name, filter by regex and layer index."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from lorascope.errors import LorascopeError
+
+# The first all-digit component of a dotted name is the layer index:
+# "encoder.layer.3.attention.self.query" -> 3, "model.layers.12.self_attn.q_proj" -> 12.
+_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+
+
+def layer_index(name: str) -> int | None:
+    """The layer a module belongs to, from its name, or None if the name has no number."""
+    m = _LAYER.search(name)
+    return int(m.group(1)) if m else None
+
+
+def parse_layers(text: str) -> set[int]:
+    """ "0,2,5-7" -> {0, 2, 5, 6, 7}."""
+    layers: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                layers.update(range(int(lo), int(hi) + 1))
+            else:
+                layers.add(int(part))
+        except ValueError:
+            raise LorascopeError(f"--layers {text!r}: want a list like 0,2,5-7") from None
+    if not layers:
+        raise LorascopeError(f"--layers {text!r} names no layer")
+    return layers
+
+
+def select_modules(
+    names: Iterable[str], regex: str | None = None, layers: Sequence[int] | set[int] | None = None
+) -> list[str]:
+    """Names (order kept) whose text matches `regex` (re.search) and whose layer is in `layers`."""
+    names = list(names)
+    pattern = None
+    if regex:
+        try:
+            pattern = re.compile(regex)
+        except re.error as e:
+            raise LorascopeError(f"--modules {regex!r} is not a valid regex: {e}") from None
+    keep = [
+        n
+        for n in names
+        if (pattern is None or pattern.search(n)) and (layers is None or layer_index(n) in set(layers))
+    ]
+    if names and not keep:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise LorascopeError(
+            f"no module matches the filter (regex={regex!r}, layers={sorted(layers or [])}); "
+            f"modules are: {shown}"
+        )
+    return keep
+
+
+def match_modules(names_a: Iterable[str], names_b: Iterable[str]) -> tuple[list[str], list[str], list[str]]:
+    """(common, only in a, only in b); common keeps a's order."""
+    names_a, names_b = list(names_a), list(names_b)
+    set_a, set_b = set(names_a), set(names_b)
+    return (
+        [n for n in names_a if n in set_b],
+        [n for n in names_a if n not in set_b],
+        [n for n in names_b if n not in set_a],
+    )
+
+
+def short_name(name: str) -> str:
+    """A compact panel title: "encoder.layer.3.attention.self.query" -> "L3 query"."""
+    layer = layer_index(name)
+    tail = name.rsplit(".", 1)[-1]
+    if tail in ("dense", "proj") and name.count(".") >= 2:  # "attention.output.dense" says more
+        tail = ".".join(name.rsplit(".", 2)[-2:])
+    return f"L{layer} {tail}" if layer is not None else tail

@@ -1,0 +1,157 @@
+"""The `lorascope` commands end to end on runs saved with runs.save_adapter (synthetic factors)."""
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from analysis_fixtures import MODULES, make_run, shared_directions
+
+from lorascope import analysis as la
+from lorascope.cli import main
+from lorascope.runs import load_run
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    shared = shared_directions(32, 2)
+    make_run(tmp_path / "sweep", "r4-s0", 4, shared=shared, seed=0)
+    make_run(tmp_path / "sweep", "r8-s1", 8, shared=shared, seed=1)
+    return tmp_path / "sweep"
+
+
+def _error(capsys, argv):
+    """Run main(argv) expecting a user error: exit 2 and exactly one line on stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lorascope: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("command", [[], ["ls"], ["similarity"], ["amplification"], ["spectrum"], ["export"]])
+def test_help_explains_every_command(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: lorascope") and len(out.splitlines()) > 5
+
+
+def test_similarity_writes_heatmap_and_csv_equal_to_library(sweep, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["similarity", str(sweep / "r4-s0"), str(sweep / "r8-s1"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(m in printed for m in MODULES) and "random_floor" in printed and str(out) in printed
+    png = out / "phi_A_heatmap.png"
+    assert png.read_bytes()[:4] == b"\x89PNG" and (out / "phi_A_heatmap.csv").is_file()
+    long = pd.read_csv(out / "phi_A.csv")
+    assert list(long.columns) == ["module", "i", "j", "phi"] and len(long) == len(MODULES) * 4 * 8
+    a, b = load_run(sweep / "r4-s0"), load_run(sweep / "r8-s1")
+    for m in MODULES:
+        got = long[long.module == m].pivot(index="i", columns="j", values="phi").to_numpy()
+        np.testing.assert_allclose(got, la.subspace_similarity(a.adapters[m].A, b.adapters[m].A), atol=1e-9)
+    figure_data = pd.read_csv(out / "phi_A_heatmap.csv")
+    assert set(figure_data.module) == {*MODULES, "random Gaussian (n=32)"}
+    floor = figure_data[figure_data.module == "random Gaussian (n=32)"]
+    np.testing.assert_allclose(
+        floor.pivot(index="i", columns="j", values="phi").to_numpy(),
+        la.gaussian_phi_baseline((4, 32), (8, 32), n_seeds=5),
+        atol=1e-9,
+    )
+    summary = pd.read_csv(out / "phi_A_summary.csv", index_col="module")
+    assert summary.loc[MODULES[0], "phi_11"] == pytest.approx(long.phi.iloc[0], abs=1e-9)
+
+
+def test_similarity_default_out_factor_and_filters(sweep, capsys):
+    argv = ["similarity", str(sweep / "r4-s0"), str(sweep / "r8-s1"), "--factor", "dW-left"]
+    assert main([*argv, "--modules", "value", "--layers", "1", "--format", "png,pdf"]) == 0
+    out = sweep / "analysis" / "r4-s0_vs_r8-s1"
+    assert (out / "phi_dW-left_heatmap.pdf").is_file()
+    long = pd.read_csv(out / "phi_dW-left.csv")
+    m = "encoder.layer.1.attention.self.value"
+    assert set(long.module) == {m}
+    a, b = load_run(sweep / "r4-s0").adapters[m], load_run(sweep / "r8-s1").adapters[m]
+    want = la.delta_similarity(a.A, a.B, b.A, b.B, side="left")
+    got = long.pivot(index="i", columns="j", values="phi").to_numpy()
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_with_exit_code_2(sweep, tmp_path, capsys):
+    good = str(sweep / "r4-s0")
+    assert "no such run folder" in _error(capsys, ["similarity", str(tmp_path / "missing"), good])
+    (tmp_path / "empty").mkdir()
+    assert "not a run" in _error(capsys, ["spectrum", str(tmp_path / "empty")])
+    broken = make_run(tmp_path, "r4-s9", 4)
+    data = (broken / "adapter.safetensors").read_bytes()
+    (broken / "adapter.safetensors").write_bytes(data[: len(data) // 2])
+    assert "safetensors" in _error(capsys, ["similarity", good, str(broken)])
+    other = make_run(tmp_path, "r4-s7", 4, modules=["model.layers.0.self_attn.q_proj"])
+    assert "share no module" in _error(capsys, ["similarity", good, str(other)])
+    assert "regex" in _error(capsys, ["spectrum", good, "--modules", "("])
+    assert "--format" in _error(capsys, ["spectrum", good, "--format", "gif"])
+    assert "no such sweep" in _error(capsys, ["ls", str(tmp_path / "nope")])
+
+
+def test_error_via_subprocess(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorascope.cli", "spectrum", str(tmp_path / "missing")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"lorascope: error: {tmp_path / 'missing'}: no such run folder"
+    ]
+
+
+def test_spectrum_table_and_figure(sweep, tmp_path, capsys):
+    out = tmp_path / "spec"
+    assert main(["spectrum", str(sweep / "r8-s1"), "--out", str(out)]) == 0
+    assert "effective_rank" in capsys.readouterr().out
+    table = pd.read_csv(out / "spectrum.csv", index_col="module")
+    ad = load_run(sweep / "r8-s1").adapters[MODULES[2]]
+    ref = la.spectrum(ad.A, ad.B, ad.scaling)
+    assert table.loc[MODULES[2], "stable_rank"] == pytest.approx(ref["stable_rank"])
+    assert table.loc[MODULES[2], "energy_rank"] == ref["energy_rank"]
+    long = pd.read_csv(out / "spectrum_plot.csv")
+    np.testing.assert_allclose(long[long.module == MODULES[2]].sigma, ref["singular_values"], rtol=1e-9)
+    assert (out / "spectrum_plot.png").is_file() and (out / "spectrum.tex").is_file()
+
+
+def test_ls_reads_summaries(sweep, capsys):
+    make_run(sweep, "r16-s0", 16, summary={"status": "running"})
+    assert main(["ls", str(sweep)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["r4-s0", "r8-s1", "r16-s0"]
+    assert "eval_accuracy" in lines[0] and "wall_time" in lines[0]
+    assert "complete" in lines[2] and "12.5s" in lines[2] and "running" in lines[4]
+
+
+def test_amplification_table_with_base_weights(sweep, tmp_path, monkeypatch, capsys):
+    g = torch.Generator().manual_seed(0)
+    weights = {m: torch.randn(24, 32, generator=g) for m in MODULES}
+    calls = []
+
+    def load_base_weights(run, modules):
+        calls.append(list(modules))
+        return {m: weights[m] for m in modules}
+
+    # lorascope.models (another engineer's) loads real base models; stand in for it.
+    fake = types.ModuleType("lorascope.models")
+    fake.load_base_weights = load_base_weights
+    monkeypatch.setitem(sys.modules, "lorascope.models", fake)
+    out = tmp_path / "amp"
+    assert main(["amplification", str(sweep / "r4-s0"), "--k", "2", "--out", str(out)]) == 0
+    assert calls == [MODULES] and "amplification" in capsys.readouterr().out
+    table = pd.read_csv(out / "amplification.csv", index_col="module")
+    ad = load_run(sweep / "r4-s0").adapters[MODULES[1]]
+    ref = la.amplification(weights[MODULES[1]], ad.A, ad.B, ad.scaling, k=2)
+    for key in ("w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification"):
+        assert table.loc[MODULES[1], key] == pytest.approx(ref[key], rel=1e-8)
+    assert (out / "amplification.md").is_file() and (out / "amplification.tex").is_file()
