@@ -4,6 +4,7 @@
     lorascope similarity RUN_A RUN_B        φ heatmaps between two adapters (paper Fig. 3/4)
     lorascope amplification RUN             ‖UᵀWV‖_F and amplification (paper Table 7)
     lorascope spectrum RUN                  singular values of ΔW and effective ranks
+    lorascope figures SWEEP                 every figure and table of the paper's Section 7
     lorascope export RUN OUT_DIR            write a run as a PEFT adapter folder
 
 To add a command: write `_add_<name>(sub)` that registers its parser with
@@ -404,9 +405,60 @@ def _add_export(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
+# ----------------------------------------------------------------------------- figures
+
+
+def cmd_figures(args) -> int:
+    from lorascope.analysis.tables import parse_formats
+    from lorascope.paper.recipes import FACTORS, default_out, make_figures
+
+    out = args.out or default_out(args.sweep)
+    written, skipped = make_figures(
+        args.sweep,
+        out,
+        formats=parse_formats(args.format),
+        recipes=args.only.split(",") if args.only else None,
+        factors=args.factor or FACTORS,
+        layer=args.layer,
+        progress=_progress(),
+    )
+    for s in skipped:
+        print(s)
+    _report(written)
+    if (out / "findings.md").is_file():
+        print(f"findings: {out / 'findings.md'}")
+    return 0
+
+
+def _add_figures(sub) -> None:
+    from lorascope.paper import DESCRIPTIONS, FACTORS
+
+    p = sub.add_parser(
+        "figures",
+        help="every figure and table of the LoRA paper's Section 7, and findings.md",
+        description="Render the LoRA paper's Section 7 analyses for a sweep:\n\n"
+        + "\n".join(f"  {k:<9} {v}" for k, v in DESCRIPTIONS.items())
+        + "\n\nFigures are written as PNG/PDF with the CSV of their numbers beside them, tables as CSV,\n"
+        "Markdown and LaTeX. Recipes the sweep cannot feed (no second seed, say) are skipped with\n"
+        "the command that would make them possible.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep folder, e.g. runs/minilm-bbc")
+    _add_out(p, "SWEEP/figures")
+    p.add_argument("--format", default="png,pdf", help="figure formats, comma-separated (default: png,pdf)")
+    p.add_argument(
+        "--only", metavar="LIST", help=f"only these recipes, e.g. fig3,table7 ({', '.join(DESCRIPTIONS)})"
+    )
+    p.add_argument(
+        "--factor", action="append", choices=FACTORS, help="factor(s) for the φ figures (default: all)"
+    )
+    p.add_argument("--layer", type=int, help="layer of the single-layer figures (default: the middle one)")
+    p.set_defaults(func=cmd_figures)
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS = [_add_ls, _add_similarity, _add_amplification, _add_spectrum, _add_export]
+COMMANDS = [_add_ls, _add_similarity, _add_amplification, _add_spectrum, _add_figures, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

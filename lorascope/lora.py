@@ -205,11 +205,12 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def factors(wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
-    """The run-file tensors: "<module>.lora_A" (r, in) and "<module>.lora_B" (out, r), fp32 CPU copies."""
+    """The run-file tensors: "<module>.lora_A" (r, in) and "<module>.lora_B" (out, r), fp32 CPU copies
+    (copies always: a snapshot must not follow the parameters as training goes on)."""
     out = {}
     for name, layer in wrapped.items():
-        out[f"{name}.lora_A"] = layer.A.detach().float().cpu().contiguous()
-        out[f"{name}.lora_B"] = layer.B.detach().float().cpu().contiguous()
+        out[f"{name}.lora_A"] = layer.A.detach().to("cpu", torch.float32, copy=True)
+        out[f"{name}.lora_B"] = layer.B.detach().to("cpu", torch.float32, copy=True)
     return out
 
 

@@ -216,6 +216,9 @@ def test_factors_round_trip_into_a_fresh_model():
     perturb(wrapped)
     expected = output(model, IDS)
     saved = factors(wrapped)
+    with torch.no_grad():  # a snapshot is a copy: later updates do not reach it
+        wrapped["model.layers.0.self_attn.q_proj"].B.zero_()
+    assert torch.count_nonzero(saved["model.layers.0.self_attn.q_proj.lora_B"]) > 0
     assert saved["model.layers.0.self_attn.k_proj.lora_A"].shape == (4, 32)
     assert saved["model.layers.0.self_attn.k_proj.lora_B"].shape == (16, 4)
     fresh, _ = build("llama")

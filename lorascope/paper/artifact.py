@@ -1,0 +1,78 @@
+"""What a figure recipe produces: a figure and the numbers behind it, or a table, under one file stem."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from lorascope.analysis.tables import write_figure, write_table
+
+log = logging.getLogger(__name__)
+
+# Names of the factors in text (findings.md) and in figure titles (matplotlib mathtext).
+FACTOR_TEXT = {
+    "A": "A",
+    "dA": "A − A0",
+    "B": "B",
+    "dW-right": "ΔW (input side)",
+    "dW-left": "ΔW (output side)",
+}
+FACTOR_TEX = {
+    "A": "$A$",
+    "dA": "$(A - A_0)$",
+    "B": "$B$",
+    "dW-right": r"$\Delta W$",
+    "dW-left": r"$\Delta W$",
+}
+
+
+def factor_tex(factor: str) -> str:
+    return FACTOR_TEX[factor]
+
+
+@dataclass
+class Artifact:
+    """One output of a recipe: `fig` with `data` (the CSV beside it), a `table` (CSV, Markdown, LaTeX),
+    or a Markdown `text`."""
+
+    stem: str
+    data: pd.DataFrame | None = None
+    fig: object | None = None
+    table: pd.DataFrame | None = None
+    caption: str = ""
+    facts: dict = field(default_factory=dict)  # numbers findings.md quotes
+    text: str | None = None  # a Markdown document (findings.md) instead of a figure or table
+
+    def write(self, out: Path, formats=("png", "pdf")) -> list[Path]:
+        if self.text is not None:
+            path = out / f"{self.stem}.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.text)
+            log.info("wrote %s", path)
+            return [path]
+        if self.fig is not None:
+            return write_figure(self.fig, out / self.stem, self.data, formats)
+        return write_table(self.table if self.table is not None else self.data, out / self.stem)
+
+
+@dataclass
+class Skipped:
+    """A recipe that cannot run on this sweep, and the command that would make it possible."""
+
+    recipe: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.recipe}: skipped: {self.reason}"
+
+
+def long_grid(grid: pd.DataFrame, **labels) -> pd.DataFrame:
+    """A φ grid (index i, columns j) as rows i, j, phi, prefixed by constant label columns."""
+    stacked = grid.stack().rename("phi").reset_index()
+    stacked.columns = ["i", "j", "phi"]
+    for k, v in reversed(list(labels.items())):
+        stacked.insert(0, k, v)
+    return stacked

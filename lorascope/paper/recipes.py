@@ -1,0 +1,147 @@
+"""The recipes: each turns a sweep into one of the paper's figures or tables; `make_figures` runs them all."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from lorascope.errors import LorascopeError
+from lorascope.paper import DESCRIPTIONS, FACTORS
+from lorascope.paper.artifact import Artifact, Skipped
+from lorascope.paper.findings import findings_markdown
+from lorascope.paper.rank_table import rank_table
+from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
+from lorascope.paper.sweep import Sweep
+from lorascope.paper.w_and_delta import fig8, table7
+
+log = logging.getLogger(__name__)
+
+_NO_INIT = "the runs have no adapter_init.safetensors (A0), so A − A0 is unknown"
+
+
+def _has_init(sweep: Sweep) -> bool:
+    return all(r.init is not None for r in sweep.runs.values())
+
+
+def _per_factor(stem: str, fn: Callable) -> Callable:
+    """A similarity recipe drawn once per factor; A − A0 only where the runs saved A0."""
+
+    def run(sweep: Sweep, opts) -> list:
+        return [
+            fn(sweep, f, opts) if f != "dA" or _has_init(sweep) else Skipped(f"{stem}_{f}", _NO_INIT)
+            for f in opts.factors
+        ]
+
+    return run
+
+
+def _needs_w(fn: Callable) -> Callable:
+    """Recipes that need the base model's W: explain instead of failing when it cannot be loaded."""
+
+    def run(sweep: Sweep, opts) -> list:
+        try:
+            out = fn(sweep, opts.layer)
+        except LorascopeError as e:
+            return [Skipped(fn.__name__, f"needs the base weights W: {e}")]
+        return list(out) if isinstance(out, tuple) else [out]
+
+    return run
+
+
+RECIPES: dict[str, Callable] = {
+    "fig3": _per_factor("fig3_rank_similarity", lambda s, f, o: fig3(s, f, layer=o.layer)),
+    "fig4": _per_factor("fig4_seed_similarity", lambda s, f, o: fig4(s, f, layer=o.layer)),
+    "fig6": _per_factor("fig6_layers_rank_similarity", lambda s, f, o: fig6(s, f, layers=o.layers)),
+    "fig7": _per_factor("fig7_layers_seed_similarity", lambda s, f, o: fig7(s, f, layers=o.layers)),
+    "fig8": _needs_w(fig8),
+    "table7": _needs_w(table7),
+    "ranks": lambda sweep, opts: [rank_table(sweep)],
+}
+
+
+def default_out(sweep: str | Path) -> Path:
+    return Path(sweep) / "figures"
+
+
+def run_recipe(name: str, sweep: Sweep, opts, done: dict | None = None) -> list[Artifact | Skipped]:
+    """One recipe's results; `done` holds earlier recipes' results, which findings reuses."""
+    done = {} if done is None else done
+    if name not in done:
+        done[name] = _findings(sweep, opts, done) if name == "findings" else RECIPES[name](sweep, opts)
+    return done[name]
+
+
+def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
+    import matplotlib.pyplot as plt
+
+    parts = {}
+    for name in ("fig3", "fig4", "table7"):
+        fresh = name not in done
+        parts[name] = run_recipe(name, sweep, opts, done)
+        for art in parts[name]:
+            if fresh and getattr(art, "fig", None) is not None:
+                plt.close(art.fig)  # computed here for its numbers only
+    by_factor = {k: dict(zip(opts.factors, parts[k], strict=True)) for k in ("fig3", "fig4")}
+    text = findings_markdown(sweep, by_factor["fig3"], by_factor["fig4"], parts["table7"][0])
+    return [Artifact("findings", text=text)]
+
+
+def make_figures(
+    sweep: str | Path,
+    out: str | Path | None = None,
+    formats=("png", "pdf"),
+    recipes: Iterable[str] | None = None,
+    factors=FACTORS,
+    layer: int | None = None,
+    layers: list[int] | None = None,
+    progress: bool = False,
+) -> tuple[list[Path], list[Skipped]]:
+    """Run the recipes on a sweep folder and write their files under `out` (default SWEEP/figures)."""
+    from tqdm.auto import tqdm
+
+    loaded = Sweep.load(sweep)
+    out = Path(out) if out else default_out(sweep)
+    opts = argparse.Namespace(factors=list(factors), layer=layer, layers=layers)
+    names = list(recipes or DESCRIPTIONS)
+    unknown = [n for n in names if n not in DESCRIPTIONS]
+    if unknown:
+        raise LorascopeError(f"unknown recipe(s) {', '.join(unknown)}: choose from {', '.join(DESCRIPTIONS)}")
+    written, skipped, done = [], [], {}
+    for name in tqdm(names, desc="figures", unit="recipe", disable=not progress):
+        for result in run_recipe(name, loaded, opts, done):
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            else:
+                written += result.write(out, formats)
+    for s in skipped:
+        log.warning("%s", s)
+    return written, skipped
+
+
+def recipe_main(name: str, argv: list[str] | None = None) -> int:
+    """Entry point of one analysis/ recipe: `python analysis/<recipe>.py SWEEP [--out DIR] ...`."""
+    from lorascope.analysis.tables import parse_formats
+
+    p = argparse.ArgumentParser(description=DESCRIPTIONS[name])
+    p.add_argument("sweep", help="sweep folder, e.g. runs/minilm-bbc")
+    p.add_argument("--out", help="output folder (default: SWEEP/figures)")
+    p.add_argument("--format", default="png,pdf", help="figure formats, comma-separated (png, pdf, svg)")
+    p.add_argument("--layer", type=int, help="layer index for single-layer figures (default: the middle one)")
+    p.add_argument("--factor", action="append", choices=FACTORS, help="factor(s) to analyse (default: all)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        written, skipped = make_figures(
+            args.sweep, args.out, parse_formats(args.format), [name], args.factor or FACTORS, args.layer
+        )
+    except LorascopeError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    for s in skipped:
+        print(s)
+    for path in written:
+        print(path)
+    return 0

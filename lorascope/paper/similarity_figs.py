@@ -1,0 +1,199 @@
+"""The paper's subspace-similarity figures (Section 7.2, Appendix H.2):
+
+    Fig. 3   φ(A_{r=small}, A_{r=large}, i, j) at one layer, with the zoomed lower-left triangle
+    Fig. 4   φ between two seeds at one rank, beside two random Gaussian matrices of the same shape
+    Fig. 6   Fig. 3 across layers
+    Fig. 7   Fig. 4 across layers
+
+Each takes a factor: "A" (the paper's), "dA" (A − A0, the learned part of A) or "dW-right"
+(ΔW's input-side singular vectors), since after short training A may still be mostly its init.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from lorascope.analysis.modules import layer_index
+from lorascope.analysis.plots import plot_phi
+from lorascope.analysis.similarity import (
+    gaussian_phi_samples,
+    grid_frame,
+    random_phi_baseline,
+    run_similarity,
+    subspace_similarity,
+)
+from lorascope.paper.artifact import Artifact, Skipped, factor_tex, long_grid
+from lorascope.paper.sweep import Sweep, kind_label, module_kind
+
+
+def rank_pair(sweep: Sweep, small: int | None = None, large: int | None = None) -> tuple[int, int] | str:
+    """(small, large) ranks to compare: the paper's 8 and 64 when present, else the two largest ranks
+    above 1 (a rank-1 subspace has a single direction); a reason string if the sweep has too few ranks."""
+    ranks = sweep.ranks
+    large = large or ranks[-1]
+    if small is None:
+        below = [r for r in ranks if r < large]
+        small = 8 if 8 in below else max([r for r in below if r > 1] or below or [0])
+    for r in (small, large):
+        if r not in ranks:
+            return f"rank {r} is not in the sweep (ranks: {ranks})"
+    if small >= large:
+        return f"needs two ranks (has {ranks}): run `python sweep.py rank=8,64`"
+    return small, large
+
+
+def seed_rank(sweep: Sweep, rank: int | None = None) -> int | str:
+    """The rank to compare seeds at: the largest one trained with two seeds."""
+    candidates = [r for r in sweep.ranks if len(sweep.seeds(r)) >= 2]
+    if rank is not None:
+        candidates = [r for r in candidates if r == rank]
+    if not candidates:
+        r = rank or sweep.ranks[-1]
+        return f"needs a second seed at rank {r}: run `python sweep.py rank={r} seed=1`"
+    return candidates[-1]
+
+
+def _pair(sweep: Sweep, run_a, run_b, factor: str, layers: list[int]) -> dict[tuple[int, str], pd.DataFrame]:
+    """φ grids of two runs for every (layer, kind) in `layers`."""
+    sim = run_similarity(run_a, run_b, factor=factor, layers=layers)
+    return {(layer_index(m), module_kind(m)): g for m, g in sim.grids.items() if m in sweep.modules}
+
+
+def _lower_triangle(grid: pd.DataFrame, k: int) -> pd.DataFrame:
+    """The top-left k × k block with j > i blanked: the paper's zoomed panels of Figure 3."""
+    return grid.iloc[:k, :k].mask(np.triu(np.ones((k, k), dtype=bool), 1))
+
+
+def _layers(sweep: Sweep, layers: list[int] | None, max_layers: int = 6) -> list[int]:
+    """Evenly spread layers, at most `max_layers`, as the paper picks 1, 32, 64, 96 of 96."""
+    if layers:
+        return layers
+    all_layers = sweep.layers
+    if len(all_layers) <= max_layers:
+        return all_layers
+    idx = np.linspace(0, len(all_layers) - 1, max_layers).round().astype(int)
+    return [all_layers[i] for i in sorted(set(idx))]
+
+
+def _diag(grid: pd.DataFrame) -> list[float]:
+    return [float(v) for v in np.diag(grid.to_numpy())]
+
+
+def fig3(sweep: Sweep, factor: str = "A", small=None, large=None, layer=None) -> Artifact | Skipped:
+    pair = rank_pair(sweep, small, large)
+    name = f"fig3_rank_similarity_{factor}"
+    if isinstance(pair, str):
+        return Skipped(name, pair)
+    small, large = pair
+    layer = sweep.middle_layer if layer is None else layer
+    grids = _pair(sweep, sweep.run(small), sweep.run(large), factor, [layer])
+    F = factor_tex(factor)
+    panels, rows, facts = {}, [], {}
+    for (_, kind), g in grids.items():
+        panels[f"{kind_label(kind)}"] = g
+    for (_, kind), g in grids.items():
+        panels[f"{kind_label(kind)} (i, j ≤ {small}, j ≤ i)"] = _lower_triangle(g, small)
+    run_s, run_l = sweep.run(small), sweep.run(large)
+    for (_, kind), g in grids.items():
+        rows.append(long_grid(g, layer=layer, module=kind, r_small=small, r_large=large))
+        facts[kind] = {"phi": g, "n": _space_dim(sweep, layer, kind, factor), "diag": _diag(g)}
+        if factor == "A" and run_s.init is not None and run_l.init is not None:
+            # The control: the same φ between the two random initialisations A0.
+            m = sweep.module(layer, kind)
+            facts[kind]["init_11"] = float(subspace_similarity(run_s.init[m].A, run_l.init[m].A)[0, 0])
+    fig, _ = plot_phi(
+        panels,
+        ncols=len(panels),
+        suptitle=f"{sweep.name}, layer {layer}: "
+        + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j)",
+    )
+    data = pd.concat(rows, ignore_index=True)
+    return Artifact(
+        name, data, fig=fig, facts={"small": small, "large": large, "layer": layer, "kinds": facts}
+    )
+
+
+def _space_dim(sweep: Sweep, layer: int, kind: str, factor: str) -> int:
+    """n, the dimension the bases live in: in_features for A-side factors, out_features for left ones."""
+    adapter = next(iter(sweep.runs.values())).adapters[sweep.module(layer, kind)]
+    return adapter.out_features if factor in ("B", "dW-left") else adapter.in_features
+
+
+def _gaussian(rank: int, n: int, factor: str, seed: int = 0) -> pd.DataFrame:
+    """φ between the bases of one pair of random Gaussian (rank, n) matrices, as the paper's Fig. 4 right."""
+    side = "left" if factor in ("B", "dW-left") else "right"
+    shape = (n, rank) if side == "left" else (rank, n)
+    return grid_frame(gaussian_phi_samples(shape, shape, n_seeds=1, seed=seed, side=side)[0])
+
+
+def fig4(sweep: Sweep, factor: str = "A", rank=None, layer=None) -> Artifact | Skipped:
+    name = f"fig4_seed_similarity_{factor}"
+    rank = seed_rank(sweep, rank)
+    if isinstance(rank, str):
+        return Skipped(name, rank)
+    s1, s2 = sweep.seeds(rank)[:2]
+    layer = sweep.middle_layer if layer is None else layer
+    grids = _pair(sweep, sweep.run(rank, s1), sweep.run(rank, s2), factor, [layer])
+    panels, rows, facts = {}, [], {}
+    for (_, kind), g in grids.items():
+        n = _space_dim(sweep, layer, kind, factor)
+        panels[f"{kind_label(kind)}: seed {s1} vs {s2}"] = g
+        rows.append(long_grid(g, layer=layer, module=kind, pair=f"seed {s1} vs {s2}"))
+        facts[kind] = {"phi": g, "n": n, "diag": _diag(g)}
+    n = _space_dim(sweep, layer, sweep.kinds[0], factor)
+    gauss = _gaussian(rank, n, factor)
+    panels[f"random Gaussian ({rank}×{n})"] = gauss
+    rows.append(long_grid(gauss, layer=layer, module="random gaussian", pair="gaussian"))
+    facts["_gaussian"] = {"phi": gauss, "n": n, "diag": _diag(gauss)}
+    F = factor_tex(factor)
+    fig, _ = plot_phi(
+        panels,
+        ncols=len(panels),
+        suptitle=f"{sweep.name}, layer {layer}: "
+        + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, {F}$_{{r={rank}}}$ seed {s2}, i, j)",
+    )
+    data = pd.concat(rows, ignore_index=True)
+    return Artifact(
+        name, data, fig=fig, facts={"rank": rank, "seeds": (s1, s2), "layer": layer, "kinds": facts}
+    )
+
+
+def _across_layers(sweep: Sweep, name: str, run_a, run_b, factor: str, layers, title: str) -> Artifact:
+    layers = _layers(sweep, layers)
+    grids = _pair(sweep, run_a, run_b, factor, layers)
+    panels, rows = {}, []
+    for kind in sweep.kinds:  # one row of panels per kind, one column per layer
+        for layer in layers:
+            g = grids[(layer, kind)]
+            panels[f"{kind_label(kind)}, layer {layer}"] = g
+            rows.append(long_grid(g, layer=layer, module=kind))
+    fig, _ = plot_phi(panels, ncols=len(layers), suptitle=title)
+    return Artifact(name, pd.concat(rows, ignore_index=True), fig=fig)
+
+
+def fig6(sweep: Sweep, factor: str = "A", small=None, large=None, layers=None) -> Artifact | Skipped:
+    name = f"fig6_layers_rank_similarity_{factor}"
+    pair = rank_pair(sweep, small, large)
+    if isinstance(pair, str):
+        return Skipped(name, pair)
+    small, large = pair
+    F = factor_tex(factor)
+    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers"
+    return _across_layers(sweep, name, sweep.run(small), sweep.run(large), factor, layers, title)
+
+
+def fig7(sweep: Sweep, factor: str = "A", rank=None, layers=None) -> Artifact | Skipped:
+    name = f"fig7_layers_seed_similarity_{factor}"
+    rank = seed_rank(sweep, rank)
+    if isinstance(rank, str):
+        return Skipped(name, rank)
+    s1, s2 = sweep.seeds(rank)[:2]
+    F = factor_tex(factor)
+    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, seed {s2}, i, j) across layers"
+    return _across_layers(sweep, name, sweep.run(rank, s1), sweep.run(rank, s2), factor, layers, title)
+
+
+def random_floor(i: int, j: int, n: int) -> float:
+    """E[φ(i, j)] for independent uniformly random subspaces of R^n."""
+    return float(random_phi_baseline(i, j, n)[i - 1, j - 1])

@@ -1,0 +1,164 @@
+"""A sweep as the paper's analyses see it: complete runs by (rank, seed), modules by (layer, kind)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from lorascope.analysis.amplification import weight_svd
+from lorascope.analysis.modules import layer_index
+from lorascope.errors import LorascopeError
+from lorascope.runs import Run, list_runs, load_run, parse_run_name, read_summary
+
+log = logging.getLogger(__name__)
+
+
+def module_kind(name: str) -> str:
+    """The part of a module name after its layer index.
+
+    "bert.encoder.layer.3.attention.self.query" -> "attention.self.query"."""
+    layer = layer_index(name)
+    if layer is None:
+        return name
+    return name.split(f".{layer}.", 1)[-1] if f".{layer}." in name else name
+
+
+def kind_label(kind: str) -> str:
+    """A short label for a figure: "attention.self.query" -> "query", "self_attn.q_proj" -> "q_proj"."""
+    return kind.rsplit(".", 1)[-1] if not kind.endswith(("output.dense",)) else kind
+
+
+@dataclass
+class Sweep:
+    """The complete runs of one sweep folder, keyed by (rank, seed)."""
+
+    path: Path
+    runs: dict[tuple[int, int], Run]
+    skipped: dict[str, str] = field(default_factory=dict)  # run folder -> why it is not analysed
+
+    @classmethod
+    def load(cls, path: str | Path) -> Sweep:
+        path = Path(path)
+        folders = list_runs(path)
+        if not folders:
+            raise LorascopeError(f"{path}: holds no runs (train some with `python sweep.py rank=1,4,8,64`)")
+        found: dict[tuple[int, int], Run] = {}
+        skipped: dict[str, str] = {}
+        for folder in folders:
+            status = read_summary(folder).get("status", "incomplete")
+            if status != "complete":
+                skipped[folder.name] = f"status {status}"
+                continue
+            run = load_run(folder)
+            key = (run.rank, _seed_of(run))
+            if key in found:
+                skipped[folder.name] = f"same rank and seed as {found[key].name}"
+                continue
+            found[key] = run
+        if not found:
+            raise LorascopeError(
+                f"{path}: no complete run ({', '.join(f'{k}: {v}' for k, v in skipped.items())})"
+            )
+        for name, why in skipped.items():
+            log.warning("skipping %s: %s", name, why)
+        return cls(path, dict(sorted(found.items())), skipped)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({r for r, _ in self.runs})
+
+    def seeds(self, rank: int) -> list[int]:
+        return sorted(s for r, s in self.runs if r == rank)
+
+    def run(self, rank: int, seed: int | None = None) -> Run:
+        seeds = self.seeds(rank)
+        if not seeds:
+            raise LorascopeError(f"{self.path}: no complete run at rank {rank} (ranks: {self.ranks})")
+        if seed is None:
+            seed = seeds[0]
+        if seed not in seeds:
+            raise LorascopeError(f"{self.path}: no complete run at rank {rank}, seed {seed} (seeds: {seeds})")
+        return self.runs[(rank, seed)]
+
+    @cached_property
+    def modules(self) -> list[str]:
+        """Modules every complete run adapts, in the first run's order."""
+        first, *rest = self.runs.values()
+        common = [m for m in first.adapters if all(m in r.adapters for r in rest)]
+        if not common:
+            raise LorascopeError(f"{self.path}: its runs adapt no module in common")
+        return common
+
+    @cached_property
+    def kinds(self) -> list[str]:
+        """Module kinds in model order, e.g. ["attention.self.query", "attention.self.value"]."""
+        return list(dict.fromkeys(module_kind(m) for m in self.modules))
+
+    @cached_property
+    def layers(self) -> list[int]:
+        return sorted({i for m in self.modules if (i := layer_index(m)) is not None})
+
+    @property
+    def middle_layer(self) -> int:
+        """The paper shows layer 48 of GPT-3's 96; we take the middle one likewise."""
+        return self.layers[len(self.layers) // 2] if self.layers else 0
+
+    def module(self, layer: int, kind: str) -> str:
+        for m in self.modules:
+            if module_kind(m) == kind and layer_index(m) == layer:
+                return m
+        raise LorascopeError(
+            f"{self.path}: no module of kind {kind} at layer {layer} (layers: {self.layers})"
+        )
+
+    def base_weights(self, modules: list[str]) -> dict[str, torch.Tensor]:
+        """W (out, in) of the base model, loaded once per sweep, checked against every run's fingerprint."""
+        missing = [m for m in modules if m not in self._weights]
+        if missing:
+            from lorascope.models import load_base_weights
+
+            first = next(iter(self.runs.values()))
+            self._weights.update(load_base_weights(first, missing))
+            for run in self.runs.values():
+                _check_fingerprint(run, {m: self._weights[m] for m in missing})
+        return {m: self._weights[m] for m in modules}
+
+    def w_svd(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """weight_svd(W) of a module, computed once: every rank's analysis reuses it."""
+        if module not in self._w_svds:
+            self._w_svds[module] = weight_svd(self.base_weights([module])[module])
+        return self._w_svds[module]
+
+    @cached_property
+    def _weights(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    @cached_property
+    def _w_svds(self) -> dict[str, tuple]:
+        return {}
+
+
+def _seed_of(run: Run) -> int:
+    parsed = parse_run_name(run.name)
+    seed = run.meta.get("seed", run.config.get("seed"))
+    if seed is None and parsed:
+        seed = parsed[1]
+    return int(seed or 0)
+
+
+def _check_fingerprint(run: Run, weights: dict[str, torch.Tensor]) -> None:
+    """All runs of a sweep must share one base model; the first run's W must fit the others."""
+    from lorascope.runs import base_fingerprint
+
+    saved = run.meta.get("base_fingerprint") or {}
+    for m, W in weights.items():
+        if m in saved and abs(base_fingerprint(W) - saved[m]) > 1e-4 * abs(saved[m]):
+            raise LorascopeError(f"{run.path}: base weights of {m} differ from the sweep's other runs")

@@ -1,0 +1,247 @@
+"""The paper's figure recipes on a tiny synthetic sweep: files written, CSV numbers equal the library's."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from lorascope import analysis as la
+from lorascope import runs
+from lorascope.cli import main as cli_main
+from lorascope.lora import add_lora, factors
+from lorascope.paper.recipes import make_figures
+from lorascope.paper.sweep import Sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["query", "value"]
+MIDDLE = "bert.encoder.layer.1.attention.self.{}"
+
+
+def _planted(rank: int, n: int, shared: torch.Tensor, seed: int) -> torch.Tensor:
+    """A learned update whose top right singular direction is `shared`, the rest random and weaker."""
+    g = torch.Generator().manual_seed(1000 + seed * 100 + rank)
+    rest = 0.05 * torch.randn(rank, n, generator=g)
+    rest[0] += 3.0 * shared
+    return rest
+
+
+def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tensor) -> Path:
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(base)
+    torch.manual_seed(seed * 7919 + rank)
+    wrapped = add_lora(model, TARGETS, rank=rank, alpha=8, init="gaussian", trainable=["classifier"])
+    initial = factors(wrapped)
+    g = torch.Generator().manual_seed(seed * 31 + rank)
+    with torch.no_grad():
+        for layer in wrapped.values():
+            layer.A.add_(_planted(rank, layer.in_features, shared, seed))
+            layer.B.copy_(0.1 * torch.randn(layer.B.shape, generator=g))
+    meta = runs.adapter_metadata(
+        rank=rank,
+        alpha=8,
+        scaling=8 / rank,
+        base_model=str(base),
+        targets=TARGETS,
+        init="gaussian",
+        rslora=False,
+        base_fingerprint={n: runs.base_fingerprint(m.base_weight()) for n, m in wrapped.items()},
+        model_class="AutoModelForSequenceClassification",
+        num_labels=3,
+        seed=seed,
+    )
+    run_dir = sweep / f"r{rank}-s{seed}"
+    runs.write_config(run_dir, {"rank": rank, "seed": seed})
+    runs.save_adapter(run_dir / runs.INIT_FILE, initial, meta)
+    runs.save_adapter(run_dir / runs.ADAPTER_FILE, factors(wrapped), meta)
+    summary = {"status": "complete", "val_accuracy": 0.5 + rank / 100, "lora_params": rank * 4 * 64}
+    runs.write_summary(run_dir, {**summary, "wall_time_s": 1.5 * rank, "initial_eval": {"val_accuracy": 0.3}})
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def sweep(tiny_bert, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sweep") / "tiny-bert-toy"
+    shared = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(5)), dim=0)
+    for rank, seed in [(1, 0), (4, 0), (8, 0), (8, 1)]:
+        write_run(path, tiny_bert, rank, seed, shared)
+    return path
+
+
+@pytest.fixture(scope="module")
+def figures(sweep, tmp_path_factory) -> tuple[Path, list[Path], list]:
+    out = tmp_path_factory.mktemp("figures")
+    written, skipped = make_figures(sweep, out, formats=("png", "pdf"))
+    return out, written, skipped
+
+
+def test_every_recipe_writes_its_files(figures):
+    out, written, skipped = figures
+    assert skipped == []
+    names = {p.name for p in written}
+    for factor in ("A", "dA", "dW-right"):
+        for fig in ("fig3_rank_similarity", "fig4_seed_similarity", "fig6_layers_rank_similarity"):
+            assert {f"{fig}_{factor}.png", f"{fig}_{factor}.pdf", f"{fig}_{factor}.csv"} <= names
+        assert f"fig7_layers_seed_similarity_{factor}.csv" in names
+    assert {"fig8_w_vs_delta.png", "fig8_w_vs_delta.csv", "findings.md"} <= names
+    for table in ("table7_amplification", "table_ranks"):
+        assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
+    for p in written:
+        assert p.is_file() and p.stat().st_size > 0
+    assert (out / "fig3_rank_similarity_A.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "\\toprule" in (out / "table7_amplification.tex").read_text()
+
+
+def test_fig3_csv_equals_the_library(figures, sweep):
+    out, _, _ = figures
+    data = pd.read_csv(out / "fig3_rank_similarity_A.csv")
+    assert set(data["r_small"]) == {4} and set(data["r_large"]) == {8}  # 8 is the largest; 4 below it
+    small, large = runs.load_run(sweep / "r4-s0"), runs.load_run(sweep / "r8-s0")
+    m = MIDDLE.format("query")
+    expected = la.subspace_similarity(small.adapters[m].A, large.adapters[m].A)
+    got = data[data["module"] == "attention.self.query"].pivot(index="i", columns="j", values="phi")
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-9)
+    # A − A0: the planted direction alone
+    learned = pd.read_csv(out / "fig3_rank_similarity_dA.csv")
+    got = learned[learned["module"] == "attention.self.query"].pivot(index="i", columns="j", values="phi")
+    expected = la.learned_a_similarity(
+        small.adapters[m].A, small.init[m].A, large.adapters[m].A, large.init[m].A
+    )
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-9)
+    assert got.to_numpy()[0, 0] > 0.95  # the planted shared top direction is found
+
+
+def test_fig4_csv_equals_the_library_and_has_the_gaussian_panel(figures, sweep):
+    out, _, _ = figures
+    data = pd.read_csv(out / "fig4_seed_similarity_dW-right.csv")
+    a, b = runs.load_run(sweep / "r8-s0"), runs.load_run(sweep / "r8-s1")
+    m = MIDDLE.format("value")
+    expected = la.delta_similarity(a.adapters[m].A, a.adapters[m].B, b.adapters[m].A, b.adapters[m].B)
+    got = data[data["module"] == "attention.self.value"].pivot(index="i", columns="j", values="phi")
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-9)
+    gauss = data[data["pair"] == "gaussian"]
+    assert len(gauss) == 8 * 8 and gauss["phi"].between(0, 1).all()
+
+
+def test_fig6_covers_every_layer_and_kind(figures):
+    out, _, _ = figures
+    data = pd.read_csv(out / "fig6_layers_rank_similarity_A.csv")
+    assert set(zip(data["layer"], data["module"], strict=True)) == {
+        (layer, f"attention.self.{k}") for layer in (0, 1) for k in TARGETS
+    }
+
+
+def test_fig8_and_table7_equal_the_library(figures, sweep, tiny_bert):
+    from transformers import BertForSequenceClassification
+
+    out, _, _ = figures
+    m = MIDDLE.format("query")
+    W = BertForSequenceClassification.from_pretrained(tiny_bert).get_submodule(m).weight.detach()
+    run = runs.load_run(sweep / "r4-s0")
+    a = run.adapters[m]
+    fig8 = pd.read_csv(out / "fig8_w_vs_delta.csv")
+    got = fig8[(fig8["module"] == "attention.self.query") & (fig8["delta"] == "r=4")]
+    expected = la.w_delta_similarity(W, a.A, a.B, a.scaling, side="left")
+    np.testing.assert_allclose(
+        got.pivot(index="i", columns="j", values="phi").to_numpy(), expected, atol=1e-9
+    )
+    t7 = pd.read_csv(out / "table7_amplification.csv")
+    row = t7[(t7["module"] == "query") & (t7["r"] == 4)].iloc[0]
+    numbers = la.amplification(W, a.A, a.B, a.scaling)
+    assert row["‖UᵀWV‖_F ΔW"] == pytest.approx(numbers["proj_dw"], rel=1e-6)
+    assert row["‖UᵀWV‖_F W"] == pytest.approx(numbers["proj_w"], rel=1e-6)
+    assert row["amplification"] == pytest.approx(numbers["amplification"], rel=1e-6)
+    assert sorted(set(t7["r"])) == [1, 4, 8]
+
+
+def test_rank_table_reads_the_summaries(figures):
+    out, _, _ = figures
+    table = pd.read_csv(out / "table_ranks.csv")
+    assert list(zip(table["r"], table["seed"], strict=True)) == [(1, 0), (4, 0), (8, 0), (8, 1)]
+    assert list(table["accuracy"]) == pytest.approx([0.51, 0.54, 0.58, 0.58])
+    assert list(table["accuracy at step 0"]) == pytest.approx([0.3] * 4)
+
+
+def test_findings_report_the_planted_overlap(figures):
+    out, _, _ = figures
+    text = (out / "findings.md").read_text()
+    fig3 = text.split("## Fig. 3")[1].split("## Fig. 4")[0]
+    row = next(line for line in fig3.splitlines() if line.startswith("| A − A0 | query |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[2]) > 0.95 and cells[-1] == "yes"
+    assert "random Gaussian" in text.split("## Fig. 4")[1]
+    assert "## Table 7" in text and "amplification at r = 1" in text
+
+
+def test_missing_second_seed_skips_fig4_with_the_command(sweep, tmp_path):
+    one_seed = tmp_path / "one-seed"
+    shutil.copytree(sweep, one_seed, ignore=shutil.ignore_patterns("r8-s1"))
+    written, skipped = make_figures(
+        one_seed, tmp_path / "out", formats=("png",), recipes=["fig4", "findings"]
+    )
+    assert {s.recipe for s in skipped} == {f"fig4_seed_similarity_{f}" for f in ("A", "dA", "dW-right")}
+    assert all("python sweep.py rank=8 seed=1" in s.reason for s in skipped)
+    text = (tmp_path / "out" / "findings.md").read_text()
+    assert "Not testable: needs a second seed at rank 8: run `python sweep.py rank=8 seed=1`" in text
+
+
+def test_unloadable_base_model_skips_only_what_needs_w(sweep, tmp_path):
+    moved = tmp_path / "moved"
+    shutil.copytree(sweep, moved)
+    for run_dir in runs.list_runs(moved):
+        adapter, meta = runs.read_adapter(run_dir / runs.ADAPTER_FILE)
+        tensors = {f"{m}.lora_{p}": getattr(a, p) for m, a in adapter.items() for p in "AB"}
+        runs.save_adapter(
+            run_dir / runs.ADAPTER_FILE, tensors, {**meta, "base_model": str(tmp_path / "gone")}
+        )
+    written, skipped = make_figures(
+        moved, tmp_path / "out", formats=("png",), recipes=["fig3", "fig8", "table7"]
+    )
+    assert {s.recipe for s in skipped} == {"fig8", "table7"}
+    assert all("needs the base weights W" in s.reason for s in skipped)
+    assert any(p.name == "fig3_rank_similarity_A.png" for p in written)
+
+
+def test_incomplete_runs_are_left_out(sweep, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(sweep, partial)
+    (partial / "r4-s0" / runs.SUMMARY_FILE).unlink()
+    loaded = Sweep.load(partial)
+    assert sorted(loaded.runs) == [(1, 0), (8, 0), (8, 1)]
+    assert loaded.skipped == {"r4-s0": "status incomplete"}
+
+
+def test_recipe_script_runs_alone(sweep, tmp_path):
+    script = ROOT / "analysis" / "table7_amplification.py"
+    res = subprocess.run(
+        [sys.executable, str(script), str(sweep), "--out", str(tmp_path)], capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "table7_amplification.md").is_file()
+    bad = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().count("\n") == 0 and "no such sweep folder" in bad.stderr
+
+
+def test_cli_figures(sweep, tmp_path, capsys):
+    assert (
+        cli_main(["figures", str(sweep), "--out", str(tmp_path), "--only", "fig3,ranks", "--factor", "A"])
+        == 0
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "fig3_rank_similarity_A.png",
+        "fig3_rank_similarity_A.pdf",
+        "fig3_rank_similarity_A.csv",
+        "table_ranks.csv",
+        "table_ranks.md",
+        "table_ranks.tex",
+    }
+    assert cli_main(["figures", str(sweep), "--only", "fig99"]) == 2
+    assert "unknown recipe(s) fig99" in capsys.readouterr().err
