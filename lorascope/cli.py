@@ -362,7 +362,7 @@ def _add_spectrum(sub) -> None:
         help="singular values and effective ranks of dW",
         description=(
             "Per module: the singular values of dW = s B A (computed without forming dW), the energy rank "
-            "(smallest k holding 90%% of sum sigma^2), the stable rank ||dW||_F^2 / ||dW||_2^2 and the "
+            "(smallest k holding 90% of sum sigma^2), the stable rank ||dW||_F^2 / ||dW||_2^2 and the "
             "effective rank exp(H(sigma / sum sigma)). Writes a table and a spectrum figure + CSV."
         ),
     )
@@ -385,7 +385,7 @@ def cmd_export(args) -> int:
         from lorascope.peft_format import export_peft
     except ImportError as e:
         raise LorascopeError(f"PEFT export is not available in this install ({e})") from None
-    export_peft(run, args.out_dir)
+    export_peft(run, args.out_dir, fan_in_fan_out=args.fan_in_fan_out, overwrite=args.overwrite)
     print(f"wrote {args.format} adapter of {run.name} to {args.out_dir}")
     return 0
 
@@ -402,6 +402,13 @@ def _add_export(sub) -> None:
     p.add_argument("run", metavar="RUN", type=Path, help="run folder")
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path, help="folder to write")
     p.add_argument("--format", default="peft", choices=["peft"], help="output format (default: peft)")
+    p.add_argument(
+        "--fan-in-fan-out",
+        action="store_true",
+        default=None,
+        help="the base model stores W as (in, out), as GPT-2's Conv1D (default: from the run)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
     p.set_defaults(func=cmd_export)
 
 
