@@ -80,3 +80,28 @@ def test_write_table_and_figure(tmp_path):
     with pytest.raises(LorascopeError, match="--format"):
         tables.parse_formats("png,gif")
     assert tables.parse_formats("PNG, pdf") == ["png", "pdf"]
+
+
+def test_markdown_of_a_multiindex_has_plain_columns():
+    import pandas as pd
+
+    from lorascope.analysis.tables import to_markdown
+
+    df = pd.DataFrame({"module": ["q", "q"], "r": [1, 4], "amplification": [21.5, 1.9]})
+    text = to_markdown(df.set_index(["module", "r"]))
+    header, rule, first, second = text.splitlines()
+    assert [c.strip() for c in header.strip("|").split("|")] == ["module", "r", "amplification"]
+    assert [c.strip() for c in first.strip("|").split("|")] == ["q", "1", "21.50"]
+    assert "(" not in text
+
+
+def test_latex_of_a_multiindex_is_plain_columns_and_pdflatex_safe():
+    import pandas as pd
+
+    from lorascope.analysis.tables import to_latex
+
+    df = pd.DataFrame({"module": ["q_proj"], "r": [4], "‖UᵀWV‖_F ΔW": [0.32]}).set_index(["module", "r"])
+    text = to_latex(df)
+    assert r"q\_proj & 4 & 0.320 \\" in text
+    assert r"$\|$U$^\top$WV$\|_F$ $\Delta$W" in text
+    assert all(ord(c) < 128 for c in text)  # nothing pdflatex would reject

@@ -54,7 +54,11 @@ def to_csv(df: pd.DataFrame) -> str:
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 3) -> str:
-    """GitHub-flavoured Markdown table (pandas' to_markdown, via tabulate)."""
+    """GitHub-flavoured Markdown table (pandas' to_markdown, via tabulate).
+
+    A MultiIndex (module, r) becomes ordinary leading columns: Markdown has no nested rows."""
+    if isinstance(df.index, pd.MultiIndex):
+        return _formatted(df.reset_index(), digits).to_markdown(index=False, disable_numparse=True)
     return _formatted(df, digits).to_markdown(disable_numparse=True)
 
 
@@ -63,21 +67,33 @@ def to_text(df: pd.DataFrame, digits: int = 3) -> str:
     return _formatted(df, digits).to_string()
 
 
+# Symbols our column names use, as math that pdflatex typesets (it rejects the Unicode characters).
+_LATEX_MATH = (("‖", r"$\|$"), ("ᵀ", r"$^\top$"), ("Δ", r"$\Delta$"), ("φ", r"$\phi$"), ("σ", r"$\sigma$"),
+               ("−", "$-$"), ("√", r"$\surd$"), ("\\_F", "$_F$"))  # fmt: skip
+
+
 def _latex_escape(text: str) -> str:
     for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
         text = text.replace(a, b)
-    return text
+    for a, b in _LATEX_MATH:
+        text = text.replace(a, b)
+    return text.replace("$$", "")  # adjacent math pieces join into one
 
 
 def to_latex(df: pd.DataFrame, digits: int = 3, caption: str | None = None, label: str | None = None) -> str:
     """booktabs LaTeX (\\toprule/\\midrule/\\bottomrule), numbers right-aligned and formatted for a paper."""
+    flat = isinstance(df.index, pd.MultiIndex)
+    if flat:  # (module, r) as leading columns, as in a paper's table
+        df = df.reset_index()
     body = _formatted(df, digits)
     body.index = [_latex_escape(str(i)) for i in body.index]
     body.columns = [_latex_escape(str(c)) for c in body.columns]
     body = body.map(lambda v: _latex_escape(v) if isinstance(v, str) else v)
     body.index.name = _latex_escape(str(df.index.name)) if df.index.name else None
-    align = "l" + "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
-    return body.style.to_latex(
+    align = "" if flat else "l"
+    align += "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    style = body.style.hide(axis="index") if flat else body.style
+    return style.to_latex(
         column_format=align,
         hrules=True,
         caption=caption,
