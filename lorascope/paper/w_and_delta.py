@@ -14,10 +14,9 @@ import torch
 from lorascope.analysis.amplification import amplification, w_delta_similarity
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import grid_frame
+from lorascope.models import QUANTIZED_NOTE, is_quantized
 from lorascope.paper.artifact import Artifact
 from lorascope.paper.sweep import Sweep, kind_label, module_kind
-
-QUANTIZED_NOTE = "W is dequantized 4-bit (GGUF Q4_1): its spectrum carries quantization noise."
 
 TABLE7_COLUMNS = {
     "proj_dw": "‖UᵀWV‖_F ΔW",
@@ -30,7 +29,7 @@ TABLE7_COLUMNS = {
 
 
 def quantized(sweep: Sweep) -> bool:
-    return any("smollm2" in str(r.base_model).lower() for r in sweep.runs.values())
+    return any(is_quantized(r.base_model) for r in sweep.runs.values())
 
 
 def _random_factors(rank: int, out: int, n_in: int, seed: int = 0):
