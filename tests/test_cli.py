@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -142,10 +141,10 @@ def test_amplification_table_with_base_weights(sweep, tmp_path, monkeypatch, cap
         calls.append(list(modules))
         return {m: weights[m] for m in modules}
 
-    # lorascope.models (another engineer's) loads real base models; stand in for it.
-    fake = types.ModuleType("lorascope.models")
-    fake.load_base_weights = load_base_weights
-    monkeypatch.setitem(sys.modules, "lorascope.models", fake)
+    # The synthetic runs have no real base model: stand in for the loader.
+    import lorascope.models
+
+    monkeypatch.setattr(lorascope.models, "load_base_weights", load_base_weights)
     out = tmp_path / "amp"
     assert main(["amplification", str(sweep / "r4-s0"), "--k", "2", "--out", str(out)]) == 0
     assert calls == [MODULES] and "amplification" in capsys.readouterr().out

@@ -173,3 +173,32 @@ def test_run_similarity_errors(tmp_path):
         la.run_similarity(a, no_init, "dA")
     with pytest.raises(LorascopeError, match="unknown factor"):
         la.run_similarity(a, a, "C")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_factor_phi_gram_route_equals_the_basis_route(side):
+    from lorascope.analysis.linalg import factor_svd
+    from lorascope.analysis.similarity import factor_phi, phi_grid
+
+    g = torch.Generator().manual_seed(0)
+    X1, X2 = torch.randn(6, 40, generator=g), torch.randn(9, 40, generator=g)
+    X2[:3] += 5 * X1[:3]  # shared directions, and σ spread over two orders of magnitude
+    X1[5] *= 1e-2
+    if side == "left":
+        X1, X2 = X1.T, X2.T
+    dense = phi_grid(factor_svd(X1, side)[0], factor_svd(X2, side)[0])
+    np.testing.assert_allclose(factor_phi(X1, X2, side), dense, atol=1e-9)
+
+
+def test_factor_phi_falls_back_for_rank_deficient_and_wide_factors(caplog):
+    from lorascope.analysis.linalg import factor_svd
+    from lorascope.analysis.similarity import factor_phi, phi_grid
+
+    g = torch.Generator().manual_seed(1)
+    X1, X2 = torch.randn(4, 12, generator=g), torch.randn(4, 12, generator=g)
+    X1[3] = 0  # rank 3: the Gram route would divide by σ = 0
+    grid = factor_phi(X1, X2, label="q")
+    np.testing.assert_allclose(grid, phi_grid(factor_svd(X1)[0], factor_svd(X2)[0]), atol=1e-12)
+    assert "q: factor is rank-deficient" in caplog.text
+    wide = torch.randn(16, 8, generator=g)  # r > n: at most n directions
+    assert factor_phi(wide, wide).shape == (8, 8)
