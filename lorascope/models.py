@@ -226,19 +226,23 @@ def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
     except LorascopeError as e:
         raise LorascopeError(f"{run.path}: base model not available offline: {e}") from None
     found = {n: m for n, m in model.named_modules() if _is_linear(m)}
-    fingerprint = run.meta.get("base_fingerprint") or {}
+    out = {name: weight_of(found[_find_module(list(found), name)]).clone() for name in modules}
+    check_fingerprint(run, out)
+    return out
+
+
+def check_fingerprint(run: Run, weights: dict[str, torch.Tensor]) -> None:
+    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4."""
     from lorascope.runs import base_fingerprint
 
-    out = {}
-    for name in modules:
-        W = weight_of(found[_find_module(list(found), name)]).clone()
-        expected = fingerprint.get(name)
-        if expected is not None:
-            got = base_fingerprint(W)
-            if abs(got - expected) > 1e-4 * abs(expected):
-                raise LorascopeError(
-                    f"{run.path}: base weight of {name} does not match the run's "
-                    f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
-                )
-        out[name] = W
-    return out
+    recorded = run.meta.get("base_fingerprint") or {}
+    for name, W in weights.items():
+        expected = recorded.get(name)
+        if expected is None:
+            continue
+        got = base_fingerprint(W)
+        if abs(got - expected) > 1e-4 * abs(expected):
+            raise LorascopeError(
+                f"{run.path}: base weight of {name} does not match the run's "
+                f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
+            )

@@ -245,3 +245,15 @@ def test_cli_figures(sweep, tmp_path, capsys):
     }
     assert cli_main(["figures", str(sweep), "--only", "fig99"]) == 2
     assert "unknown recipe(s) fig99" in capsys.readouterr().err
+
+
+def test_a_run_trained_on_another_base_is_refused(sweep, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sweep, mixed)
+    adapter, meta = runs.read_adapter(mixed / "r8-s1" / runs.ADAPTER_FILE)
+    tensors = {f"{m}.lora_{p}": getattr(a, p) for m, a in adapter.items() for p in "AB"}
+    wrong = {m: 2 * v for m, v in meta["base_fingerprint"].items()}
+    runs.save_adapter(mixed / "r8-s1" / runs.ADAPTER_FILE, tensors, {**meta, "base_fingerprint": wrong})
+    _, skipped = make_figures(mixed, tmp_path / "out", formats=("png",), recipes=["table7"])
+    assert [s.recipe for s in skipped] == ["table7"]
+    assert "r8-s1: base weight of" in skipped[0].reason and "a different base model?" in skipped[0].reason

@@ -123,12 +123,13 @@ class Sweep:
         """W (out, in) of the base model, loaded once per sweep, checked against every run's fingerprint."""
         missing = [m for m in modules if m not in self._weights]
         if missing:
-            from lorascope.models import load_base_weights
+            from lorascope.models import check_fingerprint, load_base_weights
 
+            # One load for the sweep; every run must have been trained on that same W.
             first = next(iter(self.runs.values()))
             self._weights.update(load_base_weights(first, missing))
             for run in self.runs.values():
-                _check_fingerprint(run, {m: self._weights[m] for m in missing})
+                check_fingerprint(run, {m: self._weights[m] for m in missing})
         return {m: self._weights[m] for m in modules}
 
     def w_svd(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -152,13 +153,3 @@ def _seed_of(run: Run) -> int:
     if seed is None and parsed:
         seed = parsed[1]
     return int(seed or 0)
-
-
-def _check_fingerprint(run: Run, weights: dict[str, torch.Tensor]) -> None:
-    """All runs of a sweep must share one base model; the first run's W must fit the others."""
-    from lorascope.runs import base_fingerprint
-
-    saved = run.meta.get("base_fingerprint") or {}
-    for m, W in weights.items():
-        if m in saved and abs(base_fingerprint(W) - saved[m]) > 1e-4 * abs(saved[m]):
-            raise LorascopeError(f"{run.path}: base weights of {m} differ from the sweep's other runs")

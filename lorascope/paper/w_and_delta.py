@@ -15,7 +15,7 @@ from lorascope.analysis.amplification import amplification, w_delta_similarity
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import grid_frame
 from lorascope.models import QUANTIZED_NOTE, is_quantized
-from lorascope.paper.artifact import Artifact
+from lorascope.paper.artifact import Artifact, long_grid
 from lorascope.paper.sweep import Sweep, kind_label, module_kind
 
 TABLE7_COLUMNS = {
@@ -51,12 +51,12 @@ def fig8(sweep: Sweep, layer=None, side: str = "left", top_w: int | None = None)
                 w_delta_similarity(W, a.A, a.B, a.scaling, side=side, top_w=top_w, w_svd=sweep.w_svd(m))
             )
             panels[f"{kind_label(kind)}: ΔW, r = {rank}"] = g
-            rows.append(_long(g, layer, kind, f"r={rank}"))
+            rows.append(long_grid(g, layer=layer, module=kind, delta=f"r={rank}"))
         rank = sweep.ranks[-1]
         A, B = _random_factors(rank, W.shape[0], W.shape[1])
         g = grid_frame(w_delta_similarity(W, A, B, 1.0, side=side, top_w=top_w, w_svd=sweep.w_svd(m)))
         panels[f"{kind_label(kind)}: random, r = {rank}"] = g
-        rows.append(_long(g, layer, kind, f"random r={rank}"))
+        rows.append(long_grid(g, layer=layer, module=kind, delta=f"random r={rank}"))
     note = f"\n{QUANTIZED_NOTE}" if quantized(sweep) else ""
     fig, _ = plot_phi(
         panels,
@@ -66,15 +66,6 @@ def fig8(sweep: Sweep, layer=None, side: str = "left", top_w: int | None = None)
         suptitle=f"{sweep.name}, layer {layer}: " + r"$\phi(W, \Delta W, i, j)$" + note,
     )
     return Artifact("fig8_w_vs_delta", pd.concat(rows, ignore_index=True), fig=fig)
-
-
-def _long(grid: pd.DataFrame, layer: int, kind: str, delta: str) -> pd.DataFrame:
-    stacked = grid.stack().rename("phi").reset_index()
-    stacked.columns = ["i", "j", "phi"]
-    stacked.insert(0, "delta", delta)
-    stacked.insert(0, "module", kind)
-    stacked.insert(0, "layer", layer)
-    return stacked
 
 
 def amplification_frame(sweep: Sweep, modules: list[str], ranks: list[int]) -> pd.DataFrame:
