@@ -31,6 +31,11 @@ def _conv1d_types() -> tuple[type, ...]:
     return (Conv1D,)
 
 
+def is_linear(module: nn.Module) -> bool:
+    """A module LoRA can wrap: nn.Linear, or GPT-2's Conv1D."""
+    return isinstance(module, (nn.Linear, *_conv1d_types()))
+
+
 def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
     """s = α / r, or α / √r for rsLoRA (Kalajdzievski 2023)."""
     return alpha / math.sqrt(rank) if rslora else alpha / rank
@@ -168,14 +173,13 @@ def add_lora(
             raise LorascopeError(f"targets regex {targets!r} does not compile: {e}") from None
     elif not targets:
         raise LorascopeError("targets is empty: name at least one module suffix or a regex")
-    linear_types = (nn.Linear, *_conv1d_types())
     names = [
         name
         for name, module in model.named_modules()
-        if name and isinstance(module, linear_types) and matches(name, targets)
+        if name and is_linear(module) and matches(name, targets)
     ]
     if not names:
-        linear = [n for n, m in model.named_modules() if isinstance(m, linear_types)]
+        linear = [n for n, m in model.named_modules() if is_linear(m)]
         examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in linear})[:12])
         raise LorascopeError(
             f"targets {_targets_text(targets)} match no linear module of "

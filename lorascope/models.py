@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lorascope.errors import LorascopeError
-from lorascope.lora import LoRALinear
+from lorascope.lora import LoRALinear, is_linear
 from lorascope.runs import Run
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,6 @@ def weight_of(module: nn.Module) -> torch.Tensor:
     return module.base_weight().detach().float()
 
 
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
-
-
 def _find_module(names: list[str], wanted: str) -> str:
     """Exact name, else the unique name that `wanted` is a dotted suffix of (or that is one of it)."""
     if wanted in names:
@@ -225,7 +221,7 @@ def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
         model = load_model(str(base), model_class, num_labels)
     except LorascopeError as e:
         raise LorascopeError(f"{run.path}: base model not available offline: {e}") from None
-    found = {n: m for n, m in model.named_modules() if _is_linear(m)}
+    found = {n: m for n, m in model.named_modules() if is_linear(m)}
     out = {name: weight_of(found[_find_module(list(found), name)]).clone() for name in modules}
     check_fingerprint(run, out)
     return out

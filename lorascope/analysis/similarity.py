@@ -150,22 +150,6 @@ def gaussian_phi_baseline(
     return gaussian_phi_samples(shape1, shape2, n_seeds, seed, side).mean(axis=0)
 
 
-def module_basis(adapter, factor: str, init=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(basis, σ) of one module for a `factor` in FACTORS; `adapter`/`init` have .A, .B, .scaling."""
-    if factor == "A":
-        return factor_svd(adapter.A, "right")
-    if factor == "B":
-        return factor_svd(adapter.B, "left")
-    if factor == "dA":
-        if init is None:
-            raise LorascopeError("factor dA (A − A0) needs the run's adapter_init.safetensors")
-        return factor_svd(as_float64(adapter.A) - as_float64(init.A), "right")
-    if factor in ("dW-right", "dW-left"):
-        U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
-        return (V if factor == "dW-right" else U), S
-    raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(FACTORS)}")
-
-
 def _learned_part(adapter, init):
     if init is None:
         raise LorascopeError("factor dA (A − A0) needs the run's adapter_init.safetensors")
@@ -178,6 +162,16 @@ _FACTOR_MATRIX = {
     "B": lambda adapter, init: adapter.B,
     "dA": _learned_part,
 }
+
+
+def module_basis(adapter, factor: str, init=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(basis, σ) of one module for a `factor` in FACTORS; `adapter`/`init` have .A, .B, .scaling."""
+    if factor in _FACTOR_MATRIX:
+        return factor_svd(_FACTOR_MATRIX[factor](adapter, init), "left" if factor == "B" else "right")
+    if factor in ("dW-right", "dW-left"):
+        U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
+        return (V if factor == "dW-right" else U), S
+    raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(FACTORS)}")
 
 
 @dataclass
