@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup test lint demo figures bench clean
+.PHONY: setup test test-fast lint demo figures bench clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 
 test: setup
 	$(BIN)/python -m pytest
+
+# The edit-test loop: everything but the trainings of the real embedded model (marked slow).
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

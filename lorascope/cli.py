@@ -24,12 +24,23 @@ from lorascope.errors import LorascopeError
 log = logging.getLogger("lorascope")
 
 
-def _print_table(df, title: str | None = None) -> None:
+def _text(df) -> str:
     from lorascope.analysis.tables import to_text
 
+    return to_text(df)
+
+
+def _print_table(df, title: str | None = None) -> None:
     if title:
         print(title)
-    print(to_text(df))
+    print(_text(df))
+
+
+def _write_csv(df, path: Path, index: bool = True) -> Path:
+    """The full-precision numbers behind what was printed or drawn."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=index, float_format="%.10g")
+    return path
 
 
 def _progress() -> bool:
@@ -46,11 +57,16 @@ def _report(paths) -> None:
     print(f"wrote {len(paths)} file(s) to {', '.join(folders)}: {', '.join(p.name for p in paths)}")
 
 
-def _selected(run, args) -> list[str]:
-    from lorascope.analysis.modules import parse_layers, select_modules
+def _layers(args) -> set[int] | None:
+    from lorascope.analysis.modules import parse_layers
 
-    layers = parse_layers(args.layers) if getattr(args, "layers", None) else None
-    return select_modules(run.adapters, getattr(args, "modules", None), layers)
+    return parse_layers(args.layers) if getattr(args, "layers", None) else None
+
+
+def _selected(run, args) -> list[str]:
+    from lorascope.analysis.modules import select_modules
+
+    return select_modules(run.adapters, getattr(args, "modules", None), _layers(args))
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -70,70 +86,16 @@ def _add_out(p: argparse.ArgumentParser, default: str) -> None:
 
 
 def cmd_ls(args) -> int:
-    from lorascope.analysis.tables import to_text
-    from lorascope.runs import list_runs
+    from lorascope.compare import sweep_table
 
-    rows = [_ls_row(path) for path in list_runs(args.sweep)]
-    if not rows:
-        raise LorascopeError(f"{args.sweep}: holds no run folders")
-    import pandas as pd
-
-    df = pd.DataFrame(rows).set_index("run")
-    print(to_text(df))  # NaN (a metric a run lacks) prints as --
+    table = sweep_table(args.sweep)
+    table["wall_time_s"] = table["wall_time_s"].map(_duration)
+    print(_text(table.rename(columns={"wall_time_s": "wall_time"})))  # a metric a run lacks prints as --
     return 0
 
 
-_WALL_KEYS = ("wall_time_s", "wall_time", "wall_s", "time_s", "elapsed_s")
-_NOT_METRICS = {
-    "status",
-    "rank",
-    "seed",
-    "step",
-    "steps",
-    "alpha",
-    "epoch",
-    "throughput",
-    "peak_memory",
-    "peak_memory_mb",
-    "peak_memory_gb",
-    "tokens_per_s",
-    "samples_per_s",
-    "train_time_s",
-    "trainable_params",
-    "lora_params",
-}
-
-
-def _ls_row(path: Path) -> dict:
-    """One line of `ls` from summary.json (and config.yaml for rank/seed): no tensors loaded."""
-    from lorascope.runs import parse_run_name, read_config, read_summary
-
-    summary = read_summary(path)
-    config = read_config(path)
-    parsed = parse_run_name(path.name) or (None, None)
-    row = {
-        "run": path.name,
-        "rank": summary.get("rank", config.get("rank", parsed[0])),
-        "seed": summary.get("seed", config.get("seed", parsed[1])),
-        "status": summary.get("status", "incomplete"),
-    }
-    # Final metrics: numbers at the top level of summary.json, or in a nested "final"/"metrics" dict.
-    metrics = {}
-    for key in ("final", "metrics", "final_metrics", "eval"):
-        if isinstance(summary.get(key), dict):
-            metrics.update(summary[key])
-    metrics.update({k: v for k, v in summary.items() if not isinstance(v, dict | list)})
-    for k, v in metrics.items():
-        if isinstance(v, int | float) and not isinstance(v, bool) and k not in _NOT_METRICS:
-            if k not in _WALL_KEYS and k not in row:
-                row[k] = v
-    wall = next((summary[k] for k in _WALL_KEYS if isinstance(summary.get(k), int | float)), None)
-    row["wall_time"] = _duration(wall)
-    return row
-
-
 def _duration(seconds) -> str:
-    if seconds is None:
+    if seconds is None or seconds != seconds:  # absent, or NaN in a frame
         return "-"
     seconds = float(seconds)
     if seconds < 60:
@@ -159,81 +121,48 @@ def _add_ls(sub) -> None:
 
 
 def cmd_similarity(args) -> int:
-    import pandas as pd
-
-    from lorascope.analysis import PairSimilarity, gaussian_phi_baseline, grid_frame, parse_layers, short_name
+    from lorascope.analysis.factors import get_factor
     from lorascope.analysis.plots import plot_phi
-    from lorascope.analysis.similarity import run_similarity
     from lorascope.analysis.tables import parse_formats, write_figure
+    from lorascope.compare import heatmap_pages, run_similarity
     from lorascope.runs import load_run
 
     formats = parse_formats(args.format)
     run_a, run_b = load_run(args.run_a), load_run(args.run_b)
-    layers = parse_layers(args.layers) if args.layers else None
-    pair = run_similarity(run_a, run_b, args.factor, args.modules, layers, progress=_progress())
+    pair = run_similarity(run_a, run_b, args.factor, args.modules, _layers(args), progress=_progress())
+    pages = heatmap_pages(pair, args.per_page)
     for label, run, names in (("first", run_a, pair.only_a), ("second", run_b, pair.only_b)):
         if names:
             print(f"note: {len(names)} module(s) only in the {label} run {run.name} were skipped")
     summary = pair.summary()
     _print_table(
         summary,
-        f"phi({args.factor}) {run_a.name} vs {run_b.name}: "
-        "phi_11 = phi(1,1), phi_diag_mean = mean phi(k,k) for k <= min(r_a, r_b)",
+        f"phi({args.factor}) {run_a.name} vs {run_b.name}: phi_11 = phi(1,1), phi_diag_mean = mean "
+        "phi(k,k) for k <= min(r_a, r_b), random_floor = the same mean for random subspaces of R^n",
     )
-
     out = args.out or _default_out(run_a.path, f"{run_a.name}_vs_{run_b.name}")
     stem = f"phi_{args.factor}"
-    long = pair.long()
-    out.mkdir(parents=True, exist_ok=True)
-    long_path = out / f"{stem}.csv"
-    long.to_csv(long_path, index=False, float_format="%.10g")
-    summary_path = out / f"{stem}_summary.csv"
-    summary.to_csv(summary_path, float_format="%.10g")
-    written = [long_path, summary_path]
-
-    names = list(pair.grids)
-    first = pair.grids[names[0]]
-    side = "left" if args.factor in ("B", "dW-left") else "right"
-    n = pair.dims[names[0]]
-    shape = {"right": lambda r: (r, n), "left": lambda r: (n, r)}[side]
-    # The empirical floor (paper Fig. 4, right): two Gaussian matrices shaped like the first module's.
-    floor = gaussian_phi_baseline(shape(first.shape[0]), shape(first.shape[1]), n_seeds=5, side=side)
-    floor_name = f"random Gaussian (n={n})"
-    floor_rows = PairSimilarity(args.factor, "", "", {floor_name: grid_frame(floor)}, {floor_name: n}).long()
-    per_page = args.per_page
-    if per_page < 1:
-        raise LorascopeError(f"--per-page must be at least 1, got {per_page}")
-    pages = [names[i : i + per_page] for i in range(0, len(names), per_page)]
-    for p, page in enumerate(pages, 1):
-        grids = {
-            f"{short_name(m)}  ({pair.grids[m].shape[0]}×{pair.grids[m].shape[1]})": pair.grids[m]
-            for m in page
-        }
-        grids[floor_name] = floor
+    written = [
+        _write_csv(pair.long(), out / f"{stem}.csv", index=False),
+        _write_csv(summary, out / f"{stem}_summary.csv"),
+    ]
+    title = (
+        f"$\\phi$ of {get_factor(args.factor).tex}: {run_a.name} (r={run_a.rank}) "
+        f"vs {run_b.name} (r={run_b.rank})"
+    )
+    for number, page in enumerate(pages, 1):
         fig, _ = plot_phi(
-            grids,
-            row_label=f"i ({run_a.name})",
-            col_label=f"j ({run_b.name})",
-            suptitle=f"$\\phi$ of {_FACTOR_TEXT[args.factor]}: {run_a.name} (r={run_a.rank}) "
-            f"vs {run_b.name} (r={run_b.rank})",
+            page.grids, row_label=f"i ({run_a.name})", col_label=f"j ({run_b.name})", suptitle=title
         )
-        page_stem = out / (f"{stem}_heatmap" + (f"-{p}" if len(pages) > 1 else ""))
-        data = pd.concat([long[long["module"].isin(page)], floor_rows], ignore_index=True)
-        written += write_figure(fig, page_stem, data, formats)
+        page_stem = out / (f"{stem}_heatmap" + (f"-{number}" if len(pages) > 1 else ""))
+        written += write_figure(fig, page_stem, page.data, formats)
     _report(written)
     return 0
 
 
-_FACTOR_TEXT = {
-    "A": "A (right)",
-    "B": "B (left)",
-    "dA": r"$A - A_0$ (right)",
-    "dW-right": r"$\Delta W$ (right)",
-    "dW-left": r"$\Delta W$ (left)",
-}
-
-
 def _add_similarity(sub) -> None:
+    from lorascope.analysis.factors import FACTORS
+
     p = sub.add_parser(
         "similarity",
         help="subspace similarity phi between two runs (paper Fig. 3/4)",
@@ -248,11 +177,9 @@ def _add_similarity(sub) -> None:
     p.add_argument(
         "--factor",
         default="A",
-        choices=["A", "B", "dA", "dW-right", "dW-left"],
-        help=(
-            "basis to compare: A (right singular vectors, the paper's U_A), B (left), dA (A - A0, "
-            "needs adapter_init), dW-right / dW-left (singular vectors of dW = s B A); default A"
-        ),
+        choices=list(FACTORS),
+        help="the bases to compare (default A): "
+        + "; ".join(f"{f.name}: {f.help}" for f in FACTORS.values()),
     )
     _add_filters(p)
     _add_out(p, "<sweep of RUN_A>/analysis/<RUN_A>_vs_<RUN_B>")
@@ -319,41 +246,26 @@ def _add_amplification(sub) -> None:
 
 
 def cmd_spectrum(args) -> int:
-    import pandas as pd
-
-    from lorascope.analysis import short_name, spectrum
+    from lorascope.analysis.modules import short_name
     from lorascope.analysis.plots import plot_spectrum
     from lorascope.analysis.tables import parse_formats, write_figure, write_table
+    from lorascope.compare import spectrum_frames, with_top_sigmas
     from lorascope.runs import load_run
 
     formats = parse_formats(args.format)
     run = load_run(args.run)
-    modules = _selected(run, args)
-    rows, sigmas = [], {}
-    for m in modules:
-        ad = run.adapters[m]
-        res = spectrum(ad.A, ad.B, ad.scaling)
-        sigmas[m] = res.pop("singular_values")
-        rows.append({"module": m, "rank": ad.rank, **res})
-    df = pd.DataFrame(rows).set_index("module")
-    top = min(args.top, min(len(s) for s in sigmas.values()))
-    shown = df.copy()
-    for i in range(top):
-        shown.insert(1 + i, f"s{i + 1}", [float(sigmas[m][i]) for m in df.index])
-    shown = shown.drop(columns=["sigma_1"])
+    table, sigmas = spectrum_frames(run, _selected(run, args))
     _print_table(
-        shown,
+        with_top_sigmas(table, sigmas, args.top),
         f"spectrum of dW = s B A, {run.name}: s_k singular values; energy_rank holds 90% "
         "of sum s^2; stable = ||dW||_F^2/||dW||_2^2; effective = exp(entropy of s/sum s)",
     )
     out = args.out or _default_out(run.path, run.name)
-    written = write_table(df, out / "spectrum")
-    long = pd.DataFrame(
-        [{"module": m, "k": k + 1, "sigma": float(v)} for m, s in sigmas.items() for k, v in enumerate(s)]
-    )
-    fig, _ = plot_spectrum({short_name(m): s for m, s in sigmas.items()})
-    fig.suptitle(f"{run.name}: spectrum of $\\Delta W$ ({len(sigmas)} modules)", fontsize=11)
-    written += write_figure(fig, out / "spectrum_plot", long, formats)
+    written = write_table(table, out / "spectrum")
+    by_module = {short_name(m): g.sigma.to_numpy() for m, g in sigmas.groupby("module", sort=False)}
+    fig, _ = plot_spectrum(by_module)
+    fig.suptitle(f"{run.name}: spectrum of $\\Delta W$ ({len(table)} modules)", fontsize=11)
+    written += write_figure(fig, out / "spectrum_plot", sigmas, formats)
     _report(written)
     return 0
 
@@ -419,7 +331,7 @@ def _add_export(sub) -> None:
 
 def cmd_figures(args) -> int:
     from lorascope.analysis.tables import parse_formats
-    from lorascope.paper.recipes import FACTORS, default_out, make_figures
+    from lorascope.paper import FIGURE_FACTORS, default_out, make_figures
 
     out = args.out or default_out(args.sweep)
     written, skipped = make_figures(
@@ -427,7 +339,7 @@ def cmd_figures(args) -> int:
         out,
         formats=parse_formats(args.format),
         recipes=args.only.split(",") if args.only else None,
-        factors=args.factor or FACTORS,
+        factors=args.factor or FIGURE_FACTORS,
         layer=args.layer,
         progress=_progress(),
     )
@@ -440,7 +352,7 @@ def cmd_figures(args) -> int:
 
 
 def _add_figures(sub) -> None:
-    from lorascope.paper import DESCRIPTIONS, FACTORS
+    from lorascope.paper import DESCRIPTIONS, FIGURE_FACTORS
 
     p = sub.add_parser(
         "figures",
@@ -459,7 +371,7 @@ def _add_figures(sub) -> None:
         "--only", metavar="LIST", help=f"only these recipes, e.g. fig3,table7 ({', '.join(DESCRIPTIONS)})"
     )
     p.add_argument(
-        "--factor", action="append", choices=FACTORS, help="factor(s) for the φ figures (default: all)"
+        "--factor", action="append", choices=FIGURE_FACTORS, help="factor(s) for the φ figures (default: all)"
     )
     p.add_argument("--layer", type=int, help="layer of the single-layer figures (default: the middle one)")
     p.set_defaults(func=cmd_figures)
@@ -487,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lorascope` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # the commands only write files: never open a window
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -1,34 +1,27 @@
-"""The sweep's config schema, and the Hydra glue around it (the only library module that knows Hydra).
+"""The sweep's config schema: plain dataclasses, built and checked by OmegaConf's structured configs.
 
-The dataclasses are plain Python: `lorascope.train.train` takes a `SweepConfig` (or the same
-nested dict) from a notebook as well. `register()` puts the schema into Hydra's ConfigStore as
-`lorascope_schema`, the first entry of conf/config.yaml's defaults list, so a wrong type on the
-command line (`train.steps=ten`) fails at compose time. `SweepReport` is a Hydra callback that
-prints what completed and failed at the end of a multirun and exits non-zero if anything failed.
+    cfg = from_dict({"rank": 4, "train": {"steps": 10}})   # a SweepConfig; defaults fill the rest
+    to_dict(cfg)                                           # the nested dict a run saves as config.yaml
+
+`lorascope.train.train` takes a `SweepConfig` (or such a dict) from a notebook as well as from a sweep.
+Types are checked and interpolations (`${model.targets}`, `r${rank}-s${seed}`) resolved by OmegaConf,
+the same machinery Hydra uses when it composes conf/config.yaml against this schema; the value checks
+that types cannot express (rank ≥ 1, lr > 0, ...) live in `check`. Hydra itself is not imported here:
+the glue (ConfigStore, the sweep report) is `lorascope.hydra_glue`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
-import os
-import sys
-import warnings
+import math
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from lorascope.errors import LorascopeError
-
-log = logging.getLogger(__name__)
-
-# conf/hydra/launcher/{joblib,submitit_slurm}.yaml share their names with the plugins' schemas, so
-# Hydra type-checks them against those schemas: wanted here, but Hydra warns about it. Set here, not in
-# sweep.py, so that launcher worker processes (which import this module for SweepReport) have it too.
-warnings.filterwarnings("ignore", message="(?s).*validated against ConfigStore schema with the same name")
-
-LEDGER_ENV = "LORASCOPE_SWEEP_LEDGER"  # set by sweep.py: where each job appends its outcome
 
 
 @dataclass
@@ -68,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     warmup: float = 0.1  # fraction of steps of linear warm-up, then linear decay to 0
     grad_clip: float = 1.0  # max global gradient norm (0 disables)
+    diverge_factor: float = 10.0  # a training loss above this × the first step's loss fails the run
     eval_every: int = 0  # evaluate every N steps (0: only before and after training)
     eval_batch_size: int = 64
     snapshot_every: int = 0  # save factors to checkpoints/step-<N>/ every N steps (0: never)
@@ -92,86 +86,74 @@ class SweepConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def register() -> None:
-    """Store the schema in Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="lorascope_schema", node=SweepConfig)
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
-def from_dict(d: dict | SweepConfig) -> SweepConfig:
-    """A SweepConfig from a (possibly partial) nested dict; unknown keys are an error.
+def from_dict(d: dict | SweepConfig | Any) -> SweepConfig:
+    """A checked SweepConfig from a (possibly partial) nested dict, a DictConfig, or a SweepConfig.
 
-    Interpolations must already be resolved; lora.targets falls back to model.targets.
-    """
+    Unknown keys and wrong types are errors (OmegaConf's structured configs); interpolations are
+    resolved; then `check` tests the values. Raises LorascopeError with one line."""
     if isinstance(d, SweepConfig):
         d = dataclasses.asdict(d)
-    d = dict(d)
-    parts = {"model": ModelConfig, "task": TaskConfig, "lora": LoraConfig, "train": TrainConfig}
-    kw: dict[str, Any] = {}
-    for key, value in d.items():
-        if key in parts:
-            sub = parts[key]
-            known = {f.name for f in dataclasses.fields(sub)}
-            extra = set(value or {}) - known
-            if extra:
-                raise LorascopeError(f"unknown config keys {key}.{', '.join(sorted(extra))}")
-            kw[key] = sub(**(value or {}))
-        elif key in {f.name for f in dataclasses.fields(SweepConfig)}:
-            kw[key] = value
-        else:
-            raise LorascopeError(f"unknown config key {key!r}")
-    cfg = SweepConfig(**kw)
-    if isinstance(cfg.lora.targets, str) and "${" in cfg.lora.targets:
-        cfg.lora.targets = cfg.model.targets
-    for attr in ("name", "run_name"):
-        value = getattr(cfg, attr)
-        if "${" in value:  # only the defaults reach here unresolved
-            value = value.replace("${model.name}", cfg.model.name).replace("${task.name}", cfg.task.name)
-            value = value.replace("${rank}", str(cfg.rank)).replace("${seed}", str(cfg.seed))
-            setattr(cfg, attr, value)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(SweepConfig), d)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise LorascopeError(f"config{f' key {key}' if key else ''}: {_first_line(e)}") from None
+    check(cfg)
     return cfg
+
+
+def check(cfg: SweepConfig) -> None:
+    """Value checks that types cannot express; one LorascopeError naming the key and what to give."""
+    t = cfg.train
+    rules = [
+        ("rank", cfg.rank >= 1, "must be at least 1"),
+        ("alpha", cfg.alpha != 0 and math.isfinite(cfg.alpha), "must be a finite non-zero number"),
+        ("train.steps", t.steps >= 1, "must be at least 1"),
+        ("train.lr", t.lr > 0 and math.isfinite(t.lr), "must be a finite positive number"),
+        ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
+        ("train.seq_len", t.seq_len >= 1, "must be at least 1"),
+        ("train.eval_batch_size", t.eval_batch_size >= 1, "must be at least 1"),
+        ("train.warmup", 0 <= t.warmup < 1, "must be in [0, 1)"),
+        ("train.grad_clip", t.grad_clip >= 0, "must be 0 (off) or positive"),
+        ("train.diverge_factor", t.diverge_factor > 1, "must be above 1"),
+        ("train.log_every", t.log_every >= 1, "must be at least 1"),
+        ("train.eval_every", t.eval_every >= 0, "must be 0 (only at the end) or positive"),
+        ("train.snapshot_every", t.snapshot_every >= 0, "must be 0 (never) or positive"),
+        ("train.dtype", t.dtype in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
+        ("train.device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device), "must be auto, cpu or cuda[:N]"),
+        ("lora.dropout", 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
+        ("task.val_fraction", 0 < cfg.task.val_fraction < 1, "must be in (0, 1)"),
+    ]
+    for key, ok, what in rules:
+        if not ok:
+            value = cfg
+            for part in key.split("."):
+                value = getattr(value, part)
+            raise LorascopeError(f"{key}={value} {what}")
 
 
 def to_dict(cfg: SweepConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-class SweepReport:
-    """Hydra callback (the hydra.experimental.callback.Callback protocol): report the sweep's outcome.
-
-    Each job appends {"run", "status", "reason"} to the ledger file named by $LORASCOPE_SWEEP_LEDGER;
-    at the end of the multirun this logs one line per run and exits with status 1 if any failed.
-    """
-
-    def on_run_start(self, config, **kw) -> None: ...
-    def on_run_end(self, config, **kw) -> None: ...
-    def on_multirun_start(self, config, **kw) -> None: ...
-    def on_job_start(self, config, **kw) -> None: ...
-    def on_job_end(self, config, job_return, **kw) -> None: ...
-    def on_compose_config(self, config, **kw) -> None: ...
-
-    def on_multirun_end(self, config, **kw) -> None:
-        ledger = os.environ.get(LEDGER_ENV)
-        if not ledger or not Path(ledger).is_file():
-            return
-        rows = [json.loads(line) for line in Path(ledger).read_text().splitlines() if line.strip()]
-        Path(ledger).unlink(missing_ok=True)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        log.info("sweep done: %s", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-        for r in rows:
-            log.info("  %-9s %s%s", r["status"], r["run"], f"  ({r['reason']})" if r.get("reason") else "")
-        if counts.get("failed"):
-            sys.exit(1)
+# Keys that do not change what a run computes: where it runs and how often it reports. A complete run
+# whose saved config differs from a relaunch only in these is the same experiment, and is skipped.
+NOT_COMPUTED = ("runs_dir", "name", "run_name", "train.threads", "train.log_every", "train.eval_batch_size",
+                "train.device")  # fmt: skip
 
 
-def record_outcome(run_dir: str | Path, summary: dict[str, Any]) -> None:
-    """Append one job's outcome to the sweep ledger (a no-op outside sweep.py)."""
-    ledger = os.environ.get(LEDGER_ENV)
-    if not ledger:
-        return
-    row = {"run": str(run_dir), "status": summary.get("status"), "reason": summary.get("reason")}
-    with open(ledger, "a") as f:  # one short line per job: appends from parallel jobs do not interleave
-        f.write(json.dumps(row) + "\n")
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config without the NOT_COMPUTED keys: two runs with equal `comparable` are one experiment."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in NOT_COMPUTED:
+        group, _, leaf = key.rpartition(".")
+        section = out.get(group) if group else out
+        if isinstance(section, dict):
+            section.pop(leaf, None)
+    return out

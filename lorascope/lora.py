@@ -10,6 +10,7 @@ GPT-2's Conv1D, which stores (in, out). W is never modified except by an explici
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -55,6 +56,7 @@ class LoRALinear(nn.Module):
         dropout: float = 0.0,
         init: str = "kaiming",
         rslora: bool = False,
+        generator: torch.Generator | None = None,
     ):
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -81,17 +83,23 @@ class LoRALinear(nn.Module):
         device = base.weight.device
         self.A = nn.Parameter(torch.empty(rank, self.in_features, device=device))
         self.B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
-        self.reset_parameters()
+        self.reset_parameters(generator)
         self.merged = False
 
-    def reset_parameters(self) -> None:
-        """A from the chosen init, B = 0, so that ΔW = 0 at step 0."""
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """A from the chosen init, B = 0, so that ΔW = 0 at step 0.
+
+        A is drawn on the CPU from `generator` (torch's global stream if None) and then copied to A's
+        device, so that one generator seed gives the same A0 on every device."""
+        A0 = torch.empty(self.A.shape)
         if self.init == "kaiming":
             # PEFT's and loralib's default: U(-1/√in, 1/√in).
-            nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+            nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=generator)
         else:
             # The paper's "random Gaussian": N(0, σ² = 1/r).
-            nn.init.normal_(self.A, std=1.0 / math.sqrt(self.rank))
+            nn.init.normal_(A0, std=1.0 / math.sqrt(self.rank), generator=generator)
+        self.A.copy_(A0)
         nn.init.zeros_(self.B)
 
     def base_weight(self) -> torch.Tensor:
@@ -140,6 +148,16 @@ def matches(name: str, targets: str | Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
+def init_seed(seed: int, rank: int, module: str) -> int:
+    """The seed of one module's A0: a hash of (seed, rank, module name).
+
+    Runs of different ranks or seeds thus start from independent A0 (a shared start would make φ
+    between them high for reasons training did not cause), one (seed, rank) always starts the same,
+    and adding a target module leaves the other modules' A0 unchanged."""
+    digest = hashlib.sha256(f"lorascope-A0:{seed}:{rank}:{module}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 def _targets_text(targets: str | Sequence[str]) -> str:
     return repr(targets) if isinstance(targets, str) else "[" + ", ".join(targets) + "]"
 
@@ -159,12 +177,15 @@ def add_lora(
     init: str = "kaiming",
     rslora: bool = False,
     trainable: Iterable[str] = (),
+    seed: int | None = None,
 ) -> dict[str, LoRALinear]:
     """Wrap every linear module whose name matches `targets` in a LoRALinear.
 
     Freezes every base parameter; A and B, and the parameters of modules whose
     names match `trainable` (suffixes, e.g. ["classifier"]), stay trainable.
-    Returns the wrappers by module name, in model order.
+    With `seed`, each module's A0 comes from its own generator seeded by `init_seed(seed, rank, name)`
+    (torch's global random stream is left untouched); without it, from the global stream in model
+    order, as nn.init does. Returns the wrappers by module name, in model order.
     """
     if isinstance(targets, str):
         try:
@@ -189,7 +210,8 @@ def add_lora(
         p.requires_grad_(False)
     wrapped = {}
     for name in names:
-        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora)
+        generator = None if seed is None else torch.Generator().manual_seed(init_seed(seed, rank, name))
+        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora, generator)
         _set_module(model, name, layer)
         wrapped[name] = layer
     trainable = list(trainable)

@@ -23,7 +23,7 @@ from torch import nn
 
 from lorascope.errors import LorascopeError
 from lorascope.lora import LoRALinear, is_linear
-from lorascope.runs import Run
+from lorascope.run_format import Run
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
 
 def check_fingerprint(run: Run, weights: dict[str, torch.Tensor]) -> None:
     """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4."""
-    from lorascope.runs import base_fingerprint
+    from lorascope.run_format import base_fingerprint
 
     recorded = run.meta.get("base_fingerprint") or {}
     for name, W in weights.items():

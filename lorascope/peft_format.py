@@ -28,13 +28,13 @@ from typing import Any
 
 import torch
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.errors import LorascopeError
 from lorascope.lora import lora_scaling
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = runs.PEFT_CONFIG_FILE  # "adapter_config.json"
+CONFIG_FILE = run_format.PEFT_CONFIG_FILE  # "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 PREFIX = "base_model.model."
@@ -148,7 +148,7 @@ def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
     return out, other
 
 
-def load_peft_run(path: str | Path) -> runs.Run:
+def load_peft_run(path: str | Path) -> run_format.Run:
     """A PEFT LoRA adapter folder as a `Run` (kind "peft"): ΔW_m = s_m · B_m A_m, (out, in)."""
     path = Path(path)
     config = read_peft_config(path)
@@ -162,7 +162,7 @@ def load_peft_run(path: str | Path) -> runs.Run:
                 "(PeftModel.from_pretrained(...).save_pretrained(folder, safe_serialization=True))",
             )
         raise _fail(path, f"has {CONFIG_FILE} but no {WEIGHTS_FILE}")
-    factors, other = _split_keys(runs.read_tensors(weights)[0], weights)
+    factors, other = _split_keys(run_format.read_tensors(weights)[0], weights)
 
     r0, alpha0 = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
     rslora = bool(config.get("use_rslora", False))
@@ -179,7 +179,7 @@ def load_peft_run(path: str | Path) -> runs.Run:
         a_key = pattern_key(alpha_pattern, module)
         alpha = float(alpha_pattern[a_key]) if a_key is not None else alpha0
         module_alpha[module] = alpha
-        adapters[module] = runs.Adapter(A, B, lora_scaling(alpha, r, rslora))
+        adapters[module] = run_format.Adapter(A, B, lora_scaling(alpha, r, rslora))
 
     bias = config.get("bias", "none")
     if bias != "none" or config.get("lora_bias"):
@@ -215,7 +215,7 @@ def load_peft_run(path: str | Path) -> runs.Run:
         "module_scaling": {m: a.scaling for m, a in adapters.items()},
         "ignored_tensors": other,
     }
-    return runs.Run(
+    return run_format.Run(
         path=path,
         adapters=adapters,
         meta=meta,
@@ -232,7 +232,7 @@ def _number(x: float) -> int | float:
 
 
 def export_peft(
-    run: runs.Run,
+    run: run_format.Run,
     out_dir: str | Path,
     *,
     fan_in_fan_out: bool | None = None,
@@ -289,9 +289,9 @@ def export_peft(
     }
     # Weights first, config last: a folder is taken for a PEFT adapter by its adapter_config.json.
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write(
+    run_format.atomic_write(
         out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
     )
     text = json.dumps(config, indent=2) + "\n"
-    runs.atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
+    run_format.atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     return out_dir

@@ -1,317 +1,52 @@
-"""The run directory: the one interface between training and analysis.
+"""Runs as analysis sees them: load a run folder (or a PEFT adapter folder), list a sweep's runs.
 
-    runs/<sweep>/<run>/
-      config.yaml                 resolved config of this run
-      adapter.safetensors         "<module>.lora_A" (r, in), "<module>.lora_B" (out, r) + header metadata
-      adapter_init.safetensors    the same at step 0
-      head.safetensors            trained extra modules (a classification head), if any
-      checkpoints/step-<N>/adapter.safetensors
-      metrics.jsonl               one JSON object per logged step / eval
-      summary.json                written last, atomically; "status": "complete" marks a finished run
+    run = load_run("runs/minilm-bbc/r8-s0")          # or a PEFT folder: adapter_config.json + ...
+    run.adapters[module].A / .B / .scaling / .delta_weight()
+    list_runs("runs/minilm-bbc")                     # run folders, by rank then seed
 
-Nothing is loaded with pickle. Every file is written to a temporary name and renamed,
-so an interrupted write never leaves a half file under the real name.
+The file format itself (Adapter, Run, reading and writing tensors, atomic writes) lives in
+`lorascope.run_format`, which both this reader and `lorascope.peft_format` build on; its names are
+re-exported here so that `from lorascope.runs import Run, save_adapter, ...` keeps working.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
-import yaml
 
 from lorascope.errors import LorascopeError
-
-FORMAT = "lorascope"
-FORMAT_VERSION = 1
-ADAPTER_FILE = "adapter.safetensors"
-INIT_FILE = "adapter_init.safetensors"
-HEAD_FILE = "head.safetensors"
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
-PEFT_CONFIG_FILE = "adapter_config.json"
-HEADER_KEY = "lorascope"  # the safetensors header entry holding a file's metadata as JSON
+from lorascope.peft_format import load_peft_run
+from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's public names)
+    ADAPTER_FILE,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    HEADER_KEY,
+    INIT_FILE,
+    METRICS_FILE,
+    PEFT_CONFIG_FILE,
+    SUMMARY_FILE,
+    Adapter,
+    Run,
+    adapter_metadata,
+    append_metrics,
+    atomic_write,
+    base_fingerprint,
+    read_adapter,
+    read_config,
+    read_metrics,
+    read_summary,
+    read_tensors,
+    save_adapter,
+    save_tensors,
+    write_config,
+    write_summary,
+)
 
 _RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """One module's LoRA factors: ΔW = scaling · B A, with A (r, in) and B (out, r)."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    scaling: float
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.A.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.B.shape[0]
-
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = s · B A, (out, in). Dense: prefer `lorascope.analysis.delta_svd` for its SVD."""
-        return self.scaling * (self.B @ self.A)
-
-
-@dataclass
-class Run:
-    """A loaded run: factors by module name, plus what the run folder says about itself."""
-
-    path: Path
-    adapters: dict[str, Adapter]
-    meta: dict[str, Any] = field(default_factory=dict)
-    init: dict[str, Adapter] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    kind: str = FORMAT
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def rank(self) -> int:
-        return int(self.meta.get("rank") or max(a.rank for a in self.adapters.values()))
-
-    @property
-    def status(self) -> str:
-        return self.summary.get("status", "incomplete")
-
-    @property
-    def base_model(self) -> str | None:
-        return self.meta.get("base_model")
-
-    @cached_property
-    def metrics(self):
-        """metrics.jsonl as a pandas DataFrame (empty if the run logged nothing)."""
-        return read_metrics(self.path)
-
-    def checkpoints(self) -> dict[int, Path]:
-        """Snapshot files by training step."""
-        root = self.path / CHECKPOINT_DIR
-        found = {}
-        for d in root.glob("step-*") if root.is_dir() else ():
-            step = d.name.removeprefix("step-")
-            if step.isdigit() and (d / ADAPTER_FILE).is_file():
-                found[int(step)] = d / ADAPTER_FILE
-        return dict(sorted(found.items()))
-
-    def load_checkpoint(self, step: int) -> dict[str, Adapter]:
-        snapshots = self.checkpoints()
-        if step not in snapshots:
-            raise LorascopeError(f"{self.path}: no checkpoint at step {step}; have {list(snapshots)}")
-        return read_adapter(snapshots[step])[0]
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp onto path: readers see the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """safetensors file with the metadata as one JSON header entry ("lorascope"), written atomically.
-
-    One entry, keys sorted: safetensors writes several header entries in hash-map order, which
-    changes from process to process, and the same run must give the same bytes."""
-    from safetensors.torch import save_file
-
-    header = {HEADER_KEY: json.dumps(metadata, sort_keys=True)}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
-
-
-def adapter_metadata(
-    *,
-    rank: int,
-    alpha: float,
-    scaling: float,
-    base_model: str,
-    targets: Any,
-    init: str,
-    rslora: bool,
-    base_fingerprint: dict[str, float] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The header every adapter file carries, so that a file explains itself."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "rank": rank,
-        "alpha": alpha,
-        "scaling": scaling,
-        "base_model": base_model,
-        "targets": targets,
-        "init": init,
-        "rslora": rslora,
-        "base_fingerprint": base_fingerprint or {},
-        **extra,
-    }
-
-
-def save_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Write "<module>.lora_A"/"<module>.lora_B" tensors with `adapter_metadata(...)` as header."""
-    _split_factors(tensors, path)  # refuse to write what could not be read back
-    save_tensors(path, tensors, metadata)
-
-
-def write_config(run_dir: Path, config: dict[str, Any]) -> None:
-    text = yaml.safe_dump(config, sort_keys=False)
-    atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: tmp.write_text(text))
-
-
-def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Written last: a run is complete exactly when summary.json says "status": "complete"."""
-    text = json.dumps(summary, indent=2) + "\n"
-    atomic_write(Path(run_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
-
-
-def base_fingerprint(W: torch.Tensor) -> float:
-    """‖W‖_F in float64: cheap, dtype-robust, and enough to tell two base models apart."""
-    return float(torch.linalg.matrix_norm(W.detach().double().cpu()))
-
-
-# ----------------------------------------------------------------------------- reading
-
-
-def read_config(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise LorascopeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-
-
-def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json as a dict; {} for a run that has not finished. A PEFT folder is a finished adapter."""
-    path = Path(run_dir) / SUMMARY_FILE
-    if not path.is_file():
-        if (Path(run_dir) / PEFT_CONFIG_FILE).is_file() and not (Path(run_dir) / ADAPTER_FILE).is_file():
-            return {"status": "complete", "kind": "peft"}
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LorascopeError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_metrics(run_dir: Path):
-    import pandas as pd
-
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return pd.DataFrame()
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by an interrupted run ends the log
-    return pd.DataFrame(rows)
-
-
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and decoded header metadata of a safetensors file; a clear error if unreadable."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise LorascopeError(f"{path}: no such file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types, and OSError on short reads
-        raise LorascopeError(f"{path}: not a readable safetensors file ({e})") from None
-    if HEADER_KEY in header:
-        try:
-            return tensors, json.loads(header[HEADER_KEY])
-        except json.JSONDecodeError as e:
-            raise LorascopeError(f"{path}: its metadata header is not valid JSON ({e})") from None
-    meta = {}
-    for k, v in header.items():  # one entry per key: written by another tool, or by lorascope < 0.1
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return tensors, meta
-
-
-def _split_factors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, tuple]:
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        module, _, part = key.rpartition(".")
-        if part not in ("lora_A", "lora_B"):
-            raise LorascopeError(f"{path}: unexpected tensor {key!r} (want <module>.lora_A / .lora_B)")
-        pairs.setdefault(module, {})[part] = t
-    out = {}
-    for module, p in pairs.items():
-        if set(p) != {"lora_A", "lora_B"}:
-            raise LorascopeError(f"{path}: module {module} has only {', '.join(p)}")
-        A, B = p["lora_A"], p["lora_B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise LorascopeError(
-                f"{path}: module {module} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
-                "want A (r, in) and B (out, r)"
-            )
-        out[module] = (A, B)
-    return out
-
-
-def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
-    """Adapters by module name and the header metadata of one lorascope adapter file."""
-    tensors, meta = read_tensors(path)
-    if not tensors:
-        raise LorascopeError(f"{path}: holds no tensors")
-    if meta.get("format") != FORMAT:
-        raise LorascopeError(f"{path}: not a lorascope adapter file (no format header)")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise LorascopeError(
-            f"{path}: format version {meta['format_version']} is newer than this lorascope "
-            f"reads ({FORMAT_VERSION}); upgrade lorascope"
-        )
-    scaling = float(meta["scaling"])
-    per_module = meta.get("module_scaling") or {}
-    adapters = {
-        m: Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
-        for m, (A, B) in _split_factors(tensors, path).items()
-    }
-    return adapters, meta
 
 
 def is_run_dir(path: Path) -> bool:
@@ -337,8 +72,6 @@ def load_run(path: str | os.PathLike) -> Run:
         raise LorascopeError(f"{path}: is a file; a run is a folder (with {ADAPTER_FILE})")
     if not (path / ADAPTER_FILE).is_file():
         if (path / PEFT_CONFIG_FILE).is_file():
-            from lorascope.peft_format import load_peft_run
-
             return load_peft_run(path)
         if (path / CONFIG_FILE).is_file():
             status = read_summary(path).get("status", "incomplete")

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
 from lorascope import models, runs
-from lorascope.config import SweepConfig, from_dict, to_dict
+from lorascope.config import SweepConfig, comparable, from_dict, to_dict
 from lorascope.errors import LorascopeError
 from lorascope.lora import add_lora, count_trainable, factors
 
@@ -133,7 +133,7 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
     head = models.head_modules(model) if classify else []
     wrapped = add_lora(
         model, cfg.lora.targets, cfg.rank, cfg.alpha, cfg.lora.dropout,
-        cfg.lora.init, cfg.lora.rslora, trainable=head,
+        cfg.lora.init, cfg.lora.rslora, trainable=head, seed=cfg.seed,
     )  # fmt: skip
     model.to(device)
     meta = _adapter_meta(cfg, wrapped, model_class, num_labels, task.classes)
@@ -171,11 +171,12 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
         tokens += int(batch["attention_mask"].sum())
         bar.set_postfix(loss=f"{loss_val:.3f}")
         record: dict[str, Any] = {}
-        if step % max(tc.log_every, 1) == 0 or step == tc.steps:
+        if step % tc.log_every == 0 or step == tc.steps:
             record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm)}
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
             evals = {"step": step, **data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)}
-            record = {"step": step, "loss": loss_val, "lr": lr, **evals}
+            # An evaluation step is also a training step: its record keeps the training numbers.
+            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), **evals}
             log.info("step %d: %s", step, _fmt(evals))
         if record:
             runs.append_metrics(out, record)
@@ -216,11 +217,6 @@ def _fmt(d: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in d.items() if k != "step")
 
 
-def _comparable(config: dict) -> dict:
-    # Where the runs root lives does not change what a run computes.
-    return {k: v for k, v in config.items() if k != "runs_dir"}
-
-
 def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
     """Run `train` unless out_dir already holds this run complete; never raises for a bad run.
 
@@ -235,7 +231,7 @@ def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
         return {"status": "failed", "reason": str(e)}
     if runs.is_complete(out):
         old = runs.read_config(out)
-        if _comparable(old) == _comparable(new):
+        if comparable(old) == comparable(new):
             log.info("%s: complete with the same config; skipped", out)
             return {**runs.read_summary(out), "status": "skipped"}
         reason = (

@@ -56,7 +56,7 @@ def make_run(
     if with_init:
         save_adapter(run / "adapter_init.safetensors", init, meta)
     write_config(run, {"rank": rank, "seed": seed, "alpha": alpha})
-    write_summary(run, summary or {"status": "complete", "eval_accuracy": 0.9, "wall_time_s": 12.5})
+    write_summary(run, summary or {"status": "complete", "val_accuracy": 0.9, "wall_time_s": 12.5})
     return run
 
 

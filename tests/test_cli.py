@@ -128,7 +128,7 @@ def test_ls_reads_summaries(sweep, capsys):
     assert main(["ls", str(sweep)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:]] == ["r4-s0", "r8-s1", "r16-s0"]
-    assert "eval_accuracy" in lines[0] and "wall_time" in lines[0]
+    assert "val_accuracy" in lines[0] and "wall_time" in lines[0]
     assert "complete" in lines[2] and "12.5s" in lines[2] and "running" in lines[4]
 
 

@@ -9,11 +9,11 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from lorascope import config
+from lorascope import config, hydra_glue
 
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-config.register()
+hydra_glue.register()
 
 
 def _compose(*overrides: str, hydra: bool = False):

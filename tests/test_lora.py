@@ -228,3 +228,35 @@ def test_factors_round_trip_into_a_fresh_model():
     del saved["model.layers.0.self_attn.k_proj.lora_B"]
     with pytest.raises(ValueError, match="lack model.layers.0.self_attn.k_proj.lora_B"):
         load_factors(fresh_wrapped, saved)
+
+
+def _shared_rows(A1: torch.Tensor, A2: torch.Tensor) -> int:
+    """How many rows of A1 occur exactly as rows of A2."""
+    return sum(bool((A2 == row).all(dim=1).any()) for row in A1)
+
+
+def test_each_module_starts_from_its_own_seeded_a0():
+    """A0 is drawn per (seed, rank, module): no rank or seed shares rows with another, the same
+    (seed, rank) gives the same A0, and adding a target leaves the other modules' A0 unchanged."""
+    starts = {}
+    for rank, seed in [(2, 0), (4, 0), (4, 1)]:
+        model, _ = build("bert")
+        wrapped = add_lora(model, ["query", "value"], rank=rank, alpha=8, seed=seed)
+        starts[(rank, seed)] = {n: layer.A.detach().clone() for n, layer in wrapped.items()}
+    names = list(starts[(2, 0)])
+    for a, b in [((2, 0), (4, 0)), ((4, 0), (4, 1)), ((2, 0), (4, 1))]:
+        for n in names:
+            assert _shared_rows(starts[a][n], starts[b][n]) == 0, (a, b, n)
+    # A0 of different modules of one run are independent too
+    assert _shared_rows(starts[(4, 0)][names[0]], starts[(4, 0)][names[2]]) == 0
+    again = add_lora(build("bert")[0], ["query", "value"], rank=4, alpha=8, seed=1)
+    assert all(torch.equal(again[n].A, starts[(4, 1)][n]) for n in names)
+    wider = add_lora(build("bert")[0], ["query", "key", "value"], rank=4, alpha=8, seed=1)
+    assert all(torch.equal(wider[n].A, starts[(4, 1)][n]) for n in names)
+
+
+def test_seeded_init_leaves_the_global_random_stream_alone():
+    model = build("bert")[0]
+    state = torch.get_rng_state()
+    add_lora(model, ["query", "value"], rank=2, alpha=8, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # the head's init and dropout draw as before

@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -297,7 +298,14 @@ def test_cli_similarity_of_peft_folder_and_lorascope_run(tmp_path):
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(tmp_path / "out" / "phi_A.csv")  # every φ value: module, i, j, phi
     assert set(table["module"]) == set(run.adapters)  # every module matched by name across formats
-    assert table["phi"].between(0, 1 + 1e-6).all()
+    from lorascope import analysis as la
+    from lorascope.runs import load_run
+
+    peft = load_run(tmp_path / "peft")
+    for m in run.adapters:
+        got = table[table.module == m].pivot(index="i", columns="j", values="phi").to_numpy()
+        want = la.subspace_similarity(peft.adapters[m].A, run.adapters[m].A)
+        np.testing.assert_allclose(got, want, atol=1e-9)
 
 
 def test_cli_unsupported_peft_folder_exits_2_with_one_line(tmp_path):

@@ -6,6 +6,7 @@ import torch
 from analysis_fixtures import MODULES, make_run, shared_directions
 
 from lorascope import analysis as la
+from lorascope.compare import run_similarity
 from lorascope.errors import LorascopeError
 from lorascope.runs import load_run
 
@@ -36,13 +37,41 @@ def test_orthogonal_subspaces_give_zero():
     np.testing.assert_allclose(la.phi_grid(Q[:, :3], Q[:, 3:]), 0.0, atol=1e-14)
 
 
-def test_phi_grid_equals_naive_double_loop_and_is_in_unit_interval():
+def test_phi_grid_equals_naive_double_loop():
     U1, U2 = la.factor_basis(_rand(5, 16, seed=1)), la.factor_basis(_rand(9, 16, seed=2))
     phi = la.phi_grid(U1, U2)
     np.testing.assert_allclose(phi, _naive_phi(U1, U2), atol=1e-12)
-    assert phi.min() >= 0 and phi.max() <= 1
     # Two random subspaces of dimensions 5 and 9 in R^16: neither contains the other.
     assert phi[-1, -1] < 1
+
+
+def test_a_full_basis_contains_every_subspace():
+    U = la.factor_basis(_rand(5, 16, seed=1))
+    full = torch.linalg.qr(_rand(16, 16, seed=3))[0]  # spans R^16
+    phi = la.phi_grid(U, full)
+    np.testing.assert_allclose(phi[:, -1], 1.0, atol=1e-12)  # ‖U_iᵀ Q‖²_F = i for every i
+    np.testing.assert_allclose(phi.diagonal(), _naive_phi(U, full).diagonal(), atol=1e-12)
+
+
+def test_phi_refuses_bases_that_are_not_orthonormal():
+    A = _rand(3, 16, seed=4)
+    with pytest.raises(LorascopeError, match="not an orthonormal basis"):
+        la.phi_grid(A.T, la.factor_basis(A))  # the factor itself, not its singular vectors
+    U = la.factor_basis(A)
+    with pytest.raises(LorascopeError, match="U2 is not an orthonormal basis"):
+        la.phi_grid(U, 1.01 * U)  # 2 % off in norm: far beyond round-off
+    with pytest.raises(LorascopeError, match="not an orthonormal basis"):
+        la.phi_grid(U, torch.full_like(U, float("nan")))
+    # float32 bases carry float32 round-off, which is accepted
+    np.testing.assert_allclose(la.phi_grid(U.float(), U.float()), 1.0, atol=1e-5)
+
+
+def test_phi_above_one_is_raised_not_clamped():
+    from lorascope.analysis.similarity import _phi_of_cross
+
+    with pytest.raises(LorascopeError, match="not orthonormal"):
+        _phi_of_cross(torch.tensor([[1.01]], dtype=torch.float64), tol=1e-6)
+    assert _phi_of_cross(torch.tensor([[1.0 + 1e-9]], dtype=torch.float64), tol=1e-6)[0, 0] > 1.0
 
 
 def test_phi_grid_rejects_bases_of_different_spaces():
@@ -136,7 +165,7 @@ def test_run_similarity_matches_modules_and_agrees_with_library(tmp_path):
     shared = shared_directions(32, 2)
     a = load_run(make_run(tmp_path, "r4-s0", 4, shared=shared, seed=0))
     b = load_run(make_run(tmp_path, "r8-s1", 8, modules=MODULES[1:] + ["extra.0.q"], shared=shared, seed=1))
-    pair = la.run_similarity(a, b, "A")
+    pair = run_similarity(a, b, "A")
     assert list(pair.grids) == MODULES[1:]
     assert pair.only_a == MODULES[:1] and pair.only_b == ["extra.0.q"]
     m = MODULES[1]
@@ -152,7 +181,7 @@ def test_run_similarity_matches_modules_and_agrees_with_library(tmp_path):
     assert len(long) == 3 * 4 * 8 and list(long.columns) == ["module", "i", "j", "phi"]
     row = long[(long.module == m) & (long.i == 2) & (long.j == 5)]
     assert float(row.phi.iloc[0]) == pytest.approx(pair.grids[m].loc[2, 5])
-    dA = la.run_similarity(a, b, "dA", modules="value")
+    dA = run_similarity(a, b, "dA", modules="value")
     A0a, A0b = a.init[MODULES[1]].A, b.init[MODULES[1]].A
     np.testing.assert_allclose(
         dA.grids[MODULES[1]].to_numpy(),
@@ -164,15 +193,15 @@ def test_run_similarity_errors(tmp_path):
     a = load_run(make_run(tmp_path, "r4-s0", 4))
     other = load_run(make_run(tmp_path, "r4-s1", 4, modules=["model.layers.0.q_proj"]))
     with pytest.raises(LorascopeError, match="share no module"):
-        la.run_similarity(a, other)
+        run_similarity(a, other)
     wide = load_run(make_run(tmp_path, "r4-s2", 4, n_in=48))
     with pytest.raises(LorascopeError, match="different shapes"):
-        la.run_similarity(a, wide)
+        run_similarity(a, wide)
     no_init = load_run(make_run(tmp_path, "r4-s3", 4, with_init=False))
     with pytest.raises(LorascopeError, match="adapter_init"):
-        la.run_similarity(a, no_init, "dA")
+        run_similarity(a, no_init, "dA")
     with pytest.raises(LorascopeError, match="unknown factor"):
-        la.run_similarity(a, a, "C")
+        run_similarity(a, a, "C")
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

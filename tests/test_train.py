@@ -62,6 +62,31 @@ def test_same_seed_gives_identical_adapters(tiny_bert, topic_jsonl, tmp_path):
     assert _payload(tmp_path / "a" / runs.INIT_FILE) != _payload(tmp_path / "c" / runs.INIT_FILE)
 
 
+def _shared_rows(A1, A2) -> int:
+    return sum(bool((A2 == row).all(dim=1).any()) for row in A1)
+
+
+def test_runs_of_a_sweep_start_independently(tiny_bert, topic_jsonl, tmp_path):
+    """No module's A0 at one rank or seed equals or shares rows with another run's."""
+    inits = {}
+    for rank, seed in [(2, 0), (4, 0), (4, 1)]:
+        cfg = {**_cfg(tiny_bert, topic_jsonl, steps=1), "rank": rank, "seed": seed}
+        train(cfg, tmp_path / f"r{rank}-s{seed}")
+        inits[(rank, seed)] = runs.load_run(tmp_path / f"r{rank}-s{seed}").init
+    for a, b in [((2, 0), (4, 0)), ((4, 0), (4, 1)), ((2, 0), (4, 1))]:
+        for m in inits[a]:
+            assert _shared_rows(inits[a][m].A, inits[b][m].A) == 0, (a, b, m)
+
+
+def test_every_training_record_has_grad_norm(tiny_bert, topic_jsonl, tmp_path):
+    train(_cfg(tiny_bert, topic_jsonl, steps=4, eval_every=2, log_every=1), tmp_path / "r")
+    records = [json.loads(line) for line in (tmp_path / "r" / runs.METRICS_FILE).read_text().splitlines()]
+    training = [r for r in records if r["step"] > 0]
+    assert [r["step"] for r in training] == [1, 2, 3, 4]
+    assert all("grad_norm" in r and "loss" in r for r in training)
+    assert all("val_accuracy" in r for r in training if r["step"] % 2 == 0)  # evaluation steps
+
+
 def test_causal_lm_run_lowers_loss_and_rslora_scaling(tiny_llama, corpus_txt, tmp_path):
     cfg = {
         "rank": 4,
@@ -77,15 +102,19 @@ def test_causal_lm_run_lowers_loss_and_rslora_scaling(tiny_llama, corpus_txt, tm
     assert run.adapters["model.layers.0.self_attn.v_proj"].B.shape == (16, 4)  # GQA: 32 -> 16
 
 
-@pytest.mark.parametrize(
-    "bad, why",
-    [({"lr": float("nan")}, "learning rate"), ({"lr": 1e30}, "loss is nan"), ({"fail_at_step": 2}, "step 2")],
-)
+@pytest.mark.parametrize("bad, why", [({"lr": 1e30}, "loss is nan"), ({"fail_at_step": 2}, "step 2")])
 def test_failure_is_recorded_not_raised(tiny_bert, topic_jsonl, tmp_path, bad, why):
     out = tmp_path / "r2-s0"
     s = launch(_cfg(tiny_bert, topic_jsonl, **bad), out)
     assert s["status"] == "failed" and why in s["reason"]
     assert runs.read_summary(out)["status"] == "failed" and not runs.is_complete(out)
+
+
+def test_a_bad_value_fails_before_the_run_folder_is_touched(tiny_bert, topic_jsonl, tmp_path):
+    out = tmp_path / "r2-s0"
+    s = launch(_cfg(tiny_bert, topic_jsonl, lr=float("nan")), out)
+    assert s["status"] == "failed" and "train.lr=nan" in s["reason"]
+    assert not out.exists()
 
 
 def test_launch_skips_same_refuses_different_redoes_incomplete(tiny_bert, topic_jsonl, tmp_path):
@@ -114,6 +143,7 @@ def test_schedule_warms_up_then_decays():
     assert [round(f(t), 3) for t in (0, 1, 2, 6, 9)] == [0.5, 1.0, 1.0, 0.5, 0.125]
 
 
+@pytest.mark.slow
 def test_embedded_minilm_on_bbc_end_to_end(tmp_path):
     """The real default (MiniLM + BBC News), a few tiny steps: a complete run the analysis can use."""
     from lorascope.models import load_base_weights

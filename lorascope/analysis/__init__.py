@@ -11,16 +11,16 @@
     la.intruder_dimensions(W, delta)     # Shuttleworth et al. 2024
 
 Pure functions: arrays in, arrays / dicts / DataFrames out. Plots return (fig, axes);
-only `tables.write_*` (used by the CLI and recipes) touch the disk.
+only `tables.write_*` (used by the CLI and recipes) touch the disk. Runs in, DataFrames out
+(two runs compared module by module, a sweep listed) is `lorascope.compare`.
 """
 
 from lorascope.analysis.amplification import amplification, w_delta_similarity, weight_svd
+from lorascope.analysis.factors import FACTORS, Factor, get_factor
 from lorascope.analysis.intruders import intruder_dimensions
 from lorascope.analysis.linalg import delta_svd, factor_basis, factor_svd, random_orthonormal
 from lorascope.analysis.modules import layer_index, match_modules, parse_layers, select_modules, short_name
 from lorascope.analysis.similarity import (
-    FACTORS,
-    PairSimilarity,
     b_similarity,
     delta_similarity,
     factor_phi,
@@ -28,17 +28,16 @@ from lorascope.analysis.similarity import (
     gaussian_phi_samples,
     grid_frame,
     learned_a_similarity,
-    module_basis,
+    long_grid,
     phi_grid,
     random_phi_baseline,
-    run_similarity,
     subspace_similarity,
 )
 from lorascope.analysis.spectrum import spectrum, spectrum_metrics
 
 __all__ = [
     "FACTORS",
-    "PairSimilarity",
+    "Factor",
     "amplification",
     "b_similarity",
     "delta_similarity",
@@ -46,19 +45,19 @@ __all__ = [
     "factor_basis",
     "factor_phi",
     "factor_svd",
+    "get_factor",
     "gaussian_phi_baseline",
     "gaussian_phi_samples",
     "grid_frame",
     "intruder_dimensions",
     "layer_index",
     "learned_a_similarity",
+    "long_grid",
     "match_modules",
-    "module_basis",
     "parse_layers",
     "phi_grid",
     "random_orthonormal",
     "random_phi_baseline",
-    "run_similarity",
     "select_modules",
     "short_name",
     "spectrum",

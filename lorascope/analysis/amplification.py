@@ -15,6 +15,10 @@ from lorascope.analysis.linalg import as_float64, delta_svd, random_orthonormal
 from lorascope.analysis.similarity import phi_grid
 from lorascope.errors import LorascopeError
 
+# The side the paper's Figure 8 compares W's and ΔW's singular vectors on: the left (output space),
+# U from W = U Σ Vᵀ and from ΔW. The one place that says so; the figure and the default below read it.
+FIG8_SIDE = "left"
+
 
 def _check_shapes(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
     if W.shape != (B.shape[0], A.shape[1]):
@@ -75,12 +79,13 @@ def amplification(W, A, B, scaling: float, k: int | None = None, seed: int = 0, 
 
 
 def w_delta_similarity(
-    W, A, B, scaling: float = 1.0, side: str = "right", top_w: int | None = None, w_svd=None
+    W, A, B, scaling: float = 1.0, side: str = FIG8_SIDE, top_w: int | None = None, w_svd=None
 ) -> np.ndarray:
     """Figure 8: φ between W's top-i and ΔW's top-j singular vectors on the same side.
 
     Returns (top_w, k) with top_w defaulting to min(out, in) and k = min(out, in, r);
-    side "right" compares input-space directions (V), "left" output-space ones (U).
+    side "left" (FIG8_SIDE, the paper's) compares output-space directions (U), "right" input-space
+    ones (V).
     `w_svd`: `weight_svd(W)`, if already computed."""
     W, A, B = as_float64(W, "W"), as_float64(A, "A"), as_float64(B, "B")
     _check_shapes(W, A, B)

@@ -10,13 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")  # never needs a display; the CLI only writes files
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 PHI_CMAP = "viridis"
 

@@ -9,49 +9,72 @@ For uniformly random subspaces E[φ] = max(i, j) / n: the floor every result is 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 import torch
 
 from lorascope.analysis.linalg import as_float64, delta_svd, factor_svd
-from lorascope.analysis.modules import match_modules, select_modules
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
 
-# What a basis is taken of: the factor A (right), B (left), the learned part A − A0 (right),
-# and ΔW's input (right) or output (left) singular vectors.
-FACTORS = ("A", "B", "dA", "dW-right", "dW-left")
+# How far from orthonormal a basis may be (max |UᵀU − I|), by the precision it was computed in: round-off
+# of an SVD or QR stays orders of magnitude below these; a factor passed where a basis belongs does not.
+ORTHONORMAL_TOL = {torch.float64: 1e-6}
+ORTHONORMAL_TOL_LOW = 1e-3  # float32, bf16, fp16
+
+
+def _basis(U, name: str) -> tuple[torch.Tensor, float]:
+    """U as float64, checked to have orthonormal columns; and the tolerance that check used."""
+    dtype = U.dtype if isinstance(U, torch.Tensor) else torch.as_tensor(np.asarray(U)).dtype
+    tol = ORTHONORMAL_TOL.get(dtype, ORTHONORMAL_TOL_LOW)
+    U = as_float64(U, name)
+    if U.shape[1]:
+        gram = U.T @ U
+        err = float((gram - torch.eye(U.shape[1], dtype=torch.float64)).abs().max())
+        if not err <= tol:  # also catches NaN
+            raise LorascopeError(
+                f"{name} is not an orthonormal basis (max |{name}ᵀ{name} − I| = {err:.2g}): pass "
+                "singular vectors (factor_basis, delta_svd), not the factors themselves"
+            )
+    return U, tol
 
 
 def phi_grid(U1, U2) -> np.ndarray:
     """φ for every (i, j): U1 (n, r1), U2 (n, r2) orthonormal columns -> (r1, r2), φ[i-1, j-1].
 
     M = U1ᵀ U2; P = cumsum(cumsum(M ∘ M, 0), 1) so P[i-1, j-1] = ‖U1[:, :i]ᵀ U2[:, :j]‖²_F;
-    φ = P / min(i, j). One matmul, no loop over (i, j).
+    φ = P / min(i, j). One matmul, no loop over (i, j). Inputs that are not orthonormal (beyond
+    round-off) raise a LorascopeError: φ of anything else is not a subspace similarity.
     """
-    U1, U2 = as_float64(U1, "U1"), as_float64(U2, "U2")
+    (U1, tol1), (U2, tol2) = _basis(U1, "U1"), _basis(U2, "U2")
     if U1.shape[0] != U2.shape[0]:
         raise LorascopeError(
             f"bases live in different spaces: {U1.shape[0]} vs {U2.shape[0]} rows "
             "(compare modules of the same shape)"
         )
-    return _phi_of_cross(U1.T @ U2)
+    return _phi_of_cross(U1.T @ U2, max(tol1, tol2))
 
 
-def _phi_of_cross(M: torch.Tensor) -> np.ndarray:
-    """φ grid from the cross matrix M = U1ᵀ U2 (r1, r2) of two orthonormal bases."""
+def _phi_of_cross(M: torch.Tensor, tol: float) -> np.ndarray:
+    """φ grid from the cross matrix M = U1ᵀ U2 (r1, r2) of two orthonormal bases.
+
+    φ ≥ 0 by construction (a sum of squares) and ≤ 1 for orthonormal bases (‖U1_iᵀU2_j‖²_F ≤ min(i, j));
+    a value above 1 + tol means the bases were not orthonormal, which is raised, never clamped away."""
     P = torch.cumsum(torch.cumsum(M * M, dim=0), dim=1)
     i = torch.arange(1, M.shape[0] + 1, dtype=torch.float64)[:, None]
     j = torch.arange(1, M.shape[1] + 1, dtype=torch.float64)[None, :]
-    # Rounding can push a perfect overlap to 1 + 1e-16; φ is a fraction by definition.
-    return (P / torch.minimum(i, j)).clamp_(0.0, 1.0).numpy()
+    phi = P / torch.minimum(i, j)
+    top = float(phi.max()) if phi.numel() else 0.0
+    if not top <= 1 + tol:
+        raise LorascopeError(f"φ reached {top:.6g} > 1: the bases are not orthonormal")
+    return phi.numpy()
 
 
 # Largest σ_max / σ_min for which the Gram route is used: its error grows like ε·κ² (1e-8 here).
 GRAM_MAX_COND = 1e4
+GRAM_TOL = 1e-6  # how far above 1 round-off can take φ on that route
 
 
 def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
@@ -87,7 +110,7 @@ def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
         halves.append((U, e.sqrt()))
     (U1, s1), (U2, s2) = halves
     M = (U1.T @ (Y1 @ Y2.T) @ U2) / s1[:, None] / s2[None, :]
-    return _phi_of_cross(M)
+    return _phi_of_cross(M, GRAM_TOL)
 
 
 def subspace_similarity(A1, A2) -> np.ndarray:
@@ -150,72 +173,6 @@ def gaussian_phi_baseline(
     return gaussian_phi_samples(shape1, shape2, n_seeds, seed, side).mean(axis=0)
 
 
-def _learned_part(adapter, init):
-    if init is None:
-        raise LorascopeError("factor dA (A − A0) needs the run's adapter_init.safetensors")
-    return as_float64(adapter.A) - as_float64(init.A)
-
-
-# The factors whose φ comes straight from one matrix per module (see factor_phi).
-_FACTOR_MATRIX = {
-    "A": lambda adapter, init: adapter.A,
-    "B": lambda adapter, init: adapter.B,
-    "dA": _learned_part,
-}
-
-
-def module_basis(adapter, factor: str, init=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(basis, σ) of one module for a `factor` in FACTORS; `adapter`/`init` have .A, .B, .scaling."""
-    if factor in _FACTOR_MATRIX:
-        return factor_svd(_FACTOR_MATRIX[factor](adapter, init), "left" if factor == "B" else "right")
-    if factor in ("dW-right", "dW-left"):
-        U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
-        return (V if factor == "dW-right" else U), S
-    raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(FACTORS)}")
-
-
-@dataclass
-class PairSimilarity:
-    """φ grids of two runs, per common module. grids[m] is a DataFrame indexed by i (rows), j (columns)."""
-
-    factor: str
-    name_a: str
-    name_b: str
-    grids: dict[str, pd.DataFrame]
-    dims: dict[str, int]  # n, the dimension of the space the bases live in
-    only_a: list[str] = field(default_factory=list)
-    only_b: list[str] = field(default_factory=list)
-
-    def summary(self) -> pd.DataFrame:
-        """Per module: ranks, φ(1, 1), the mean of φ(k, k) for k ≤ min(r_a, r_b), and the
-        same mean of the random floor max(k, k)/n = k/n, so the two compare like for like."""
-        rows = []
-        for m, g in self.grids.items():
-            r_a, r_b = g.shape
-            d = np.diag(g.to_numpy())  # length min(r_a, r_b)
-            rows.append(
-                {
-                    "module": m,
-                    "r_a": r_a,
-                    "r_b": r_b,
-                    "phi_11": float(g.iloc[0, 0]),
-                    "phi_diag_mean": float(d.mean()),
-                    "random_floor": float(np.diag(random_phi_baseline(r_a, r_b, self.dims[m])).mean()),
-                }
-            )
-        return pd.DataFrame(rows).set_index("module")
-
-    def long(self) -> pd.DataFrame:
-        """Every φ value: columns module, i, j, phi (i, j from 1)."""
-        parts = []
-        for m, g in self.grids.items():
-            i, j = np.meshgrid(g.index.to_numpy(), g.columns.to_numpy(), indexing="ij")
-            parts.append(
-                pd.DataFrame({"module": m, "i": i.ravel(), "j": j.ravel(), "phi": g.to_numpy().ravel()})
-            )
-        return pd.concat(parts, ignore_index=True)
-
-
 def grid_frame(phi: np.ndarray) -> pd.DataFrame:
     """A φ array (r1, r2) as a DataFrame with index i = 1..r1 and columns j = 1..r2."""
     return pd.DataFrame(
@@ -225,58 +182,10 @@ def grid_frame(phi: np.ndarray) -> pd.DataFrame:
     )
 
 
-def run_similarity(
-    run_a, run_b, factor: str = "A", modules: str | None = None, layers=None, progress: bool = False
-) -> PairSimilarity:
-    """φ grids between two runs (`lorascope.runs.Run`), module by module, matched by name.
-
-    Modules in only one run are listed in `only_a` / `only_b` (and logged); a LorascopeError
-    if the runs share none, or a common module has different shapes in the two runs."""
-    if factor not in FACTORS:
-        raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(FACTORS)}")
-    common, only_a, only_b = match_modules(run_a.adapters, run_b.adapters)
-    if not common:
-        raise LorascopeError(
-            f"{run_a.path} and {run_b.path} share no module "
-            f"({next(iter(run_a.adapters), '-')} vs {next(iter(run_b.adapters), '-')}): "
-            "compare runs of the same base model and targets"
-        )
-    for side, names in (("first", only_a), ("second", only_b)):
-        if names:
-            log.info("%d module(s) only in the %s run, skipped: %s", len(names), side, ", ".join(names))
-    if factor == "dA":
-        for run in (run_a, run_b):
-            if run.init is None:
-                raise LorascopeError(f"{run.path}: has no adapter_init.safetensors; --factor dA needs A0")
-    common = select_modules(common, modules, layers)
-    from tqdm.auto import tqdm
-
-    grids, dims = {}, {}
-    for m in tqdm(common, desc=f"phi {factor}", unit="module", disable=not progress):
-        inits = [run.init.get(m) if run.init is not None else None for run in (run_a, run_b)]
-        if factor in _FACTOR_MATRIX:  # φ straight from the factors (Gram route)
-            pairs = zip((run_a, run_b), inits, strict=True)
-            X1, X2 = (_FACTOR_MATRIX[factor](run.adapters[m], init) for run, init in pairs)
-            side = "left" if factor == "B" else "right"
-            n1, n2 = (X.shape[0] if side == "left" else X.shape[1] for X in (X1, X2))
-            if n1 != n2:
-                raise LorascopeError(f"module {m}: the runs' factors have different shapes ({n1} vs {n2})")
-            grids[m] = grid_frame(factor_phi(X1, X2, side, label=f"{m} ({factor})"))
-            dims[m] = n1
-            continue
-        (U1, S1), (U2, S2) = (
-            module_basis(run.adapters[m], factor, init)
-            for run, init in zip((run_a, run_b), inits, strict=True)
-        )
-        if U1.shape[0] != U2.shape[0]:
-            raise LorascopeError(
-                f"module {m}: the runs' factors have different shapes ({U1.shape[0]} vs {U2.shape[0]})"
-            )
-        for run, S in ((run_a, S1), (run_b, S2)):
-            if S.numel() and float(S[-1]) <= 1e-12 * max(float(S[0]), 1e-300):
-                log.warning(
-                    "%s %s: %s is rank-deficient; its trailing directions are arbitrary", run.name, m, factor
-                )
-        grids[m] = grid_frame(phi_grid(U1, U2))
-        dims[m] = U1.shape[0]
-    return PairSimilarity(factor, run_a.name, run_b.name, grids, dims, only_a, only_b)
+def long_grid(grid: pd.DataFrame, **labels) -> pd.DataFrame:
+    """A φ grid (index i, columns j) as rows (…labels, i, j, phi): the long format of every φ CSV."""
+    i, j = np.meshgrid(grid.index.to_numpy(), grid.columns.to_numpy(), indexing="ij")
+    frame = pd.DataFrame({"i": i.ravel(), "j": j.ravel(), "phi": grid.to_numpy().ravel()})
+    for position, (key, value) in enumerate(labels.items()):
+        frame.insert(position, key, value)
+    return frame

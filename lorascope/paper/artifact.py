@@ -12,26 +12,6 @@ from lorascope.analysis.tables import write_figure, write_table
 
 log = logging.getLogger(__name__)
 
-# Names of the factors in text (findings.md) and in figure titles (matplotlib mathtext).
-FACTOR_TEXT = {
-    "A": "A",
-    "dA": "A − A0",
-    "B": "B",
-    "dW-right": "ΔW (input side)",
-    "dW-left": "ΔW (output side)",
-}
-FACTOR_TEX = {
-    "A": "$A$",
-    "dA": "$(A - A_0)$",
-    "B": "$B$",
-    "dW-right": r"$\Delta W$",
-    "dW-left": r"$\Delta W$",
-}
-
-
-def factor_tex(factor: str) -> str:
-    return FACTOR_TEX[factor]
-
 
 @dataclass
 class Artifact:
@@ -67,12 +47,3 @@ class Skipped:
 
     def __str__(self) -> str:
         return f"{self.recipe}: skipped: {self.reason}"
-
-
-def long_grid(grid: pd.DataFrame, **labels) -> pd.DataFrame:
-    """A φ grid (index i, columns j) as rows i, j, phi, prefixed by constant label columns."""
-    stacked = grid.stack().rename("phi").reset_index()
-    stacked.columns = ["i", "j", "phi"]
-    for k, v in reversed(list(labels.items())):
-        stacked.insert(0, k, v)
-    return stacked

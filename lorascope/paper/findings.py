@@ -15,8 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lorascope.analysis.factors import get_factor
 from lorascope.models import QUANTIZED_NOTE
-from lorascope.paper.artifact import FACTOR_TEXT, Artifact, Skipped
+from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep, kind_label
 from lorascope.paper.w_and_delta import quantized
 
@@ -60,6 +61,44 @@ def learned_fraction(sweep: Sweep) -> list[str]:
     return lines
 
 
+def _text(factor: str) -> str:
+    return get_factor(factor).text
+
+
+def init_section(fig3s: dict, fig4s: dict) -> list[str]:
+    """The control of every comparison findings.md reads: φ(1, 1) between the two runs' initial A0."""
+    out = [
+        "## Initialisation control",
+        "",
+        "lorascope draws each module's A0 from its own generator seeded by (seed, rank, module name), so two "
+        "runs start independently. The control: φ(1, 1) between the two runs' A0 for every module used "
+        f"below, against the random floor 1/n; 'above' marks φ(1, 1) ≥ {ABOVE_FLOOR} × the floor, where "
+        "φ of A would show an overlap that training did not cause.",
+        "",
+        "| comparison | module | φ(1,1) of A0 | floor 1/n | above the floor |",
+        "|---|---|---|---|---|",
+    ]
+    rows = 0
+    describe = {
+        "Fig. 3": lambda f: f"r = {f['small']} vs {f['large']}, layer {f['layer']}",
+        "Fig. 4": lambda f: "seeds {} vs {}, r = {}, layer {}".format(*f["seeds"], f["rank"], f["layer"]),
+    }
+    for label, arts in (("Fig. 3", fig3s), ("Fig. 4", fig4s)):
+        art = next((a for a in arts.values() if isinstance(a, Artifact)), None)
+        if art is None:
+            continue
+        for kind, c in art.facts["init"].items():
+            above = c["phi_11"] >= ABOVE_FLOOR / c["n"]
+            rows += 1
+            out.append(
+                f"| {label}: {describe[label](art.facts)} | {kind_label(kind)} | {_fmt(c['phi_11'])} | "
+                f"{_fmt(1 / c['n'])} | {'**yes**' if above else 'no'} |"
+            )
+    if not rows:
+        return out[:2] + ["Not available: the runs have no adapter_init.safetensors.", ""]
+    return out + [""]
+
+
 def fig3_section(arts: dict[str, Artifact | Skipped]) -> list[str]:
     out = ["## Fig. 3: the top directions of a small and a large rank overlap", ""]
     first = next((a for a in arts.values() if isinstance(a, Artifact)), None)
@@ -70,7 +109,7 @@ def fig3_section(arts: dict[str, Artifact | Skipped]) -> list[str]:
     out += [
         f"φ(X_r={small}, X_r={large}, i, j) at layer {layer}. The paper (GPT-3, r = 8 vs 64): φ > 0.5 at "
         "i = j = 1, decaying for larger i. Random floor: E[φ(i, j)] = max(i, j)/n; 'at init': the "
-        "same φ between the two runs' random initial A0, the control for A.",
+        "same φ between the two runs' random initial A0, the control.",
         "",
         f"| factor | module | φ(1,1) | φ(1,1) at init | floor(1,1) | φ({small},{small}) "
         f"| floor({small},{small}) | holds |",
@@ -85,13 +124,14 @@ def fig3_section(arts: dict[str, Artifact | Skipped]) -> list[str]:
             d, n = k["diag"], k["n"]
             ok = d[0] > SHARED and d[small - 1] < d[0]
             flags.append(ok)
+            init = art.facts["init"].get(kind)
             out.append(
-                f"| {FACTOR_TEXT[factor]} | {kind_label(kind)} | {_fmt(d[0])} | "
-                f"{_fmt(k['init_11']) if 'init_11' in k else '–'} | {_fmt(1 / n)} | "
+                f"| {_text(factor)} | {kind_label(kind)} | {_fmt(d[0])} | "
+                f"{_fmt(init['phi_11']) if init else '–'} | {_fmt(1 / n)} | "
                 f"{_fmt(d[small - 1])} | {_fmt(small / n)} | {'yes' if ok else 'no'} |"
             )
         verdicts[factor] = _verdict(flags)
-    out += ["", "Verdict: " + "; ".join(f"{FACTOR_TEXT[f]}: {v}" for f, v in verdicts.items()) + ".", ""]
+    out += ["", "Verdict: " + "; ".join(f"{_text(f)}: {v}" for f, v in verdicts.items()) + ".", ""]
     return out
 
 
@@ -115,21 +155,23 @@ def fig4_section(arts: dict[str, Artifact | Skipped]) -> list[str]:
     for factor, art in arts.items():
         if not isinstance(art, Artifact):
             continue
-        means, flags = {}, []
+        means, flags, random_shared = {}, [], []
         for kind, k in art.facts["kinds"].items():
             d, n, phi = k["diag"], k["n"], k["phi"].to_numpy()
             b = min(8, phi.shape[0])
             means[kind] = float(phi[:b, :b].mean())
             shared = int(np.sum(np.asarray(d) > SHARED))
-            label = "random Gaussian" if kind == "_gaussian" else kind_label(kind)
+            gaussian = kind.startswith("_gaussian")
+            label = f"random Gaussian (n={n})" if gaussian else kind_label(kind)
             out.append(
-                f"| {FACTOR_TEXT[factor]} | {label} | {_fmt(d[0])} | {shared} | {_fmt(means[kind])} | "
+                f"| {_text(factor)} | {label} | {_fmt(d[0])} | {shared} | {_fmt(means[kind])} | "
                 f"{_fmt(1 / n)} | {_fmt(b / n)} |"
             )
-            if kind == "_gaussian":
-                random_none = shared == 0
+            if gaussian:
+                random_shared.append(shared)
             else:
                 flags.append(d[0] >= ABOVE_FLOOR / n)
+        random_none = not any(random_shared)
         q = next((means[k] for k in means if _is_q(k)), None)
         v = next((means[k] for k in means if _is_v(k)), None)
         qv = (
@@ -138,7 +180,7 @@ def fig4_section(arts: dict[str, Artifact | Skipped]) -> list[str]:
             else f"{'yes' if q > v else 'no'} ({_fmt(q)} vs {_fmt(v)})"
         )
         lines_v.append(
-            f"- {FACTOR_TEXT[factor]}: the seeds share their top direction: {_verdict(flags)}; "
+            f"- {_text(factor)}: the seeds share their top direction: {_verdict(flags)}; "
             f"the random matrices share none: {'yes' if random_none else 'no'}; "
             f"q shares more than v: {qv}."
         )
@@ -198,5 +240,6 @@ def findings_markdown(sweep: Sweep, fig3s: dict, fig4s: dict, table7: Artifact |
             *moved,
             "",
         ]
+    lines += init_section(fig3s, fig4s)
     lines += fig3_section(fig3s) + fig4_section(fig4s) + table7_section(table7, sweep)
     return "\n".join(lines)

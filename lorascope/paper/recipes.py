@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from lorascope.errors import LorascopeError
-from lorascope.paper import DESCRIPTIONS, FACTORS
 from lorascope.paper.artifact import Artifact, Skipped
+from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
 from lorascope.paper.findings import findings_markdown
 from lorascope.paper.rank_table import rank_table
 from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
@@ -94,7 +94,7 @@ def make_figures(
     out: str | Path | None = None,
     formats=("png", "pdf"),
     recipes: Iterable[str] | None = None,
-    factors=FACTORS,
+    factors=FIGURE_FACTORS,
     layer: int | None = None,
     layers: list[int] | None = None,
     progress: bool = False,
@@ -123,19 +123,23 @@ def make_figures(
 
 def recipe_main(name: str, argv: list[str] | None = None) -> int:
     """Entry point of one analysis/ recipe: `python analysis/<recipe>.py SWEEP [--out DIR] ...`."""
+    import matplotlib
+
     from lorascope.analysis.tables import parse_formats
 
+    matplotlib.use("Agg")  # a recipe only writes files
     p = argparse.ArgumentParser(description=DESCRIPTIONS[name])
     p.add_argument("sweep", help="sweep folder, e.g. runs/minilm-bbc")
     p.add_argument("--out", help="output folder (default: SWEEP/figures)")
     p.add_argument("--format", default="png,pdf", help="figure formats, comma-separated (png, pdf, svg)")
     p.add_argument("--layer", type=int, help="layer index for single-layer figures (default: the middle one)")
-    p.add_argument("--factor", action="append", choices=FACTORS, help="factor(s) to analyse (default: all)")
+    p.add_argument("--factor", action="append", choices=FIGURE_FACTORS, help="factor(s) (default: all)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
+        factors = args.factor or FIGURE_FACTORS
         written, skipped = make_figures(
-            args.sweep, args.out, parse_formats(args.format), [name], args.factor or FACTORS, args.layer
+            args.sweep, args.out, parse_formats(args.format), [name], factors, args.layer
         )
     except LorascopeError as e:
         print(f"{name}: error: {e}", file=sys.stderr)

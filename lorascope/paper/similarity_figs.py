@@ -14,16 +14,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from lorascope.analysis.factors import get_factor
 from lorascope.analysis.modules import layer_index
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import (
     gaussian_phi_samples,
     grid_frame,
+    long_grid,
     random_phi_baseline,
-    run_similarity,
     subspace_similarity,
 )
-from lorascope.paper.artifact import Artifact, Skipped, factor_tex, long_grid
+from lorascope.compare.pairs import run_similarity
+from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep, kind_label, module_kind
 
 
@@ -80,6 +82,22 @@ def _diag(grid: pd.DataFrame) -> list[float]:
     return [float(v) for v in np.diag(grid.to_numpy())]
 
 
+def init_control(sweep: Sweep, run_a, run_b, layer: int) -> dict[str, dict]:
+    """The control for every module a figure uses: φ between the two runs' random initial A0.
+
+    Independent initialisations give φ(1, 1) near the random floor 1/n; a value far above it means
+    the runs started from related A0, and φ of A then shows what training did not cause."""
+    out = {}
+    if run_a.init is None or run_b.init is None:
+        return out
+    for kind in sweep.kinds:
+        m = sweep.module(layer, kind)
+        if m in run_a.init and m in run_b.init:
+            phi = subspace_similarity(run_a.init[m].A, run_b.init[m].A)
+            out[kind] = {"phi_11": float(phi[0, 0]), "n": run_a.init[m].A.shape[1]}
+    return out
+
+
 def fig3(sweep: Sweep, factor: str = "A", small=None, large=None, layer=None) -> Artifact | Skipped:
     pair = rank_pair(sweep, small, large)
     name = f"fig3_rank_similarity_{factor}"
@@ -88,20 +106,16 @@ def fig3(sweep: Sweep, factor: str = "A", small=None, large=None, layer=None) ->
     small, large = pair
     layer = sweep.middle_layer if layer is None else layer
     grids = _pair(sweep, sweep.run(small), sweep.run(large), factor, [layer])
-    F = factor_tex(factor)
+    F = get_factor(factor).tex
     panels, rows, facts = {}, [], {}
     for (_, kind), g in grids.items():
         panels[f"{kind_label(kind)}"] = g
     for (_, kind), g in grids.items():
         panels[f"{kind_label(kind)} (i, j ≤ {small}, j ≤ i)"] = _lower_triangle(g, small)
-    run_s, run_l = sweep.run(small), sweep.run(large)
     for (_, kind), g in grids.items():
         rows.append(long_grid(g, layer=layer, module=kind, r_small=small, r_large=large))
         facts[kind] = {"phi": g, "n": _space_dim(sweep, layer, kind, factor), "diag": _diag(g)}
-        if factor == "A" and run_s.init is not None and run_l.init is not None:
-            # The control: the same φ between the two random initialisations A0.
-            m = sweep.module(layer, kind)
-            facts[kind]["init_11"] = float(subspace_similarity(run_s.init[m].A, run_l.init[m].A)[0, 0])
+    init = init_control(sweep, sweep.run(small), sweep.run(large), layer)
     fig, _ = plot_phi(
         panels,
         ncols=len(panels),
@@ -109,20 +123,19 @@ def fig3(sweep: Sweep, factor: str = "A", small=None, large=None, layer=None) ->
         + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j)",
     )
     data = pd.concat(rows, ignore_index=True)
-    return Artifact(
-        name, data, fig=fig, facts={"small": small, "large": large, "layer": layer, "kinds": facts}
-    )
+    facts = {"small": small, "large": large, "layer": layer, "kinds": facts, "init": init}
+    return Artifact(name, data, fig=fig, facts=facts)
 
 
 def _space_dim(sweep: Sweep, layer: int, kind: str, factor: str) -> int:
-    """n, the dimension the bases live in: in_features for A-side factors, out_features for left ones."""
-    adapter = next(iter(sweep.runs.values())).adapters[sweep.module(layer, kind)]
-    return adapter.out_features if factor in ("B", "dW-left") else adapter.in_features
+    """n, the dimension of the space the factor's bases live in, for this module."""
+    return get_factor(factor).dim(next(iter(sweep.runs.values())).adapters[sweep.module(layer, kind)])
 
 
 def _gaussian(rank: int, n: int, factor: str, seed: int = 0) -> pd.DataFrame:
-    """φ between the bases of one pair of random Gaussian (rank, n) matrices, as the paper's Fig. 4 right."""
-    side = "left" if factor in ("B", "dW-left") else "right"
+    """φ between the bases of one pair of random Gaussian matrices shaped like the factor, in R^n
+    (the paper's Fig. 4, right)."""
+    side = get_factor(factor).side
     shape = (n, rank) if side == "left" else (rank, n)
     return grid_frame(gaussian_phi_samples(shape, shape, n_seeds=1, seed=seed, side=side)[0])
 
@@ -141,12 +154,14 @@ def fig4(sweep: Sweep, factor: str = "A", rank=None, layer=None) -> Artifact | S
         panels[f"{kind_label(kind)}: seed {s1} vs {s2}"] = g
         rows.append(long_grid(g, layer=layer, module=kind, pair=f"seed {s1} vs {s2}"))
         facts[kind] = {"phi": g, "n": n, "diag": _diag(g)}
-    n = _space_dim(sweep, layer, sweep.kinds[0], factor)
-    gauss = _gaussian(rank, n, factor)
-    panels[f"random Gaussian ({rank}×{n})"] = gauss
-    rows.append(long_grid(gauss, layer=layer, module="random gaussian", pair="gaussian"))
-    facts["_gaussian"] = {"phi": gauss, "n": n, "diag": _diag(gauss)}
-    F = factor_tex(factor)
+    # One random panel per space the modules live in: GQA's k/v outputs (192) are not q's (576).
+    for n in sorted({facts[kind]["n"] for kind in list(facts)}, reverse=True):
+        gauss = _gaussian(rank, n, factor)
+        panels[f"random Gaussian ({rank}×{n})"] = gauss
+        rows.append(long_grid(gauss, layer=layer, module=f"random gaussian n={n}", pair="gaussian"))
+        facts[f"_gaussian n={n}"] = {"phi": gauss, "n": n, "diag": _diag(gauss)}
+    init = init_control(sweep, sweep.run(rank, s1), sweep.run(rank, s2), layer)
+    F = get_factor(factor).tex
     fig, _ = plot_phi(
         panels,
         ncols=len(panels),
@@ -154,9 +169,8 @@ def fig4(sweep: Sweep, factor: str = "A", rank=None, layer=None) -> Artifact | S
         + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, {F}$_{{r={rank}}}$ seed {s2}, i, j)",
     )
     data = pd.concat(rows, ignore_index=True)
-    return Artifact(
-        name, data, fig=fig, facts={"rank": rank, "seeds": (s1, s2), "layer": layer, "kinds": facts}
-    )
+    facts = {"rank": rank, "seeds": (s1, s2), "layer": layer, "kinds": facts, "init": init}
+    return Artifact(name, data, fig=fig, facts=facts)
 
 
 def _across_layers(sweep: Sweep, name: str, run_a, run_b, factor: str, layers, title: str) -> Artifact:
@@ -178,7 +192,7 @@ def fig6(sweep: Sweep, factor: str = "A", small=None, large=None, layers=None) -
     if isinstance(pair, str):
         return Skipped(name, pair)
     small, large = pair
-    F = factor_tex(factor)
+    F = get_factor(factor).tex
     title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers"
     return _across_layers(sweep, name, sweep.run(small), sweep.run(large), factor, layers, title)
 
@@ -189,7 +203,7 @@ def fig7(sweep: Sweep, factor: str = "A", rank=None, layers=None) -> Artifact | 
     if isinstance(rank, str):
         return Skipped(name, rank)
     s1, s2 = sweep.seeds(rank)[:2]
-    F = factor_tex(factor)
+    F = get_factor(factor).tex
     title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, seed {s2}, i, j) across layers"
     return _across_layers(sweep, name, sweep.run(rank, s1), sweep.run(rank, s2), factor, layers, title)
 

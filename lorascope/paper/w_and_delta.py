@@ -11,11 +11,11 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from lorascope.analysis.amplification import amplification, w_delta_similarity
+from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_similarity
 from lorascope.analysis.plots import plot_phi
-from lorascope.analysis.similarity import grid_frame
+from lorascope.analysis.similarity import grid_frame, long_grid
 from lorascope.models import QUANTIZED_NOTE, is_quantized
-from lorascope.paper.artifact import Artifact, long_grid
+from lorascope.paper.artifact import Artifact
 from lorascope.paper.sweep import Sweep, kind_label, module_kind
 
 TABLE7_COLUMNS = {
@@ -37,8 +37,10 @@ def _random_factors(rank: int, out: int, n_in: int, seed: int = 0):
     return torch.randn(rank, n_in, generator=g), torch.randn(out, rank, generator=g)
 
 
-def fig8(sweep: Sweep, layer=None, side: str = "left", top_w: int | None = None) -> Artifact:
-    """One row of panels per module kind: W's top-i (vertical) against ΔW's top-j (horizontal)."""
+def fig8(sweep: Sweep, layer=None, top_w: int | None = None) -> Artifact:
+    """One row of panels per module kind: W's top-i (vertical) against ΔW's top-j (horizontal), on the
+    paper's side (FIG8_SIDE); the CSV says which side in its `side` column."""
+    side = FIG8_SIDE
     layer = sweep.middle_layer if layer is None else layer
     modules = [sweep.module(layer, kind) for kind in sweep.kinds]
     weights = sweep.base_weights(modules)
@@ -51,12 +53,12 @@ def fig8(sweep: Sweep, layer=None, side: str = "left", top_w: int | None = None)
                 w_delta_similarity(W, a.A, a.B, a.scaling, side=side, top_w=top_w, w_svd=sweep.w_svd(m))
             )
             panels[f"{kind_label(kind)}: ΔW, r = {rank}"] = g
-            rows.append(long_grid(g, layer=layer, module=kind, delta=f"r={rank}"))
+            rows.append(long_grid(g, layer=layer, module=kind, side=side, delta=f"r={rank}"))
         rank = sweep.ranks[-1]
         A, B = _random_factors(rank, W.shape[0], W.shape[1])
         g = grid_frame(w_delta_similarity(W, A, B, 1.0, side=side, top_w=top_w, w_svd=sweep.w_svd(m)))
         panels[f"{kind_label(kind)}: random, r = {rank}"] = g
-        rows.append(long_grid(g, layer=layer, module=kind, delta=f"random r={rank}"))
+        rows.append(long_grid(g, layer=layer, module=kind, side=side, delta=f"random r={rank}"))
     note = f"\n{QUANTIZED_NOTE}" if quantized(sweep) else ""
     fig, _ = plot_phi(
         panels,

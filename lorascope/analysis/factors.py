@@ -1,0 +1,76 @@
+"""The table of factors: which matrix of an adapter a subspace is taken of, on which side, and its name.
+
+    A         right singular vectors of A (r, in): the paper's "U_A", the row space of A in R^in
+    B         left singular vectors of B (out, r): the column space of B in R^out
+    dA        right singular vectors of A − A0: the learned part of A (needs the run's A0)
+    dW-right  right singular vectors of ΔW = s·B A (input space), from the factored SVD
+    dW-left   left singular vectors of ΔW (output space)
+
+Every place that needs to know a factor's side, the dimension n of its space, its label in text or
+TeX, or how to get its basis from a run's module reads it here: the library, the CLI and the figures.
+An "adapter" here is anything with .A (r, in), .B (out, r), .scaling, .in_features and .out_features
+(`lorascope.runs.Adapter`); `init` is the same for A0, B0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from lorascope.analysis.linalg import as_float64, delta_svd, factor_svd
+from lorascope.errors import LorascopeError
+
+
+@dataclass(frozen=True)
+class Factor:
+    name: str
+    side: str  # "right": a basis of R^in; "left": a basis of R^out
+    text: str  # plain text (tables, findings.md)
+    tex: str  # matplotlib mathtext (figure titles)
+    help: str  # one line for the CLI
+    # (adapter, init) -> the matrix whose singular basis is taken; None for ΔW's, from the factored SVD.
+    matrix: Callable | None = None
+    needs_init: bool = False
+
+    def dim(self, adapter) -> int:
+        """n, the dimension of the space the basis lives in."""
+        return adapter.in_features if self.side == "right" else adapter.out_features
+
+    def basis(self, adapter, init=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(orthonormal basis (n, k), σ (k,)) of one module, columns by descending σ, float64."""
+        if self.needs_init and init is None:
+            raise LorascopeError(f"factor {self.name} ({self.text}) needs the run's adapter_init.safetensors")
+        if self.matrix is not None:
+            return factor_svd(self.matrix(adapter, init), self.side)
+        U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
+        return (V if self.side == "right" else U), S
+
+
+def _learned_part(adapter, init) -> torch.Tensor:
+    return as_float64(adapter.A, "A") - as_float64(init.A, "A0")
+
+
+FACTORS: dict[str, Factor] = {
+    f.name: f
+    for f in (
+        Factor("A", "right", "A", "$A$", "right singular vectors of A, the paper's U_A",
+               matrix=lambda adapter, init: adapter.A),
+        Factor("B", "left", "B", "$B$", "left singular vectors of B", matrix=lambda adapter, init: adapter.B),
+        Factor("dA", "right", "A − A0", "$(A - A_0)$",
+               "right singular vectors of A - A0 (needs adapter_init)",
+               matrix=_learned_part, needs_init=True),
+        Factor("dW-right", "right", "ΔW (input side)", r"$\Delta W$ (input side)",
+               "right (input-side) singular vectors of dW = s B A"),
+        Factor("dW-left", "left", "ΔW (output side)", r"$\Delta W$ (output side)",
+               "left (output-side) singular vectors of dW = s B A"),
+    )
+}  # fmt: skip
+
+
+def get_factor(name: str) -> Factor:
+    """The Factor called `name`; a LorascopeError listing the choices otherwise."""
+    if name not in FACTORS:
+        raise LorascopeError(f"unknown factor {name!r}: choose one of {', '.join(FACTORS)}")
+    return FACTORS[name]
