@@ -12,13 +12,13 @@ import torch
 from analysis_fixtures import MODULES, make_run
 
 from lorascope import runs
+from lorascope.analysis.modules import module_kind
 from lorascope.analysis.trajectory import (
     COLUMNS,
     QUANTITIES,
     first_step_by_kind,
     first_step_reached,
     kind_summary,
-    module_kind,
     trajectory_frame,
 )
 from lorascope.compare.trajectories import final_step, run_trajectory, trajectory_plan

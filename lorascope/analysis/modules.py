@@ -71,6 +71,20 @@ def match_modules(names_a: Iterable[str], names_b: Iterable[str]) -> tuple[list[
     )
 
 
+def module_kind(name: str) -> str:
+    """The part of a module name after its layer index: "bert.encoder.layer.3.attention.self.query"
+    -> "attention.self.query"; a name without a layer index is its own kind."""
+    layer = layer_index(name)
+    if layer is None or f".{layer}." not in name:
+        return name
+    return name.split(f".{layer}.", 1)[-1]
+
+
+def kind_label(kind: str) -> str:
+    """A short label for a figure: "attention.self.query" -> "query", "self_attn.q_proj" -> "q_proj"."""
+    return kind.rsplit(".", 1)[-1] if not kind.endswith(("output.dense",)) else kind
+
+
 def short_name(name: str) -> str:
     """A compact panel title: "encoder.layer.3.attention.self.query" -> "L3 query"."""
     layer = layer_index(name)

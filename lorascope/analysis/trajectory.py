@@ -31,7 +31,6 @@ dA_rel when ‖A0‖_F = 0, dW_dA_ratio when ΔW_t = 0. For ΔW_t = 0 the ranks 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ import pandas as pd
 import torch
 
 from lorascope.analysis.linalg import as_float64, delta_svd, factor_basis
-from lorascope.analysis.modules import layer_index
+from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.analysis.similarity import phi_grid
 from lorascope.analysis.spectrum import spectrum_metrics
 from lorascope.errors import LorascopeError
@@ -57,15 +56,6 @@ QUANTITIES = [
 ]  # fmt: skip
 COLUMNS = ["module", "kind", "layer", "step", "rank", "k", "in_features", "out_features", *QUANTITIES]
 NAN = float("nan")
-
-
-def module_kind(name: str) -> str:
-    """The part of a module name after its layer index: "bert.encoder.layer.3.attention.self.query"
-    -> "attention.self.query"; a name without a layer index is its own kind."""
-    layer = layer_index(name)
-    if layer is None or f".{layer}." not in name:
-        return name
-    return name.split(f".{layer}.", 1)[-1]
 
 
 def numerical_rank(S: torch.Tensor) -> int:
@@ -127,9 +117,9 @@ def step_metrics(A, B, scaling: float, ref: Reference, energy: float = 0.9) -> d
         dA_rel = dA_norm / A0_norm if A0_norm > 0 else NAN
         phi_A = float(phi_grid(factor_basis(A, "right"), ref.V_A0)[-1, -1])
         if dW_norm > 0:
-            # ‖B D‖²_F = tr(Dᵀ Bᵀ B D) = Σ (BᵀB) ∘ (D Dᵀ): two r × r Gram matrices, no (out, in) product.
-            bd2 = float(((B.T @ B) * (D @ D.T)).sum())
-            ratio = abs(float(scaling)) * math.sqrt(max(bd2, 0.0)) / dW_norm
+            # ‖B D‖_F = ‖R_B D‖_F with B = Q_B R_B (Q_B orthonormal): an r × in product, not (out, in).
+            R_B = torch.linalg.qr(B)[1]
+            ratio = abs(float(scaling)) * float(torch.linalg.matrix_norm(R_B @ D)) / dW_norm
     return {
         "dA_norm": dA_norm,
         "dA_rel": dA_rel,

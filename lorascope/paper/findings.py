@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from lorascope.analysis.factors import get_factor
+from lorascope.analysis.modules import kind_label
 from lorascope.models import QUANTIZED_NOTE
 from lorascope.paper.artifact import Artifact, Skipped
-from lorascope.paper.sweep import Sweep, kind_label
+from lorascope.paper.sweep import Sweep
 from lorascope.paper.w_and_delta import quantized
 
 SHARED = 0.5  # φ(i, i) above this: more than half of the top-i directions are shared

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.modules import layer_index
+from lorascope.analysis.modules import kind_label, layer_index, module_kind
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import (
     gaussian_phi_samples,
@@ -26,7 +26,7 @@ from lorascope.analysis.similarity import (
 )
 from lorascope.compare.pairs import run_similarity
 from lorascope.paper.artifact import Artifact, Skipped
-from lorascope.paper.sweep import Sweep, kind_label, module_kind
+from lorascope.paper.sweep import Sweep
 
 
 def rank_pair(sweep: Sweep, small: int | None = None, large: int | None = None) -> tuple[int, int] | str:

@@ -10,26 +10,11 @@ from pathlib import Path
 import torch
 
 from lorascope.analysis.amplification import weight_svd
-from lorascope.analysis.modules import layer_index
+from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.errors import LorascopeError
 from lorascope.runs import Run, list_runs, load_run, parse_run_name, read_summary
 
 log = logging.getLogger(__name__)
-
-
-def module_kind(name: str) -> str:
-    """The part of a module name after its layer index.
-
-    "bert.encoder.layer.3.attention.self.query" -> "attention.self.query"."""
-    layer = layer_index(name)
-    if layer is None:
-        return name
-    return name.split(f".{layer}.", 1)[-1] if f".{layer}." in name else name
-
-
-def kind_label(kind: str) -> str:
-    """A short label for a figure: "attention.self.query" -> "query", "self_attn.q_proj" -> "q_proj"."""
-    return kind.rsplit(".", 1)[-1] if not kind.endswith(("output.dense",)) else kind
 
 
 @dataclass

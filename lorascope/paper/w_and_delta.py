@@ -12,11 +12,12 @@ import pandas as pd
 import torch
 
 from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_similarity
+from lorascope.analysis.modules import kind_label, module_kind
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import grid_frame, long_grid
 from lorascope.models import QUANTIZED_NOTE, is_quantized
 from lorascope.paper.artifact import Artifact
-from lorascope.paper.sweep import Sweep, kind_label, module_kind
+from lorascope.paper.sweep import Sweep
 
 TABLE7_COLUMNS = {
     "proj_dw": "‖UᵀWV‖_F ΔW",
