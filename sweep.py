@@ -4,6 +4,7 @@ Configuration: conf/config.yaml (schema: lorascope/config.py). Runs land in
 runs/<model>-<task>/r<rank>-s<seed>/; complete runs with the same config are skipped.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -17,11 +18,16 @@ hydra_glue.register()
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from lorascope.train import launch  # after Hydra has parsed the command line: a fast --help
+    from lorascope.launch import launch  # after Hydra has parsed the command line: a fast --help
 
     # The summary goes back to Hydra as the job's return value; SweepReport.on_job_end records it.
     return launch(hydra_glue.plain_config(cfg), Path(HydraConfig.get().runtime.output_dir))
 
 
 if __name__ == "__main__":
+    # Every sweep is a multirun (conf/config.yaml says so), but Hydra learns that only by composing the
+    # config; when composing fails (a missing preset) it falls back to a single run and reports a
+    # comma list as "ambiguous" instead of the real error. Saying --multirun up front keeps the error.
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        sys.argv.insert(1, "--multirun")
     main()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -57,16 +58,43 @@ def _report(paths) -> None:
     print(f"wrote {len(paths)} file(s) to {', '.join(folders)}: {', '.join(p.name for p in paths)}")
 
 
-def _layers(args) -> set[int] | None:
-    from lorascope.analysis.modules import parse_layers
+def _layers(args, names) -> set[int] | None:
+    """--layers, cut to the layers the modules `names` have."""
+    from lorascope.analysis.modules import layer_index, parse_layers
 
-    return parse_layers(args.layers) if getattr(args, "layers", None) else None
+    if not getattr(args, "layers", None):
+        return None
+    return parse_layers(args.layers, available={i for n in names if (i := layer_index(n)) is not None})
 
 
 def _selected(run, args) -> list[str]:
     from lorascope.analysis.modules import select_modules
 
-    return select_modules(run.adapters, getattr(args, "modules", None), _layers(args))
+    return select_modules(run.adapters, getattr(args, "modules", None), _layers(args, run.adapters))
+
+
+def _load(path: Path, args):
+    """A run to analyse: a failed run never, an incomplete one only with --allow-incomplete."""
+    from lorascope.runs import load_run
+
+    run = load_run(path)
+    if run.status == "failed":
+        reason = run.summary.get("reason") or "no reason recorded"
+        raise LorascopeError(f"{path}: the run failed ({reason}); it is not analysed")
+    if run.status != "complete" and not getattr(args, "allow_incomplete", False):
+        raise LorascopeError(
+            f"{path}: the run is {run.status} (its summary.json does not say complete: still training, "
+            "or killed); pass --allow-incomplete to analyse what it saved"
+        )
+    return run
+
+
+def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-incomplete",
+        action="store_true",
+        help="analyse runs whose summary.json is not 'complete' (still training, or killed)",
+    )
 
 
 def _add_filters(p: argparse.ArgumentParser) -> None:
@@ -125,11 +153,11 @@ def cmd_similarity(args) -> int:
     from lorascope.analysis.plots import plot_phi
     from lorascope.analysis.tables import parse_formats, write_figure
     from lorascope.compare import heatmap_pages, run_similarity
-    from lorascope.runs import load_run
 
     formats = parse_formats(args.format)
-    run_a, run_b = load_run(args.run_a), load_run(args.run_b)
-    pair = run_similarity(run_a, run_b, args.factor, args.modules, _layers(args), progress=_progress())
+    run_a, run_b = _load(args.run_a, args), _load(args.run_b, args)
+    layers = _layers(args, [m for m in run_a.adapters if m in run_b.adapters])
+    pair = run_similarity(run_a, run_b, args.factor, args.modules, layers, progress=_progress())
     pages = heatmap_pages(pair, args.per_page)
     for label, run, names in (("first", run_a, pair.only_a), ("second", run_b, pair.only_b)):
         if names:
@@ -182,6 +210,7 @@ def _add_similarity(sub) -> None:
         + "; ".join(f"{f.name}: {f.help}" for f in FACTORS.values()),
     )
     _add_filters(p)
+    _add_allow_incomplete(p)
     _add_out(p, "<sweep of RUN_A>/analysis/<RUN_A>_vs_<RUN_B>")
     p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
     p.add_argument("--per-page", type=int, default=12, help="modules per heatmap figure (default 12)")
@@ -197,9 +226,8 @@ def cmd_amplification(args) -> int:
 
     from lorascope.analysis import amplification
     from lorascope.analysis.tables import write_table
-    from lorascope.runs import load_run
 
-    run = load_run(args.run)
+    run = _load(args.run, args)
     modules = _selected(run, args)
     from lorascope.models import load_base_weights  # needs the base model: import only here
 
@@ -238,6 +266,7 @@ def _add_amplification(sub) -> None:
     p.add_argument("run", metavar="RUN", type=Path, help="run folder")
     p.add_argument("--k", type=int, default=None, help="number of singular directions (default: the rank)")
     _add_filters(p)
+    _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/<RUN>")
     p.set_defaults(func=cmd_amplification)
 
@@ -250,10 +279,9 @@ def cmd_spectrum(args) -> int:
     from lorascope.analysis.plots import plot_spectrum
     from lorascope.analysis.tables import parse_formats, write_figure, write_table
     from lorascope.compare import spectrum_frames, with_top_sigmas
-    from lorascope.runs import load_run
 
     formats = parse_formats(args.format)
-    run = load_run(args.run)
+    run = _load(args.run, args)
     table, sigmas = spectrum_frames(run, _selected(run, args))
     _print_table(
         with_top_sigmas(table, sigmas, args.top),
@@ -283,6 +311,7 @@ def _add_spectrum(sub) -> None:
     p.add_argument("run", metavar="RUN", type=Path, help="run folder")
     p.add_argument("--top", type=int, default=4, help="singular values to print per module (default 4)")
     _add_filters(p)
+    _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/<RUN>")
     p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
     p.set_defaults(func=cmd_spectrum)
@@ -292,13 +321,9 @@ def _add_spectrum(sub) -> None:
 
 
 def cmd_export(args) -> int:
-    from lorascope.runs import load_run
+    from lorascope.peft_format import export_peft
 
-    run = load_run(args.run)
-    try:
-        from lorascope.peft_format import export_peft
-    except ImportError as e:
-        raise LorascopeError(f"PEFT export is not available in this install ({e})") from None
+    run = _load(args.run, args)
     export_peft(run, args.out_dir, fan_in_fan_out=args.fan_in_fan_out, overwrite=args.overwrite)
     print(f"wrote {args.format} adapter of {run.name} to {args.out_dir}")
     return 0
@@ -323,6 +348,7 @@ def _add_export(sub) -> None:
         help="the base model stores W as (in, out), as GPT-2's Conv1D (default: from the run)",
     )
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT_DIR")
+    _add_allow_incomplete(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -399,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lorascope` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # No analysis ever fetches anything: a hub id that is not cached is an error, not a download.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import matplotlib
 
     matplotlib.use("Agg")  # the commands only write files: never open a window

@@ -50,6 +50,15 @@ class LoraConfig:
     init: str = "kaiming"  # kaiming (PEFT/loralib) | gaussian (N(0, 1/r))
     rslora: bool = False  # scaling α/√r instead of α/r
     dropout: float = 0.0  # dropout on the LoRA branch input
+    lr_ratio: float = 1.0  # B's learning rate = lr_ratio × A's (LoRA+, Hayou et al. 2024, use ~16)
+    train_A: bool = True  # false: A stays at its initialisation A0 (only B learns)
+    train_B: bool = True  # false: B stays 0 ... so ΔW stays 0; for asymmetry studies with train_A
+
+
+@dataclass
+class FullConfig:
+    targets: Any = "${lora.targets}"  # modules whose W is trained densely: LoRA's by default, or a regex
+    lr: float = 1e-4  # AdamW peak learning rate of full fine-tuning (the head keeps train.lr)
 
 
 @dataclass
@@ -74,16 +83,31 @@ class TrainConfig:
 
 @dataclass
 class SweepConfig:
-    rank: int = 8
-    alpha: float = 16.0  # fixed across ranks, as in the paper; s = α/r (α/√r with lora.rslora)
+    method: str = "lora"  # lora | full (full fine-tuning of the targets' W: one run per seed, no rank)
+    rank: int | None = 8  # LoRA rank (null in a full fine-tuning run's saved config)
+    alpha: float | None = 16.0  # fixed across ranks, as in the paper; s = α/r (α/√r with lora.rslora)
     seed: int = 0  # seeds LoRA init, head init, dropout and batch order
     runs_dir: str = "runs"
     name: str = "${model.name}-${task.name}"  # sweep folder under runs_dir
-    run_name: str = "r${rank}-s${seed}"  # run folder under the sweep folder
+    run_name: str = "${run_folder:${method},${rank},${seed}}"  # r{rank}-s{seed}, or full-s{seed}
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)  # null for method=full
+    full: FullConfig | None = field(default_factory=FullConfig)  # null for method=lora
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+METHODS = ("lora", "full")
+
+
+def run_folder(method: str, rank, seed) -> str:
+    """The run folder's name: r{rank}-s{seed} for LoRA, full-s{seed} for full fine-tuning (no rank)."""
+    return f"full-s{seed}" if method == "full" else f"r{rank}-s{seed}"
+
+
+# `${run_folder:${method},${rank},${seed}}` in the schema and in conf/config.yaml's Hydra settings.
+if not OmegaConf.has_resolver("run_folder"):
+    OmegaConf.register_new_resolver("run_folder", run_folder)
 
 
 def _first_line(e: Exception) -> str:
@@ -104,6 +128,14 @@ def from_dict(d: dict | SweepConfig | Any) -> SweepConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise LorascopeError(f"config{f' key {key}' if key else ''}: {_first_line(e)}") from None
+    if cfg.method not in METHODS:
+        raise LorascopeError(f"method={cfg.method} is not one of {', '.join(METHODS)}")
+    # What does not apply to a method is null, so a saved config says only what the run used, and two
+    # full fine-tuning runs of one seed launched at different ranks are the same run.
+    if cfg.method == "full":
+        cfg.rank = cfg.alpha = cfg.lora = None
+    else:
+        cfg.full = None
     check(cfg)
     return cfg
 
@@ -111,9 +143,29 @@ def from_dict(d: dict | SweepConfig | Any) -> SweepConfig:
 def check(cfg: SweepConfig) -> None:
     """Value checks that types cannot express; one LorascopeError naming the key and what to give."""
     t = cfg.train
+    lora = cfg.method == "lora"
     rules = [
-        ("rank", cfg.rank >= 1, "must be at least 1"),
-        ("alpha", cfg.alpha != 0 and math.isfinite(cfg.alpha), "must be a finite non-zero number"),
+        ("rank", not lora or (cfg.rank is not None and cfg.rank >= 1), "must be at least 1"),
+        (
+            "alpha",
+            not lora or (cfg.alpha is not None and cfg.alpha != 0 and math.isfinite(cfg.alpha)),
+            "must be a finite non-zero number",
+        ),
+        (
+            "lora.lr_ratio",
+            not lora or (cfg.lora.lr_ratio > 0 and math.isfinite(cfg.lora.lr_ratio)),
+            "must be a finite positive number",
+        ),
+        (
+            "lora.train_B",
+            not lora or cfg.lora.train_A or cfg.lora.train_B,
+            "and lora.train_A cannot both be false: nothing would train",
+        ),
+        (
+            "full.lr",
+            lora or (cfg.full.lr > 0 and math.isfinite(cfg.full.lr)),
+            "must be a finite positive number",
+        ),
         ("train.steps", t.steps >= 1, "must be at least 1"),
         ("train.lr", t.lr > 0 and math.isfinite(t.lr), "must be a finite positive number"),
         ("train.batch_size", t.batch_size >= 1, "must be at least 1"),
@@ -127,7 +179,7 @@ def check(cfg: SweepConfig) -> None:
         ("train.snapshot_every", t.snapshot_every >= 0, "must be 0 (never) or positive"),
         ("train.dtype", t.dtype in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
         ("train.device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device), "must be auto, cpu or cuda[:N]"),
-        ("lora.dropout", 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
+        ("lora.dropout", not lora or 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
         ("task.val_fraction", 0 < cfg.task.val_fraction < 1, "must be in (0, 1)"),
     ]
     for key, ok, what in rules:

@@ -143,13 +143,21 @@ class TaskData:
             mask[i, : len(s)] = 1
         return {"input_ids": x, "attention_mask": mask, "labels": torch.as_tensor(labels)}
 
-    def train_batches(self, batch_size: int, seed: int):
-        """Endless batches: a fresh seeded permutation of the training set every epoch."""
+    def train_batches(self, batch_size: int, seed: int, start: int = 0):
+        """Endless batches: a fresh seeded permutation of the training set every epoch.
+
+        The stream is a function of (seed, batch index) alone: `start` skips the first `start` batches
+        without building them, so a resumed run sees exactly the batches it would have seen."""
         n = len(self.train_ids)
         g = torch.Generator().manual_seed(seed)
+        starts = range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size)
+        skip = start
         while True:
-            perm = torch.randperm(n, generator=g).tolist()
-            for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+            perm = torch.randperm(n, generator=g).tolist()  # drawn for skipped epochs too: same stream
+            for i in starts:
+                if skip:
+                    skip -= 1
+                    continue
                 idx = perm[i : i + batch_size]
                 labels = [self.train_labels[j] for j in idx] if self.kind != "lm" else None
                 yield self._collate([self.train_ids[j] for j in idx], labels)

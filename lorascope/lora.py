@@ -11,6 +11,7 @@ GPT-2's Conv1D, which stores (in, out). W is never modified except by an explici
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,8 @@ import torch
 from torch import nn
 
 from lorascope.errors import LorascopeError
+
+log = logging.getLogger(__name__)
 
 INITS = ("kaiming", "gaussian")
 
@@ -57,6 +60,7 @@ class LoRALinear(nn.Module):
         init: str = "kaiming",
         rslora: bool = False,
         generator: torch.Generator | None = None,
+        zero: str = "B",
     ):
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -65,6 +69,8 @@ class LoRALinear(nn.Module):
             raise LorascopeError(f"unknown init {init!r}: choose one of {', '.join(INITS)}")
         if not 0.0 <= dropout < 1.0:
             raise LorascopeError(f"dropout must be in [0, 1), got {dropout!r}")
+        if zero not in ("A", "B"):
+            raise LorascopeError(f"zero must name the factor that starts at 0, A or B, got {zero!r}")
         self.base = base
         self.fan_in_fan_out = isinstance(base, _conv1d_types())
         if self.fan_in_fan_out:
@@ -77,6 +83,7 @@ class LoRALinear(nn.Module):
         self.alpha = float(alpha)
         self.rslora = rslora
         self.init = init
+        self.zero = zero
         self.scaling = lora_scaling(self.alpha, rank, rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Factors stay in fp32 whatever the base dtype: they are what we analyse.
@@ -88,19 +95,20 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """A from the chosen init, B = 0, so that ΔW = 0 at step 0.
+        """A from the chosen init and B = 0 (or, with zero="A", B random and A = 0): ΔW = 0 at step 0.
 
-        A is drawn on the CPU from `generator` (torch's global stream if None) and then copied to A's
-        device, so that one generator seed gives the same A0 on every device."""
-        A0 = torch.empty(self.A.shape)
+        The random factor is drawn on the CPU from `generator` (torch's global stream if None) and
+        then copied to its device, so that one generator seed gives the same start on every device."""
+        random_factor, zero_factor = (self.A, self.B) if self.zero == "B" else (self.B, self.A)
+        X = torch.empty(random_factor.shape)
         if self.init == "kaiming":
-            # PEFT's and loralib's default: U(-1/√in, 1/√in).
-            nn.init.kaiming_uniform_(A0, a=math.sqrt(5), generator=generator)
+            # PEFT's and loralib's default for A: U(-1/√fan_in, 1/√fan_in), fan_in = in (r for B).
+            nn.init.kaiming_uniform_(X, a=math.sqrt(5), generator=generator)
         else:
             # The paper's "random Gaussian": N(0, σ² = 1/r).
-            nn.init.normal_(A0, std=1.0 / math.sqrt(self.rank), generator=generator)
-        self.A.copy_(A0)
-        nn.init.zeros_(self.B)
+            nn.init.normal_(X, std=1.0 / math.sqrt(self.rank), generator=generator)
+        random_factor.copy_(X)
+        nn.init.zeros_(zero_factor)
 
     def base_weight(self) -> torch.Tensor:
         """W as (out, in), a view of the base layer's weight."""
@@ -178,6 +186,7 @@ def add_lora(
     rslora: bool = False,
     trainable: Iterable[str] = (),
     seed: int | None = None,
+    zero: str = "B",
 ) -> dict[str, LoRALinear]:
     """Wrap every linear module whose name matches `targets` in a LoRALinear.
 
@@ -185,7 +194,9 @@ def add_lora(
     names match `trainable` (suffixes, e.g. ["classifier"]), stay trainable.
     With `seed`, each module's A0 comes from its own generator seeded by `init_seed(seed, rank, name)`
     (torch's global random stream is left untouched); without it, from the global stream in model
-    order, as nn.init does. Returns the wrappers by module name, in model order.
+    order, as nn.init does. `zero` names the factor that starts at 0: "B" (the paper's, PEFT's), or
+    "A" with B drawn instead (to train A against a frozen random B). Returns the wrappers by module
+    name, in model order.
     """
     if isinstance(targets, str):
         try:
@@ -211,9 +222,15 @@ def add_lora(
     wrapped = {}
     for name in names:
         generator = None if seed is None else torch.Generator().manual_seed(init_seed(seed, rank, name))
-        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora, generator)
+        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora, generator, zero)
         _set_module(model, name, layer)
         wrapped[name] = layer
+    narrow = {n: min(w.in_features, w.out_features) for n, w in wrapped.items() if rank > w.in_features
+              or rank > w.out_features}  # fmt: skip
+    if narrow:
+        name, width = next(iter(narrow.items()))
+        log.warning("rank %d exceeds min(in, out) of %d target(s), e.g. %s (%d): ΔW there has rank ≤ %d",
+                    rank, len(narrow), name, width, width)  # fmt: skip
     trainable = list(trainable)
     if trainable:
         extra = [n for n, _ in model.named_modules() if n and matches(n, trainable)]

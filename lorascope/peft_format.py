@@ -144,6 +144,8 @@ def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
             raise _fail(
                 path, f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} differ in r"
             )
+        run_format.check_finite(path, module, "lora_A", A)
+        run_format.check_finite(path, module, "lora_B", B)
         out[module] = (A.float(), B.float())
     return out, other
 
@@ -253,6 +255,11 @@ def export_peft(
     out_dir = Path(out_dir)
     if not run.adapters:
         raise LorascopeError(f"{run.path}: run has no adapters to export")
+    if run.method != "lora":
+        raise LorascopeError(
+            f"{run.path}: a {run.method} fine-tuning run has a dense ΔW, not LoRA factors; a PEFT LoRA "
+            "adapter cannot hold it"
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise LorascopeError(f"{out_dir}: is a file; give a folder to write the PEFT adapter into")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:

@@ -4,8 +4,10 @@
       config.yaml                 resolved config of this run
       adapter.safetensors         "<module>.lora_A" (r, in), "<module>.lora_B" (out, r) + header metadata
       adapter_init.safetensors    the same at step 0
+      delta.safetensors           a full fine-tuning run instead: "<module>.delta", ΔW = W_T − W_0 (out, in)
       head.safetensors            trained extra modules (a classification head), if any
-      checkpoints/step-<N>/adapter.safetensors
+      checkpoints/step-<N>/adapter.safetensors   (delta.safetensors for full fine-tuning)
+      checkpoints/resume.safetensors              the state to resume a killed run from its last snapshot
       metrics.jsonl               one JSON object per logged step / eval
       summary.json                written last, atomically; "status": "complete" marks a finished run
 
@@ -17,8 +19,9 @@ a temporary name and renamed, so an interrupted write never leaves a half file u
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +36,7 @@ FORMAT = "lorascope"
 FORMAT_VERSION = 1
 ADAPTER_FILE = "adapter.safetensors"
 INIT_FILE = "adapter_init.safetensors"
+DELTA_FILE = "delta.safetensors"
 HEAD_FILE = "head.safetensors"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -67,12 +71,42 @@ class Adapter:
         return self.scaling * (self.B @ self.A)
 
 
+@dataclass(frozen=True)
+class DenseDelta:
+    """One module's update from full fine-tuning: ΔW = W_T − W_0, (out, in), stored densely.
+
+    It offers the module interface of `Adapter` that does not need factors (delta_weight, shape,
+    in_features, out_features); analyses of A, B or A − A0 do not apply to it."""
+
+    delta: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.delta.shape)
+
+    @property
+    def rank(self) -> int:
+        """The largest rank ΔW can have, min(out, in) (full fine-tuning has no rank of its own)."""
+        return min(self.delta.shape)
+
+    @property
+    def in_features(self) -> int:
+        return self.delta.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.delta.shape[0]
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.delta
+
+
 @dataclass
 class Run:
     """A loaded run: factors by module name, plus what the run folder says about itself."""
 
     path: Path
-    adapters: dict[str, Adapter]
+    adapters: dict[str, Adapter | DenseDelta]  # by module; DenseDelta in a full fine-tuning run
     meta: dict[str, Any] = field(default_factory=dict)
     init: dict[str, Adapter] | None = None
     config: dict[str, Any] = field(default_factory=dict)
@@ -84,8 +118,18 @@ class Run:
         return self.path.name
 
     @property
+    def method(self) -> str:
+        """ "lora", or "full" for a full fine-tuning run (dense ΔW, no factors)."""
+        return self.meta.get("method", "lora")
+
+    @property
     def rank(self) -> int:
+        """The LoRA rank; for a full fine-tuning run, the largest possible rank min(out, in)."""
         return int(self.meta.get("rank") or max(a.rank for a in self.adapters.values()))
+
+    @property
+    def update_file(self) -> str:
+        return DELTA_FILE if self.method == "full" else ADAPTER_FILE
 
     @property
     def status(self) -> str:
@@ -102,36 +146,72 @@ class Run:
 
     def checkpoints(self) -> dict[int, Path]:
         """Snapshot files by training step."""
-        root = self.path / CHECKPOINT_DIR
-        found = {}
-        for d in root.glob("step-*") if root.is_dir() else ():
-            step = d.name.removeprefix("step-")
-            if step.isdigit() and (d / ADAPTER_FILE).is_file():
-                found[int(step)] = d / ADAPTER_FILE
-        return dict(sorted(found.items()))
+        return snapshot_files(self.path, self.update_file)
 
-    def load_checkpoint(self, step: int) -> dict[str, Adapter]:
+    def load_checkpoint(self, step: int) -> dict[str, Adapter | DenseDelta]:
         snapshots = self.checkpoints()
         if step not in snapshots:
             raise LorascopeError(f"{self.path}: no checkpoint at step {step}; have {list(snapshots)}")
-        return read_adapter(snapshots[step])[0]
+        return read_update(snapshots[step])[0]
+
+
+def snapshot_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step}"
+
+
+def snapshot_files(run_dir: Path, file: str = ADAPTER_FILE) -> dict[int, Path]:
+    """{step: checkpoints/step-<step>/<file>} for every snapshot a run folder holds, by step."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    found = {}
+    for d in root.glob("step-*") if root.is_dir() else ():
+        step = d.name.removeprefix("step-")
+        if step.isdigit() and (d / file).is_file():
+            found[int(step)] = d / file
+    return dict(sorted(found.items()))
 
 
 # ----------------------------------------------------------------------------- writing
 
 
+TMP_SUFFIX = ".tmp"
+
+
 def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then rename tmp onto path: readers see the old file or the new one."""
+    """Call write(tmp_path), then rename tmp onto path: readers see the old file or the new one.
+
+    The temporary file is created with mode 0666 less the umask, like any file the user writes (0644
+    under umask 022), so that others on a shared file system can read runs; a process killed mid-write
+    leaves only a hidden `.<name>.<token>.tmp`, which `remove_temporaries` clears."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{TMP_SUFFIX}")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the `.*.tmp` files that writes killed midway left under a folder; returns them."""
+    found = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()] if Path(folder).is_dir() else []
+    for p in found:
+        p.unlink(missing_ok=True)
+    return found
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±Inf) replaced by None: JSON has no NaN token, and
+    other tools' JSON readers refuse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -187,12 +267,28 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     with open(Path(run_dir) / METRICS_FILE, "a") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Keep the metrics.jsonl records up to `last_step` (a resumed run logs the later steps again)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= last_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the kill ends the log
+    text = "".join(line + "\n" for line in kept)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Written last: a run is complete exactly when summary.json says "status": "complete"."""
-    text = json.dumps(summary, indent=2) + "\n"
+    text = json.dumps(strict_json(summary), indent=2, allow_nan=False) + "\n"
     atomic_write(Path(run_dir) / SUMMARY_FILE, lambda tmp: tmp.write_text(text))
 
 
@@ -291,8 +387,17 @@ def _split_factors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, tu
     return out
 
 
-def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
-    """Adapters by module name and the header metadata of one lorascope adapter file."""
+def check_finite(path: Path, module: str, name: str, tensor: torch.Tensor) -> None:
+    """Refuse NaN or Inf in a saved update: it is the trace of a diverged run, and no SVD of it means
+    anything."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise LorascopeError(
+            f"{path}: module {module} holds non-finite values (NaN or Inf) in {name}: the run diverged, "
+            "and its update cannot be analysed"
+        )
+
+
+def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, meta = read_tensors(path)
     if not tensors:
         raise LorascopeError(f"{path}: holds no tensors")
@@ -303,10 +408,42 @@ def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
             f"{path}: format version {meta['format_version']} is newer than this lorascope "
             f"reads ({FORMAT_VERSION}); upgrade lorascope"
         )
+    return tensors, meta
+
+
+def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
+    """Adapters by module name and the header metadata of one lorascope adapter file."""
+    tensors, meta = _lorascope_file(path)
     scaling = float(meta["scaling"])
     per_module = meta.get("module_scaling") or {}
-    adapters = {
-        m: Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
-        for m, (A, B) in _split_factors(tensors, path).items()
-    }
+    adapters = {}
+    for m, (A, B) in _split_factors(tensors, path).items():
+        check_finite(path, m, "lora_A", A)
+        check_finite(path, m, "lora_B", B)
+        adapters[m] = Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
     return adapters, meta
+
+
+def save_delta(path: Path, deltas: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write "<module>.delta" tensors, ΔW = W_T − W_0 (out, in) fp32, with the run's header."""
+    save_tensors(path, {f"{m}.delta": d.float() for m, d in deltas.items()}, metadata)
+
+
+def read_delta(path: Path) -> tuple[dict[str, DenseDelta], dict[str, Any]]:
+    """Dense updates by module name and the header metadata of one lorascope delta file."""
+    tensors, meta = _lorascope_file(path)
+    deltas = {}
+    for key, t in tensors.items():
+        module, _, part = key.rpartition(".")
+        if part != "delta" or t.ndim != 2:
+            raise LorascopeError(
+                f"{path}: unexpected tensor {key!r} {tuple(t.shape)} (want <module>.delta, 2-D)"
+            )
+        check_finite(path, module, "delta", t)
+        deltas[module] = DenseDelta(t.float())
+    return deltas, meta
+
+
+def read_update(path: Path) -> tuple[dict[str, Adapter | DenseDelta], dict[str, Any]]:
+    """read_adapter or read_delta, by the file's name."""
+    return read_delta(path) if Path(path).name == DELTA_FILE else read_adapter(path)

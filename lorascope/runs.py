@@ -21,6 +21,7 @@ from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's
     ADAPTER_FILE,
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    DELTA_FILE,
     FORMAT,
     FORMAT_VERSION,
     HEAD_FILE,
@@ -30,6 +31,7 @@ from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's
     PEFT_CONFIG_FILE,
     SUMMARY_FILE,
     Adapter,
+    DenseDelta,
     Run,
     adapter_metadata,
     append_metrics,
@@ -37,11 +39,19 @@ from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's
     base_fingerprint,
     read_adapter,
     read_config,
+    read_delta,
     read_metrics,
     read_summary,
     read_tensors,
+    read_update,
+    remove_temporaries,
     save_adapter,
+    save_delta,
     save_tensors,
+    snapshot_dir,
+    snapshot_files,
+    strict_json,
+    truncate_metrics,
     write_config,
     write_summary,
 )
@@ -52,7 +62,7 @@ _RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
 def is_run_dir(path: Path) -> bool:
     path = Path(path)
     return path.is_dir() and any(
-        (path / f).is_file() for f in (CONFIG_FILE, ADAPTER_FILE, SUMMARY_FILE, PEFT_CONFIG_FILE)
+        (path / f).is_file() for f in (CONFIG_FILE, ADAPTER_FILE, DELTA_FILE, SUMMARY_FILE, PEFT_CONFIG_FILE)
     )
 
 
@@ -64,12 +74,17 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def load_run(path: str | os.PathLike) -> Run:
-    """Load a lorascope run folder, or a PEFT LoRA adapter folder, as a `Run`."""
+    """Load a lorascope run folder (LoRA or full fine-tuning), or a PEFT LoRA adapter folder, as a `Run`."""
     path = Path(path)
     if not path.exists():
         raise LorascopeError(f"{path}: no such run folder")
     if not path.is_dir():
         raise LorascopeError(f"{path}: is a file; a run is a folder (with {ADAPTER_FILE})")
+    if (path / DELTA_FILE).is_file():  # full fine-tuning: dense ΔW per module, no factors, no A0
+        deltas, meta = read_delta(path / DELTA_FILE)
+        return Run(
+            path=path, adapters=deltas, meta=meta, config=read_config(path), summary=read_summary(path)
+        )
     if not (path / ADAPTER_FILE).is_file():
         if (path / PEFT_CONFIG_FILE).is_file():
             return load_peft_run(path)

@@ -1,12 +1,14 @@
-"""train(cfg, out_dir): one LoRA run, from seed to a complete run folder. No Hydra here.
+"""train(cfg, out_dir): one run, from seed to a complete run folder. No Hydra here.
 
-    seed -> base model + tokenizer -> task batches -> add_lora -> AdamW (warm-up, linear decay,
-    gradient clipping) -> metrics.jsonl / snapshots -> adapter.safetensors, head.safetensors,
+    seed -> base model + tokenizer -> task batches -> the update (LoRA factors or full W, see
+    lorascope.methods) -> AdamW (warm-up, linear decay, gradient clipping) -> metrics.jsonl,
+    snapshots + resume state -> adapter.safetensors (or delta.safetensors), head.safetensors,
     config.yaml -> summary.json (last, atomic).
 
-`launch(cfg, out_dir)` wraps it for sweeps: skip a complete run with the same config, refuse to
-touch a complete run with another config, clean and redo an incomplete one, and record a failure
-(NaN loss, out of memory, bad data, any exception) as summary.json "status": "failed".
+A run that diverges (a non-finite loss, evaluation or update, or a training loss above
+train.diverge_factor × its first step's) raises RunFailed: it is never recorded as complete.
+`resume=True` continues a killed run from its last snapshot's saved state (lorascope.resume),
+ending byte-identical on CPU to an uninterrupted run. `lorascope.launch` decides what to run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import logging
 import math
 import random
 import resource
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
-from lorascope import models, runs
-from lorascope.config import SweepConfig, comparable, from_dict, to_dict
+from lorascope import models, resume, runs
+from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.errors import LorascopeError
-from lorascope.lora import add_lora, count_trainable, factors
+from lorascope.lora import count_trainable
+from lorascope.methods import build_update, grad_stats, snapshot_params, update_stats
 
 log = logging.getLogger(__name__)
 
 
 class RunFailed(RuntimeError):
-    """Training went wrong in a way the run should record (NaN loss, ...)."""
+    """Training went wrong in a way the run should record (a diverged loss, ...)."""
 
 
 def seed_everything(seed: int) -> None:
@@ -61,11 +63,9 @@ def autocast_for(dtype: str, device: torch.device):
         return None
     if dtype == "bf16":  # autocast on CPU too: slower than fp32 on most CPUs, but it works
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    if dtype == "fp16":
-        if device.type != "cuda":
-            raise LorascopeError("train.dtype=fp16 needs CUDA; use fp32 or bf16 on CPU")
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    raise LorascopeError(f"train.dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    if device.type != "cuda":
+        raise LorascopeError("train.dtype=fp16 needs CUDA; use fp32 or bf16 on CPU")
+    return lambda: torch.autocast("cuda", dtype=torch.float16)
 
 
 def lr_lambda(steps: int, warmup: float):
@@ -87,33 +87,22 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _adapter_meta(cfg: SweepConfig, wrapped, model_class: str, num_labels, classes) -> dict[str, Any]:
-    layer = next(iter(wrapped.values()))
-    return runs.adapter_metadata(
-        rank=cfg.rank,
-        alpha=cfg.alpha,
-        scaling=layer.scaling,
-        base_model=cfg.model.name_or_path,
-        targets=cfg.lora.targets,
-        init=cfg.lora.init,
-        rslora=cfg.lora.rslora,
-        base_fingerprint={n: runs.base_fingerprint(m.base_weight()) for n, m in wrapped.items()},
-        model_class=model_class,
-        num_labels=num_labels,
-        classes=classes,
-        task=cfg.task.name,
-        seed=cfg.seed,
-        fan_in_fan_out=any(m.fan_in_fan_out for m in wrapped.values()),  # GPT-2 Conv1D: for PEFT export
-    )
+def _fmt(d: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in d.items() if k != "step")
 
 
-def train(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
-    """Train one adapter into out_dir (which should be empty) and return its summary dict."""
+def _check_finite(what: str, values: dict[str, float], step: int) -> None:
+    bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise RunFailed(f"{what} {bad[0]} is {values[bad[0]]} at step {step}: the run diverged")
+
+
+def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False) -> dict[str, Any]:
+    """Train one run into out_dir (empty, or with `resume_run` a killed run's folder) -> its summary."""
     cfg = from_dict(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    runs.write_config(out, to_dict(cfg))
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
@@ -131,129 +120,131 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
     seed_everything(cfg.seed)  # the head's init depends on the seed only, not on data loading
     model = models.load_model(cfg.model.name_or_path, model_class, num_labels)
     head = models.head_modules(model) if classify else []
-    wrapped = add_lora(
-        model, cfg.lora.targets, cfg.rank, cfg.alpha, cfg.lora.dropout,
-        cfg.lora.init, cfg.lora.rslora, trainable=head, seed=cfg.seed,
-    )  # fmt: skip
+    update = build_update(model, cfg, head)
     model.to(device)
-    meta = _adapter_meta(cfg, wrapped, model_class, num_labels, task.classes)
-    runs.save_adapter(out / runs.INIT_FILE, factors(wrapped), meta)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_trainable, n_lora = count_trainable(model), sum(p.numel() for w in wrapped.values() for p in (w.A, w.B))
-    log.info("%s: %d LoRA modules, %d trainable parameters (%d LoRA)", out, len(wrapped), n_trainable, n_lora)
-
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
+    meta = runs.adapter_metadata(
+        **update.metadata(cfg), method=update.method, base_model=cfg.model.name_or_path,
+        base_fingerprint={n: runs.base_fingerprint(W) for n, W in update.base_weights().items()},
+        model_class=model_class, num_labels=num_labels, classes=task.classes, task=cfg.task.name,
+        seed=cfg.seed,
+    )  # fmt: skip
+    head_params = [p for h in head for p in model.get_submodule(h).parameters()]
+    groups = update.param_groups(tc.lr) + (
+        [{"params": head_params, "lr": tc.lr, "name": "head"}] * bool(head)
+    )
+    trainable = [p for g in groups for p in g["params"]]
+    log.info("%s: %s, %d trainable parameters (%d in the update)", out, update.method, count_trainable(model),
+             update.n_params())  # fmt: skip
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.steps, tc.warmup))
-    batches = task.train_batches(tc.batch_size, cfg.seed)
-    evals = {"step": 0, **data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)}
-    first_eval = dict(evals)
-    runs.append_metrics(out, {"step": 0, **{k: v for k, v in evals.items() if k != "step"}})
-    log.info("step 0: %s", _fmt(evals))
 
+    state = resume.load_state(out) if resume_run else None
+    if state is not None:
+        resume.restore(state, model, opt, sched)
+        runs.truncate_metrics(out, state.step)
+        counters = state.counters
+        log.info("%s: resuming after step %d of %d", out, state.step, tc.steps)
+    else:
+        runs.write_config(out, to_dict(cfg))
+        if update.method == "lora":  # ΔW_0 = 0 for full fine-tuning: nothing to keep
+            update.save(out / runs.INIT_FILE, meta)
+        first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
+        _check_finite("evaluation", first, 0)
+        runs.append_metrics(out, {"step": 0, **first})
+        log.info("step 0: %s", _fmt(first))
+        counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
+                    "evals": first, "loss": None}  # fmt: skip
+
+    batches = task.train_batches(tc.batch_size, cfg.seed, start=counters["step"])
     model.train()
-    tokens, train_time, loss_val = 0, 0.0, float("nan")
-    bar = tqdm(range(1, tc.steps + 1), desc=out.name, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(counters["step"] + 1, tc.steps + 1), desc=out.name, leave=False, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
         batch = {k: v.to(device) for k, v in next(batches).items()}
         with autocast() if autocast else contextlib.nullcontext():
             loss = model(**batch).loss
         loss_val = loss.item()
-        if not math.isfinite(loss_val) or (tc.fail_at_step is not None and step == tc.fail_at_step):
-            raise RunFailed(f"loss is {loss_val} at step {step}")
+        if tc.fail_at_step is not None and step == tc.fail_at_step:
+            raise RunFailed(f"failed at step {step} as train.fail_at_step asked")
+        _check_finite("training", {"loss": loss_val}, step)
+        if counters["first_loss"] is None:
+            counters["first_loss"] = loss_val
+        if loss_val > tc.diverge_factor * counters["first_loss"]:
+            raise RunFailed(
+                f"loss {loss_val:.4g} at step {step} is above train.diverge_factor={tc.diverge_factor:g} "
+                f"× the first step's {counters['first_loss']:.4g}: the run diverged"
+            )
         loss.backward()
+        logging_step = step % tc.log_every == 0 or step == tc.steps
+        stats = grad_stats(update) if logging_step else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else math.inf)
+        before = snapshot_params(update) if logging_step else None
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        train_time += time.perf_counter() - t0
-        tokens += int(batch["attention_mask"].sum())
+        counters["train_time"] += time.perf_counter() - t0
+        counters["tokens"] += int(batch["attention_mask"].sum())
+        counters["step"], counters["loss"] = step, loss_val
         bar.set_postfix(loss=f"{loss_val:.3f}")
         record: dict[str, Any] = {}
-        if step % tc.log_every == 0 or step == tc.steps:
-            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm)}
+        if logging_step:
+            stats |= update_stats(update, before) | update.state_stats()
+            _check_finite("update", stats, step)
+            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), **stats}
         if (tc.eval_every and step % tc.eval_every == 0) or step == tc.steps:
-            evals = {"step": step, **data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)}
+            counters["evals"] = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
+            _check_finite("evaluation", counters["evals"], step)
             # An evaluation step is also a training step: its record keeps the training numbers.
-            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), **evals}
-            log.info("step %d: %s", step, _fmt(evals))
+            record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), **stats,
+                      **counters["evals"]}  # fmt: skip
+            log.info("step %d: %s", step, _fmt(counters["evals"]))
         if record:
             runs.append_metrics(out, record)
-        if tc.snapshot_every and step % tc.snapshot_every == 0:
-            snap = out / runs.CHECKPOINT_DIR / f"step-{step}" / runs.ADAPTER_FILE
-            runs.save_adapter(snap, factors(wrapped), {**meta, "step": step})
+        if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps:
+            update.save(runs.snapshot_dir(out, step) / update.file, {**meta, "step": step})
+            resume.save_state(out, step, model, opt, sched, counters)
     bar.close()
+    return _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start)
 
-    runs.save_adapter(out / runs.ADAPTER_FILE, factors(wrapped), {**meta, "step": tc.steps})
+
+def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: float) -> dict[str, Any]:
+    """Save the final update and head, then summary.json, last."""
+    tc = cfg.train
+    final = update.tensors()
+    for name, t in final.items():
+        if not bool(torch.isfinite(t).all()):
+            raise RunFailed(f"the trained update {name} holds NaN or Inf: the run diverged")
+    if tc.snapshot_every and tc.steps % tc.snapshot_every == 0:  # the last snapshot is the final update
+        update.save(runs.snapshot_dir(out, tc.steps) / update.file, {**meta, "step": tc.steps})
+    update.save(out / update.file, {**meta, "step": tc.steps})
     if head:
         head_state = {
             f"{h}.{k}": v.detach().float().cpu()
             for h in head
             for k, v in model.get_submodule(h).state_dict().items()
         }
-        runs.save_tensors(out / runs.HEAD_FILE, head_state, {"modules": head, "num_labels": num_labels})
+        runs.save_tensors(
+            out / runs.HEAD_FILE, head_state, {"modules": head, "num_labels": meta["num_labels"]}
+        )
+    resume.remove_state(out)
+    train_time = counters["train_time"]
     summary = {
         "status": "complete",
+        "method": update.method,
         "steps": tc.steps,
-        "final_loss": loss_val,
-        "initial_eval": {k: v for k, v in first_eval.items() if k != "step"},
-        **{k: v for k, v in evals.items() if k != "step"},
-        "wall_time_s": time.perf_counter() - t_start,
+        "final_loss": counters["loss"],
+        "initial_eval": counters["first_eval"],
+        **counters["evals"],
+        "wall_time_s": wall,
         "train_time_s": train_time,
-        "tokens_per_s": tokens / train_time if train_time else 0.0,
+        "tokens_per_s": counters["tokens"] / train_time if train_time else 0.0,
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-        "trainable_params": n_trainable,
-        "lora_params": n_lora,
+        "trainable_params": count_trainable(model),
+        "update_params": update.n_params(),
         "device": str(device),
         "dtype": tc.dtype,
     }
     runs.write_summary(out, summary)
     return summary
-
-
-def _fmt(d: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in d.items() if k != "step")
-
-
-def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
-    """Run `train` unless out_dir already holds this run complete; never raises for a bad run.
-
-    Returns the summary: status complete, skipped (complete before, same config), or failed (with
-    "reason"). A complete run with a different config is left alone and reported as failed.
-    """
-    out = Path(out_dir)
-    try:
-        cfg = from_dict(cfg)
-        new = to_dict(cfg)
-    except LorascopeError as e:
-        return {"status": "failed", "reason": str(e)}
-    if runs.is_complete(out):
-        old = runs.read_config(out)
-        if comparable(old) == comparable(new):
-            log.info("%s: complete with the same config; skipped", out)
-            return {**runs.read_summary(out), "status": "skipped"}
-        reason = (
-            f"{out} holds a complete run with a different config; not overwritten. "
-            "Choose another folder with name=<sweep> (or run_name=...), or remove that folder"
-        )
-        log.error(reason)
-        return {"status": "failed", "reason": reason}
-    if out.exists() and any(out.iterdir()):
-        if not runs.is_run_dir(out):
-            return {"status": "failed", "reason": f"{out} holds files that are not a run; not touched"}
-        log.info("%s: incomplete; cleaning and redoing it", out)
-        shutil.rmtree(out)
-    try:
-        return train(cfg, out)
-    except Exception as e:  # every failure becomes a record, so that the sweep goes on
-        if isinstance(e, torch.OutOfMemoryError):
-            reason = f"out of memory: {e}".splitlines()[0]
-        else:
-            reason = f"{type(e).__name__}: {e}".splitlines()[0]
-        log.error("%s failed: %s", out, reason, exc_info=not isinstance(e, LorascopeError | RunFailed))
-        summary = {"status": "failed", "reason": reason}
-        with contextlib.suppress(Exception):
-            runs.write_summary(out, summary)
-        return summary

@@ -59,7 +59,7 @@ def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tenso
     runs.write_config(run_dir, {"rank": rank, "seed": seed})
     runs.save_adapter(run_dir / runs.INIT_FILE, initial, meta)
     runs.save_adapter(run_dir / runs.ADAPTER_FILE, factors(wrapped), meta)
-    summary = {"status": "complete", "val_accuracy": 0.5 + rank / 100, "lora_params": rank * 4 * 64}
+    summary = {"status": "complete", "val_accuracy": 0.5 + rank / 100, "update_params": rank * 4 * 64}
     runs.write_summary(run_dir, {**summary, "wall_time_s": 1.5 * rank, "initial_eval": {"val_accuracy": 0.3}})
     return run_dir
 

@@ -190,6 +190,7 @@ def make_lorascope_run(kind, run_dir, rslora=False):
         module_scaling={m: layer.scaling for m, layer in extra.items()},
     )
     runs.save_adapter(run_dir / runs.ADAPTER_FILE, lora.factors(wrapped), meta)
+    runs.write_summary(run_dir, {"status": "complete"})
     return model.eval(), runs.load_run(run_dir)
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lorascope import runs
-from lorascope.train import launch, lr_lambda, train
+from lorascope.launch import launch
+from lorascope.train import lr_lambda, train
 
 
 def _cfg(model, data, **train_kw):

@@ -18,20 +18,39 @@ def layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def parse_layers(text: str) -> set[int]:
-    """ "0,2,5-7" -> {0, 2, 5, 6, 7}."""
-    layers: set[int] = set()
+MAX_LAYERS = 10_000  # more layers than any model has: a range past this is a typo, not a request
+
+
+def parse_layers(text: str, available: Iterable[int] | None = None) -> set[int]:
+    """ "0,2,5-7" -> {0, 2, 5, 6, 7}.
+
+    With `available` (the layers a model has), ranges are cut to them, so "0-999999999" means every
+    layer and builds nothing larger; a single layer the model lacks is an error. Without it, a list
+    naming more than MAX_LAYERS layers is refused rather than built."""
+    spans: list[tuple[int, int]] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         lo, sep, hi = part.partition("-")
         try:
-            if sep:
-                layers.update(range(int(lo), int(hi) + 1))
-            else:
-                layers.add(int(part))
+            span = (int(lo), int(hi)) if sep else (int(part), int(part))
         except ValueError:
             raise LorascopeError(f"--layers {text!r}: want a list like 0,2,5-7") from None
-    if not layers:
+        if span[0] < 0 or span[0] > span[1]:
+            raise LorascopeError(f"--layers {text!r}: {part} is not a range of layers (want lo-hi, lo ≤ hi)")
+        spans.append(span)
+    if not spans:
         raise LorascopeError(f"--layers {text!r} names no layer")
+    if available is None:
+        if sum(hi - lo + 1 for lo, hi in spans) > MAX_LAYERS:
+            raise LorascopeError(f"--layers {text!r} names more than {MAX_LAYERS} layers")
+        return {i for lo, hi in spans for i in range(lo, hi + 1)}
+    have = sorted(set(available))
+    missing = [lo for lo, hi in spans if lo == hi and lo not in have]
+    if missing:
+        shown = f"{have[0]}-{have[-1]}" if have else "none"
+        raise LorascopeError(f"--layers {text!r}: the model has no layer {missing[0]} (layers: {shown})")
+    layers = {i for i in have if any(lo <= i <= hi for lo, hi in spans)}
+    if not layers:
+        raise LorascopeError(f"--layers {text!r} names none of the model's layers ({have[0]}-{have[-1]})")
     return layers
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lorascope.analysis.modules import parse_layers, select_modules
+from lorascope.analysis.modules import layer_index, parse_layers, select_modules
 from lorascope.analysis.trajectory import trajectory_frame
 from lorascope.errors import LorascopeError
 from lorascope.runs import ADAPTER_FILE, INIT_FILE, Run, load_run, read_adapter
@@ -114,7 +114,7 @@ def run_trajectory(
     if not isinstance(run, Run):
         run = load_run(run)
     if isinstance(layers, str):
-        layers = parse_layers(layers)
+        layers = parse_layers(layers, available=filter(None.__ne__, map(layer_index, run.adapters)))
     names = select_modules(run.adapters, modules, layers)
     plan = trajectory_plan(run)
     log.info("%s: %d module(s) over %d step(s): %s", run.name, len(names), len(plan), [s for s, _ in plan])

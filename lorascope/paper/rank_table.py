@@ -15,7 +15,7 @@ COLUMNS = {
     "val_accuracy": "accuracy",
     "val_loss": "val loss",
     "val_perplexity": "perplexity",
-    "lora_params": "LoRA params",
+    "update_params": "update params",
     "trainable_params": "trainable params",
     "steps": "steps",
     "wall_time_s": "wall time (s)",

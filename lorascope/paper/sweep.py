@@ -19,11 +19,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Sweep:
-    """The complete runs of one sweep folder, keyed by (rank, seed)."""
+    """The complete runs of one sweep folder: LoRA runs keyed by (rank, seed), full fine-tuning runs
+    by seed."""
 
     path: Path
     runs: dict[tuple[int, int], Run]
     skipped: dict[str, str] = field(default_factory=dict)  # run folder -> why it is not analysed
+    full: dict[int, Run] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
@@ -32,25 +34,30 @@ class Sweep:
         if not folders:
             raise LorascopeError(f"{path}: holds no runs (train some with `python sweep.py rank=1,4,8,64`)")
         found: dict[tuple[int, int], Run] = {}
+        full: dict[int, Run] = {}
         skipped: dict[str, str] = {}
         for folder in folders:
-            status = read_summary(folder).get("status", "incomplete")
-            if status != "complete":
-                skipped[folder.name] = f"status {status}"
+            try:  # one unreadable run is reported and left out, never fatal for the sweep
+                status = read_summary(folder).get("status", "incomplete")
+                if status != "complete":
+                    reason = read_summary(folder).get("reason")
+                    skipped[folder.name] = f"status {status}" + (f" ({reason})" if reason else "")
+                    continue
+                run = load_run(folder)
+            except LorascopeError as e:
+                skipped[folder.name] = str(e)
                 continue
-            run = load_run(folder)
-            key = (run.rank, _seed_of(run))
-            if key in found:
-                skipped[folder.name] = f"same rank and seed as {found[key].name}"
+            table, key = (full, _seed_of(run)) if run.method == "full" else (found, (run.rank, _seed_of(run)))
+            if key in table:
+                skipped[folder.name] = f"same method, rank and seed as {table[key].name}"
                 continue
-            found[key] = run
+            table[key] = run
         if not found:
-            raise LorascopeError(
-                f"{path}: no complete run ({', '.join(f'{k}: {v}' for k, v in skipped.items())})"
-            )
+            why = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
+            raise LorascopeError(f"{path}: no complete LoRA run ({why})")
         for name, why in skipped.items():
             log.warning("skipping %s: %s", name, why)
-        return cls(path, dict(sorted(found.items())), skipped)
+        return cls(path, dict(sorted(found.items())), skipped, dict(sorted(full.items())))
 
     @property
     def name(self) -> str:
