@@ -1,0 +1,264 @@
+"""Adapter maps of many runs: which of N adapters on one base are alike (issue #13).
+
+    from lorascope.compare.maps import adapter_map
+    amap = adapter_map(["runs/minilm-bbc"], factor="dW-right", k=8)   # a sweep, or run / PEFT folders
+    amap.similarity          # N × N DataFrame, run names as index and columns
+    amap.by_kind             # long: run_a, run_b, kind ("all" and each module kind), similarity, ...
+    amap.linkage()           # average-linkage tree on 1 − similarity
+
+Runs are loaded one at a time; only each module's top-k basis (float32, (n, k)) is kept, so
+memory grows linearly in N and the factors never pile up. The numbers come from
+`lorascope.analysis.adapter_map` (one Gram matmul per module, no loop over pairs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lorascope.analysis.adapter_map import (
+    MAP_FACTORS,
+    gram_scores,
+    leaf_order,
+    map_linkage,
+    random_floor,
+    top_basis,
+)
+from lorascope.analysis.modules import select_modules
+from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
+from lorascope.errors import LorascopeError
+from lorascope.paper.sweep import module_kind
+from lorascope.runs import Run, load_run
+
+log = logging.getLogger(__name__)
+
+ALL = "all"  # the kind label of the rows averaged over every shared module
+SMALL_GRAM = 5e7  # flops n (N k)² below which the Gram step runs on one thread, like the basis step
+
+
+@dataclass
+class AdapterMap:
+    """Subspace similarity between N adapters: per shared module the mean of φ(t, t), t ≤ k_ab,
+    averaged over modules. `floor` is the same average of the random floor (k_ab + 1) / (2 n)."""
+
+    factor: str
+    k: int
+    names: list[str]
+    paths: list[Path]
+    similarity: pd.DataFrame  # (N, N), index and columns = names
+    floor: pd.DataFrame  # (N, N)
+    by_kind: pd.DataFrame  # run_a, run_b, kind, similarity, random_floor, k, modules
+    modules: list[str]  # the modules all N adapters share, averaged over
+    skipped: list[str] = field(default_factory=list)  # modules some adapters lack
+    dims: dict[str, int] = field(default_factory=dict)  # n of each module's bases
+
+    def floor_range(self) -> tuple[float, float]:
+        """(min, max) random floor over pairs a ≠ b; one value when every pair has the same k."""
+        F = self.floor.to_numpy()
+        off = F[~np.eye(len(F), dtype=bool)]
+        return float(off.min()), float(off.max())
+
+    def linkage(self) -> np.ndarray:
+        """Average-linkage tree on 1 − similarity (scipy linkage matrix, (N − 1, 4))."""
+        return map_linkage(self.similarity.to_numpy())
+
+    def order(self) -> list[str]:
+        """Names in dendrogram order."""
+        return [self.names[i] for i in leaf_order(self.linkage())]
+
+    def nearest(self) -> pd.DataFrame:
+        """Per adapter: its most similar other adapter, that similarity, the mean to all others
+        and the random floor (mean over its pairs): a table that stays readable for N = 500."""
+        S = self.similarity.to_numpy().copy()
+        np.fill_diagonal(S, -np.inf)
+        best = S.argmax(axis=1)
+        np.fill_diagonal(S, np.nan)
+        F = self.floor.to_numpy().copy()
+        np.fill_diagonal(F, np.nan)
+        return pd.DataFrame(
+            {
+                "nearest": [self.names[j] for j in best],
+                "similarity": S[np.arange(len(S)), best],
+                "mean_to_others": np.nanmean(S, axis=1),
+                "random_floor": np.nanmean(F, axis=1),
+            },
+            index=pd.Index(self.names, name="run"),
+        )
+
+
+@contextmanager
+def _one_thread():
+    """One torch thread for the many tiny QRs and SVDs of the basis step: with several threads
+    they pay more in synchronisation than they compute (and stall on a busy core)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def adapter_map(
+    sources: Sequence,
+    factor: str = "dW-right",
+    k: int = 8,
+    *,
+    modules: str | None = None,
+    layers=None,
+    check_base: bool = True,
+    progress: bool = False,
+) -> AdapterMap:
+    """The N × N adapter map of run folders, PEFT folders or `Run`s (or of one sweep folder).
+
+    factor: "dW-right" (ΔW's input-side singular vectors, default), "dW-left", "A", "B".
+    k: top directions per module (capped per pair by the adapters' ranks). modules / layers:
+    the filters of `select_modules`. check_base: refuse adapters of different base models
+    (`SameBase`). Modules not shared by all adapters are skipped (logged in one line, listed in
+    `.skipped`); LorascopeError if none is shared, for fewer than 2 adapters, or k < 1.
+    """
+    if factor not in MAP_FACTORS:
+        raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(MAP_FACTORS)}")
+    if int(k) < 1:
+        raise LorascopeError(f"k must be at least 1, got {k}")
+    k = int(k)
+    sources = resolve_sources(sources)
+    paths = [s.path if isinstance(s, Run) else s for s in sources]
+    names = unique_names(paths)
+    t0 = time.perf_counter()
+    with _one_thread():
+        kept, skipped, bases = _collect_bases(
+            sources, names, factor, k, modules, layers, check_base, progress
+        )
+    t1 = time.perf_counter()
+    amap = _assemble(factor, k, names, paths, kept, skipped, bases)
+    log.info(
+        "adapter map of %d adapters, %d modules, %s, k=%d: loading and bases %.1f s, scores %.1f s",
+        len(names), len(kept), factor, k, t1 - t0, time.perf_counter() - t1,
+    )  # fmt: skip
+    return amap
+
+
+_WHAT = {"dW-right": "ΔW", "dW-left": "ΔW", "A": "A", "B": "B"}
+
+
+def _collect_bases(sources, names, factor, k, modules, layers, check_base, progress):
+    """Load the adapters one at a time; keep each shared module's top-k basis (float32, (n, k_a)).
+
+    Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)})
+    with Z (n, N·k) the stacked bases (`stack_bases` layout), filled in place: one allocation per
+    module instead of N small ones that would fragment the heap."""
+    from tqdm.auto import tqdm
+
+    N = len(names)
+    same_base = SameBase()
+    bases: dict[str, tuple[torch.Tensor, list[int]]] = {}
+    kept: list[str] = []
+    every: dict[str, None] = {}  # every module some adapter has, in first-seen order
+    thin = 0  # (adapter, module) pairs whose basis a rank-deficient matrix cuts short
+    for i, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
+        run = source if isinstance(source, Run) else load_run(source)
+        if check_base:
+            same_base.add(run, names[i])
+        mine = select_modules(run.adapters, modules, layers) if modules or layers else list(run.adapters)
+        every.update(dict.fromkeys(mine))
+        shared = mine if i == 0 else [m for m in kept if m in set(mine)]
+        if not shared:
+            before = names[0] if i == 1 else f"the {i} adapters before it"
+            raise LorascopeError(
+                f"{names[i]} shares no module with {before} ({mine[0] if mine else '-'} vs {kept[0]}): "
+                "compare adapters of the same base model and targets"
+            )
+        kept = shared
+        for m in [m for m in bases if m not in kept]:
+            del bases[m]  # not shared by all: free its bases now
+        for m in kept:
+            a = run.adapters[m]
+            U, _ = top_basis(factor, k, A=a.A, B=a.B, scaling=a.scaling)
+            if U.shape[1] == 0:
+                raise LorascopeError(
+                    f"{names[i]}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)"
+                )
+            thin += U.shape[1] < min(k, a.rank)
+            if i == 0:
+                bases[m] = (torch.zeros(U.shape[0], N * k, dtype=torch.float32), [])
+            Z, widths = bases[m]
+            if Z.shape[0] != U.shape[0]:
+                raise LorascopeError(
+                    f"module {m}: n = {U.shape[0]} in {names[i]} but {Z.shape[0]} in {names[0]} "
+                    "(different base models?)"
+                )
+            Z[:, i * k : i * k + U.shape[1]] = U
+            widths.append(U.shape[1])
+        del run  # drop the factors: only the (n, k) bases stay
+    skipped = [m for m in every if m not in set(kept)]
+    if skipped:
+        shown = ", ".join(skipped[:4]) + (", ..." if len(skipped) > 4 else "")
+        log.warning(
+            "%d module(s) not shared by all %d adapters, skipped: %s", len(skipped), len(names), shown
+        )
+    if thin:
+        log.warning(
+            "%d module basis(es) have fewer than min(k, r) directions: %s is rank-deficient there "
+            "(σ ≤ 1e-8 σ_1), so k is capped lower for their pairs",
+            thin,
+            _WHAT[factor],
+        )
+    return kept, skipped, bases
+
+
+def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
+    """Per module scores and floors, averaged per kind and over all modules."""
+    N = len(names)
+    sums: dict[str, list] = {}  # kind -> [Σ score, Σ floor, min k_pair, count]
+    dims = {}
+    for m in kept:
+        Z, widths = bases.pop(m)  # freed module by module
+        dims[m] = int(Z.shape[0])
+        with _one_thread() if dims[m] * (N * k) ** 2 < SMALL_GRAM else nullcontext():
+            score, k_pair = gram_scores(Z, widths, k)
+        del Z
+        floor = random_floor(k_pair, dims[m])
+        for kind in (ALL, module_kind(m)):
+            acc = sums.setdefault(kind, [np.zeros((N, N)), np.zeros((N, N)), k_pair.copy(), 0])
+            acc[0] += score
+            acc[1] += floor
+            acc[2] = np.minimum(acc[2], k_pair)
+            acc[3] += 1
+    a_idx, b_idx = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
+    rows = []
+    for kind, (s, f, kp, count) in sums.items():
+        rows.append(
+            pd.DataFrame(
+                {
+                    "run_a": np.asarray(names)[a_idx.ravel()],
+                    "run_b": np.asarray(names)[b_idx.ravel()],
+                    "kind": kind,
+                    "similarity": (s / count).ravel(),
+                    "random_floor": (f / count).ravel(),
+                    "k": kp.ravel(),
+                    "modules": count,
+                }
+            )
+        )
+    s, f = sums[ALL][0] / sums[ALL][3], sums[ALL][1] / sums[ALL][3]
+    index = pd.Index(names, name="run")
+    return AdapterMap(
+        factor=factor,
+        k=k,
+        names=list(names),
+        paths=list(paths),
+        similarity=pd.DataFrame(s, index=index, columns=pd.Index(names, name="run_b")),
+        floor=pd.DataFrame(f, index=index, columns=pd.Index(names, name="run_b")),
+        by_kind=pd.concat(rows, ignore_index=True),
+        modules=list(kept),
+        skipped=skipped,
+        dims=dims,
+    )
