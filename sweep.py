@@ -13,10 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from lorascope import config
+from lorascope import config, slurm
 from lorascope.models import cache_dir
 
 config.register()
+slurm.register()  # hydra/launcher=submitit_slurm: an sbatch refusal in one line, job states from squeue
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
