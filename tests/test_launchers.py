@@ -92,6 +92,7 @@ def test_squeue_watcher_reads_states_and_ends_forgotten_jobs():
     assert watcher.is_done("12_1", mode="cache") and watcher.is_done("13", mode="cache")
 
 
+@pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")  # wanted: see config.py
 def test_slurm_preset_asks_for_no_gpu_and_brings_the_callback():
     from hydra import compose, initialize_config_dir
 
