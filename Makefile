@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup test test-fast lint demo figures bench clean
+.PHONY: setup test test-fast test-slurm lint demo figures bench clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ test: setup
 # The edit-test loop: everything but the trainings of the real embedded model (marked slow).
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
+
+# The SLURM tests (tests/test_launchers.py) on a real one-node cluster started on this machine by
+# scripts/slurm_cluster.sh (root; installs slurm-wlm and munge with apt-get if missing), which stops
+# it again whatever the outcome (unless it was already running).
+test-slurm: setup
+	scripts/slurm_cluster.sh run $(BIN)/python -m pytest tests/test_launchers.py -k slurm
 
 lint: setup
 	$(BIN)/ruff check .

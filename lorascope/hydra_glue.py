@@ -44,10 +44,13 @@ LEDGER_DIR = ".sweeps"  # inside the sweep folder
 
 
 def register() -> None:
-    """Store the schema in Hydra's ConfigStore (idempotent)."""
+    """Store the schema, and the SLURM launcher's callback, in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
+    from lorascope import slurm
+
     ConfigStore.instance().store(name="lorascope_schema", node=SweepConfig)
+    slurm.register()  # hydra/launcher=submitit_slurm: an sbatch refusal in one line, states from squeue
 
 
 def plain_config(config: DictConfig) -> dict[str, Any]:
