@@ -26,7 +26,7 @@ needs_slurm = pytest.mark.skipif(
 
 
 def _sweep(tmp_path, *overrides, timeout=300):
-    env = {**os.environ, "LORASCOPE_SWEEP_LEDGER": str(tmp_path / "ledger.jsonl"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         sweep_cmd(*overrides), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -92,14 +92,13 @@ def test_squeue_watcher_reads_states_and_ends_forgotten_jobs():
     assert watcher.is_done("12_1", mode="cache") and watcher.is_done("13", mode="cache")
 
 
-@pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")  # wanted: see config.py
+@pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")  # see hydra_glue.py
 def test_slurm_preset_asks_for_no_gpu_and_brings_the_callback():
     from hydra import compose, initialize_config_dir
 
-    from lorascope import config
+    from lorascope import hydra_glue
 
-    config.register()
-    slurm.register()  # as sweep.py does
+    hydra_glue.register()  # as sweep.py does
     conf = str(Path(__file__).resolve().parents[1] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=submitit_slurm"], return_hydra_config=True).hydra

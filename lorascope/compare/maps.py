@@ -32,10 +32,9 @@ from lorascope.analysis.adapter_map import (
     random_floor,
     top_basis,
 )
-from lorascope.analysis.modules import select_modules
+from lorascope.analysis.modules import module_kind, select_modules
 from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
-from lorascope.paper.sweep import module_kind
 from lorascope.runs import Run, load_run
 
 log = logging.getLogger(__name__)
