@@ -73,6 +73,11 @@ def _selected(run, args) -> list[str]:
     return select_modules(run.adapters, getattr(args, "modules", None), _layers(args, run.adapters))
 
 
+def _label(run) -> str:
+    """A run in a figure title: its name and rank (or that it is full fine-tuning)."""
+    return f"{run.name} ({'full fine-tuning' if run.method == 'full' else f'r={run.rank}'})"
+
+
 def _load(path: Path, args):
     """A run to analyse: a failed run never, an incomplete one only with --allow-incomplete."""
     from lorascope.runs import load_run
@@ -174,10 +179,7 @@ def cmd_similarity(args) -> int:
         _write_csv(pair.long(), out / f"{stem}.csv", index=False),
         _write_csv(summary, out / f"{stem}_summary.csv"),
     ]
-    title = (
-        f"$\\phi$ of {get_factor(args.factor).tex}: {run_a.name} (r={run_a.rank}) "
-        f"vs {run_b.name} (r={run_b.rank})"
-    )
+    title = f"$\\phi$ of {get_factor(args.factor).tex}: {_label(run_a)} vs {_label(run_b)}"
     for number, page in enumerate(pages, 1):
         fig, _ = plot_phi(
             page.grids, row_label=f"i ({run_a.name})", col_label=f"j ({run_b.name})", suptitle=title

@@ -153,7 +153,9 @@ class FullUpdate:
         return sum(m.weight.numel() for m in self.modules.values())
 
     def metadata(self, cfg) -> dict:
-        return {"targets": cfg.full.targets, "full_lr": cfg.full.lr, "scaling": 1.0,
+        # LoRA's entries are null: a full fine-tuning run has no rank, α, scaling or init of its own.
+        return {"rank": None, "alpha": None, "scaling": None, "init": None, "rslora": None,
+                "targets": cfg.full.targets, "full_lr": cfg.full.lr,
                 "fan_in_fan_out": any(self.conv1d.values())}  # fmt: skip
 
     def trainable(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -250,7 +250,7 @@ def export_peft(
     or it comes from the run's meta, else False (PEFT then corrects it for Conv1D with a warning).
     Returns out_dir.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out_dir = Path(out_dir)
     if not run.adapters:
@@ -296,9 +296,8 @@ def export_peft(
     }
     # Weights first, config last: a folder is taken for a PEFT adapter by its adapter_config.json.
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_format.atomic_write(
-        out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"})
-    )
+    data = save(tensors, metadata={"format": "pt"})  # bytes written by atomic_write: mode as the umask says
+    run_format.atomic_write(out_dir / WEIGHTS_FILE, lambda tmp: tmp.write_bytes(data))
     text = json.dumps(config, indent=2) + "\n"
     run_format.atomic_write(out_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
     return out_dir

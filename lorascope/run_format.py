@@ -219,11 +219,13 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
     One entry, keys sorted: safetensors writes several header entries in hash-map order, which
     changes from process to process, and the same run must give the same bytes."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     header = {HEADER_KEY: json.dumps(metadata, sort_keys=True)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))
+    # Serialised here and written by us, not by save_file, which creates its file private (0600).
+    data = save(tensors, metadata=header)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def adapter_metadata(

@@ -154,3 +154,59 @@ def test_amplification_table_with_base_weights(sweep, tmp_path, monkeypatch, cap
     for key in ("w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification"):
         assert table.loc[MODULES[1], key] == pytest.approx(ref[key], rel=1e-8)
     assert (out / "amplification.md").is_file() and (out / "amplification.tex").is_file()
+
+
+def _poison(run_dir, value=float("nan")):
+    """Rewrite a run's adapter with one entry of one factor set to `value`, as a diverged run leaves it."""
+    from lorascope import runs
+
+    adapters, meta = runs.read_tensors(run_dir / "adapter.safetensors")
+    adapters[f"{MODULES[1]}.lora_B"][0, 0] = value
+    runs.save_tensors(run_dir / "adapter.safetensors", adapters, meta)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_non_finite_adapter_is_refused_by_every_command(sweep, tmp_path, capsys, value):
+    _poison(sweep / "r8-s1", value)
+    good, bad = str(sweep / "r4-s0"), str(sweep / "r8-s1")
+    for argv in (
+        ["similarity", good, bad],
+        ["spectrum", bad],
+        ["amplification", bad],
+        ["export", bad, str(tmp_path / "peft")],
+    ):
+        assert "non-finite values" in _error(capsys, argv), argv
+    assert not (tmp_path / "peft").exists()
+
+
+def test_figures_and_ls_report_a_bad_run_and_go_on(sweep, tmp_path, capsys):
+    make_run(sweep, "r16-s0", 16, seed=2)
+    _poison(sweep / "r16-s0")
+    assert main(["ls", str(sweep)]) == 0
+    listing = capsys.readouterr().out
+    assert "r16-s0" in listing and "r4-s0" in listing
+    figs = tmp_path / "figs"
+    assert main(["figures", str(sweep), "--out", str(figs), "--only", "fig3", "--factor", "A"]) == 0
+    out = capsys.readouterr().out
+    assert "run r16-s0: skipped:" in out and "non-finite" in out
+    assert (figs / "fig3_rank_similarity_A.png").is_file()  # from the two good runs
+
+
+def test_failed_and_incomplete_runs_are_refused_unless_asked(sweep, tmp_path, capsys):
+    failed = make_run(tmp_path, "r4-s5", 4, summary={"status": "failed", "reason": "loss is nan at step 3"})
+    assert "the run failed (loss is nan at step 3)" in _error(capsys, ["spectrum", str(failed)])
+    killed = make_run(tmp_path, "r4-s6", 4)
+    (killed / "summary.json").unlink()  # killed between its adapter and its summary
+    assert "--allow-incomplete" in _error(capsys, ["spectrum", str(killed)])
+    assert main(["spectrum", str(killed), "--allow-incomplete", "--out", str(tmp_path / "o")]) == 0
+    assert "--allow-incomplete" in _error(capsys, ["similarity", str(sweep / "r4-s0"), str(killed)])
+
+
+def test_layer_ranges_are_cut_to_the_model(sweep, tmp_path, capsys):
+    argv = ["spectrum", str(sweep / "r4-s0"), "--out", str(tmp_path / "o")]
+    assert main([*argv, "--layers", "0-999999999"]) == 0  # every layer, and nothing a billion long
+    table = pd.read_csv(tmp_path / "o" / "spectrum.csv")
+    assert set(table.module) == set(MODULES)
+    capsys.readouterr()
+    assert "no layer 7" in _error(capsys, [*argv, "--layers", "7"])
+    assert "none of the model's layers" in _error(capsys, [*argv, "--layers", "5-9"])

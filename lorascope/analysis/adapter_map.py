@@ -19,44 +19,21 @@ Arrays in, arrays out; the comparison layer (`lorascope.compare.maps`) loads the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, factor_svd
+from lorascope.analysis.factors import get_factor
+from lorascope.analysis.linalg import RANK_RTOL, numerical_rank
 from lorascope.errors import LorascopeError
 
 # Which basis stands for a module: ΔW's input (right) or output (left) singular vectors, the
 # right singular vectors of A (the paper's U_A), or the left ones of B.
 MAP_FACTORS = ("dW-right", "dW-left", "A", "B")
 
-# σ_t ≤ RANK_RTOL · σ_1 counts as zero: its singular vector is arbitrary (B = 0 at init, a
-# rank-deficient factor) and would only add noise to φ, so the basis stops before it.
-RANK_RTOL = 1e-8
-
-# A dense ΔW (full fine-tuning) with min(out, in) up to this gets LAPACK's full SVD; above, the
-# top k come from ARPACK (scipy.sparse.linalg.svds), as DESIGN.md asks for truncated SVDs.
-DENSE_SVD_MAX = 1024
-
 # Bytes of one float64 work array per block of Gram rows in `map_scores` (four such live at once).
 BLOCK_BYTES = 2**26
-
-
-def _dense_top(delta, k: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k singular vectors (left if `left`) and σ of a dense ΔW (out, in), σ descending."""
-    D = as_float64(delta, "ΔW")
-    m = min(D.shape)
-    if m <= DENSE_SVD_MAX or k >= m // 2:
-        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-        return (U if left else Vh.T)[:, :k], S[:k]
-    from scipy.sparse.linalg import svds
-
-    # ARPACK converges to the extreme singular triplets; v0 fixed so results repeat exactly.
-    v0 = np.random.default_rng(0).standard_normal(m)
-    U, S, Vh = svds(D.numpy(), k=k, solver="arpack", v0=v0)
-    order = np.argsort(S)[::-1].copy()  # svds returns σ ascending
-    basis = U[:, order] if left else Vh[order].T
-    return torch.from_numpy(np.ascontiguousarray(basis)), torch.from_numpy(S[order].copy())
 
 
 def top_basis(
@@ -84,25 +61,16 @@ def top_basis(
         )
     if int(k) < 1:
         raise LorascopeError(f"k must be at least 1, got {k}")
-    k = int(k)
     if delta is not None:
         if A is not None or B is not None:
             raise LorascopeError("give either the factors A, B or a dense ΔW, not both")
-        if factor not in ("dW-right", "dW-left"):
-            raise LorascopeError(f"a dense ΔW has no factors A and B: use dW-right or dW-left, not {factor}")
-        basis, S = _dense_top(delta, k, left=factor == "dW-left")
-    elif factor in ("dW-right", "dW-left"):
-        if A is None or B is None:
-            raise LorascopeError(f"factor {factor} needs the factors A and B (or delta=ΔW)")
-        U, S, V = delta_svd(A, B, scaling)
-        basis = V if factor == "dW-right" else U
+        module = SimpleNamespace(delta_weight=lambda: delta)
     else:
-        X = A if factor == "A" else B
-        if X is None:
-            raise LorascopeError(f"factor {factor} needs {factor}")
-        basis, S = factor_svd(X, "right" if factor == "A" else "left")
-    rank = int((S > rtol * S[0]).sum()) if S.numel() and float(S[0]) > 0 else 0
-    keep = min(k, rank)
+        if (factor != "B" and A is None) or (factor != "A" and B is None):
+            raise LorascopeError(f"factor {factor} needs the factors it is taken of (or delta=ΔW)")
+        module = SimpleNamespace(A=A, B=B, scaling=scaling)
+    basis, S = get_factor(factor).basis(module, k=int(k))
+    keep = numerical_rank(S, rtol)
     return basis[:, :keep], S[:keep]
 
 

@@ -9,7 +9,9 @@
 Every place that needs to know a factor's side, the dimension n of its space, its label in text or
 TeX, or how to get its basis from a run's module reads it here: the library, the CLI and the figures.
 An "adapter" here is anything with .A (r, in), .B (out, r), .scaling, .in_features and .out_features
-(`lorascope.runs.Adapter`); `init` is the same for A0, B0.
+(`lorascope.runs.Adapter`), or a dense update with .delta_weight() (out, in) and no factors
+(`lorascope.runs.DenseDelta`, full fine-tuning), which only the ΔW factors apply to; `init` is the
+same for A0, B0.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, factor_svd
+from lorascope.analysis.linalg import as_float64, delta_svd, dense_top_svd, factor_svd
 from lorascope.errors import LorascopeError
 
 
@@ -38,14 +40,35 @@ class Factor:
         """n, the dimension of the space the basis lives in."""
         return adapter.in_features if self.side == "right" else adapter.out_features
 
-    def basis(self, adapter, init=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(orthonormal basis (n, k), σ (k,)) of one module, columns by descending σ, float64."""
+    def applies(self, adapter) -> bool:
+        """Whether this factor exists for the module: A, B and A − A0 need LoRA factors."""
+        return self.matrix is None or is_factored(adapter)
+
+    def basis(self, adapter, init=None, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(orthonormal basis (n, k), σ (k,)) of one module, columns by descending σ, float64.
+
+        k None: every direction the factor has (r for LoRA, min(out, in) for a dense ΔW, whose top k
+        then come from a truncated SVD)."""
+        if not self.applies(adapter):
+            raise LorascopeError(
+                f"factor {self.name} ({self.text}) needs LoRA factors, and a full fine-tuning update has "
+                "none: use dW-right or dW-left"
+            )
         if self.needs_init and init is None:
             raise LorascopeError(f"factor {self.name} ({self.text}) needs the run's adapter_init.safetensors")
+        if not is_factored(adapter):
+            return dense_top_svd(adapter.delta_weight(), k, self.side)
         if self.matrix is not None:
-            return factor_svd(self.matrix(adapter, init), self.side)
-        U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
-        return (V if self.side == "right" else U), S
+            basis, S = factor_svd(self.matrix(adapter, init), self.side)
+        else:
+            U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
+            basis = V if self.side == "right" else U
+        return (basis, S) if k is None else (basis[:, :k], S[:k])
+
+
+def is_factored(adapter) -> bool:
+    """A LoRA module (factors A, B), not a dense full fine-tuning update."""
+    return getattr(adapter, "A", None) is not None
 
 
 def _learned_part(adapter, init) -> torch.Tensor:

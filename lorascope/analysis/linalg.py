@@ -97,3 +97,40 @@ def random_orthonormal(n: int, k: int, seed: int = 0) -> torch.Tensor:
     Q, R = torch.linalg.qr(torch.randn(n, k, generator=g, dtype=torch.float64))
     # Fix QR's sign freedom so the distribution is exactly Haar (Mezzadri 2007).
     return Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, torch.ones(()))
+
+
+# σ_t ≤ RANK_RTOL · σ_1 counts as zero: float32 factors that are exactly low-rank in exact arithmetic
+# come back with σ ~ 1e-7 σ_1, and the singular vectors of such σ are arbitrary.
+RANK_RTOL = 1e-5
+
+
+def numerical_rank(S: torch.Tensor, rtol: float = RANK_RTOL) -> int:
+    """How many singular values (descending) exceed rtol · σ_1; 0 for an all-zero spectrum."""
+    s1 = float(S[0]) if S.numel() else 0.0
+    return int((S > rtol * s1).sum()) if s1 > 0 else 0
+
+
+# A dense ΔW (full fine-tuning) with min(out, in) up to this gets LAPACK's full SVD; above, the top k
+# come from ARPACK (scipy.sparse.linalg.svds): a truncated SVD, never a dense one when top-k suffices.
+DENSE_SVD_MAX = 1024
+
+
+def dense_top_svd(D, k: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k singular vectors on `side` (n, k), σ (k,)) of a dense matrix D (out, in), σ descending.
+
+    k None: all min(out, in) of them (a full thin SVD)."""
+    _check_side(side)
+    D = as_float64(D, "ΔW")
+    m = min(D.shape)
+    k = m if k is None else min(int(k), m)
+    if m <= DENSE_SVD_MAX or k >= m // 2:
+        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
+        return (U if side == "left" else Vh.T)[:, :k], S[:k]
+    from scipy.sparse.linalg import svds
+
+    # ARPACK converges to the extreme singular triplets; v0 fixed so results repeat exactly.
+    v0 = np.random.default_rng(0).standard_normal(m)
+    U, S, Vh = svds(D.numpy(), k=k, solver="arpack", v0=v0)
+    order = np.argsort(S)[::-1].copy()  # svds returns σ ascending
+    basis = U[:, order] if side == "left" else Vh[order].T
+    return torch.from_numpy(np.ascontiguousarray(basis)), torch.from_numpy(S[order].copy())

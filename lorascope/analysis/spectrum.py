@@ -10,8 +10,9 @@ All three are between 1 and rank(ΔW) for ΔW ≠ 0; for ΔW = 0 (B = 0 at init)
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from lorascope.analysis.linalg import delta_svd
+from lorascope.analysis.linalg import as_float64, delta_svd
 from lorascope.errors import LorascopeError
 
 
@@ -42,4 +43,10 @@ def spectrum(A, B, scaling: float = 1.0, energy: float = 0.9) -> dict:
     Returns `spectrum_metrics(σ)` plus "singular_values": σ (k,) descending, k = min(out, in, r)."""
     _, S, _ = delta_svd(A, B, scaling)
     sigma = S.numpy()
+    return {"singular_values": sigma, **spectrum_metrics(sigma, energy)}
+
+
+def dense_spectrum(delta, energy: float = 0.9) -> dict:
+    """The same for a dense ΔW (out, in), e.g. full fine-tuning's: all min(out, in) singular values."""
+    sigma = torch.linalg.svdvals(as_float64(delta, "ΔW")).numpy()
     return {"singular_values": sigma, **spectrum_metrics(sigma, energy)}

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, factor_basis
+from lorascope.analysis.linalg import as_float64, delta_svd, factor_basis, numerical_rank
 from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.analysis.similarity import phi_grid
 from lorascope.analysis.spectrum import spectrum_metrics
@@ -46,22 +46,12 @@ from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
 
-# Singular values below RANK_RTOL · σ_1 are treated as zero: float32 factors that are exactly
-# low-rank in exact arithmetic come back with σ_i ~ 1e-7 σ_1, and such directions are noise.
-RANK_RTOL = 1e-5
-
 QUANTITIES = [
     "dA_norm", "dA_rel", "B_norm", "dW_norm", "stable_rank", "energy_rank",
     "phi_in_11", "phi_in_kk", "phi_out_11", "phi_out_kk", "phi_A_A0", "dW_dA_ratio",
 ]  # fmt: skip
 COLUMNS = ["module", "kind", "layer", "step", "rank", "k", "in_features", "out_features", *QUANTITIES]
 NAN = float("nan")
-
-
-def numerical_rank(S: torch.Tensor) -> int:
-    """How many singular values (descending) exceed RANK_RTOL · σ_1; 0 for an all-zero spectrum."""
-    s1 = float(S[0]) if S.numel() else 0.0
-    return int((S > RANK_RTOL * s1).sum()) if s1 > 0 else 0
 
 
 @dataclass(frozen=True)

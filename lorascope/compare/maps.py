@@ -30,8 +30,9 @@ from lorascope.analysis.adapter_map import (
     leaf_order,
     map_linkage,
     random_floor,
-    top_basis,
 )
+from lorascope.analysis.factors import get_factor
+from lorascope.analysis.linalg import numerical_rank
 from lorascope.analysis.modules import module_kind, select_modules
 from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
@@ -157,6 +158,7 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
     from tqdm.auto import tqdm
 
     N = len(names)
+    spec = get_factor(factor)
     same_base = SameBase()
     bases: dict[str, tuple[torch.Tensor, list[int]]] = {}
     kept: list[str] = []
@@ -180,7 +182,8 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
             del bases[m]  # not shared by all: free its bases now
         for m in kept:
             a = run.adapters[m]
-            U, _ = top_basis(factor, k, A=a.A, B=a.B, scaling=a.scaling)
+            U, S = spec.basis(a, k=k)  # factored for LoRA, truncated for a dense ΔW (full fine-tuning)
+            U = U[:, : numerical_rank(S)]
             if U.shape[1] == 0:
                 raise LorascopeError(
                     f"{names[i]}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)"

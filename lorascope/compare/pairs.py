@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lorascope.analysis.factors import get_factor
+from lorascope.analysis.factors import get_factor, is_factored
 from lorascope.analysis.modules import match_modules, select_modules, short_name
 from lorascope.analysis.similarity import (
     factor_phi,
@@ -67,14 +67,33 @@ class PairSimilarity:
         return pd.concat([long_grid(g, module=m) for m, g in self.grids.items()], ignore_index=True)
 
 
+# How many of a dense ΔW's (full fine-tuning's) singular directions a φ grid shows unless asked:
+# min(out, in) of them would dwarf any LoRA rank, and a truncated SVD gives the top ones cheaply.
+DENSE_TOP_K = 64
+
+
 def run_similarity(
-    run_a, run_b, factor: str = "A", modules: str | None = None, layers=None, progress: bool = False
+    run_a,
+    run_b,
+    factor: str = "A",
+    modules: str | None = None,
+    layers=None,
+    progress: bool = False,
+    k: int | None = None,
 ) -> PairSimilarity:
     """φ grids between two runs (`lorascope.runs.Run`), module by module, matched by name.
 
     Modules in only one run are listed in `only_a` / `only_b` (and logged); a LorascopeError
-    if the runs share none, or a common module has different shapes in the two runs."""
+    if the runs share none, or a common module has different shapes in the two runs. `k` caps the
+    directions per run (default: all of a LoRA rank, the top DENSE_TOP_K of a full fine-tuning ΔW).
+    Factors of A or B do not apply to a full fine-tuning run: a LorascopeError says so."""
     spec = get_factor(factor)
+    for run in (run_a, run_b):
+        if not all(spec.applies(a) for a in run.adapters.values()):
+            raise LorascopeError(
+                f"{run.path}: --factor {factor} ({spec.text}) does not apply to a full fine-tuning run, "
+                "which has a dense ΔW and no factors: use --factor dW-right or dW-left"
+            )
     common, only_a, only_b = match_modules(run_a.adapters, run_b.adapters)
     if not common:
         raise LorascopeError(
@@ -97,11 +116,12 @@ def run_similarity(
         n1, n2 = (spec.dim(a) for a in ads)
         if n1 != n2:
             raise LorascopeError(f"module {m}: the runs' factors have different shapes ({n1} vs {n2})")
-        if spec.matrix is not None:  # φ straight from the two factors (the Gram route)
+        if spec.matrix is not None and k is None:  # φ straight from the two factors (the Gram route)
             X1, X2 = (spec.matrix(a, i) for a, i in zip(ads, inits, strict=True))
             grids[m] = grid_frame(factor_phi(X1, X2, spec.side, label=f"{m} ({factor})"))
         else:
-            (U1, S1), (U2, S2) = (spec.basis(a, i) for a, i in zip(ads, inits, strict=True))
+            tops = [k or (None if is_factored(a) else DENSE_TOP_K) for a in ads]
+            (U1, S1), (U2, S2) = (spec.basis(a, i, t) for a, i, t in zip(ads, inits, tops, strict=True))
             for run, S in ((run_a, S1), (run_b, S2)):
                 if S.numel() and float(S[-1]) <= 1e-12 * max(float(S[0]), 1e-300):
                     log.warning("%s %s: %s is rank-deficient; its trailing directions are arbitrary",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lorascope.analysis.spectrum import spectrum
+from lorascope.analysis.factors import is_factored
+from lorascope.analysis.spectrum import dense_spectrum, spectrum
 
 
 def spectrum_frames(run, modules: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -15,7 +16,10 @@ def spectrum_frames(run, modules: list[str]) -> tuple[pd.DataFrame, pd.DataFrame
     rows, sigmas = [], []
     for m in modules:
         ad = run.adapters[m]
-        res = spectrum(ad.A, ad.B, ad.scaling)
+        if is_factored(ad):
+            res = spectrum(ad.A, ad.B, ad.scaling)
+        else:  # a full fine-tuning ΔW: every singular value, for its energy and effective ranks
+            res = dense_spectrum(ad.delta_weight())
         s = res.pop("singular_values")
         rows.append({"module": m, "rank": ad.rank, **res})
         sigmas.append(pd.DataFrame({"module": m, "k": range(1, len(s) + 1), "sigma": s}))

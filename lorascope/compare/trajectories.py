@@ -50,6 +50,10 @@ def trajectory_plan(run: Run) -> list[tuple[int, str | Path]]:
             f"{run.path}: a {run.kind} adapter folder holds only the final adapter, so it has no "
             f"trajectory; use a lorascope run ({HOW})"
         )
+    if run.method != "lora":
+        raise LorascopeError(
+            f"{run.path}: a trajectory follows LoRA's factors A and B; this is a {run.method} fine-tuning run"
+        )
     snapshots = run.checkpoints()
     if not snapshots and run.init is None:
         raise LorascopeError(f"{run.path}: no snapshots (checkpoints/step-N) and no {INIT_FILE}; {HOW}")

@@ -109,7 +109,8 @@ def make_figures(
     unknown = [n for n in names if n not in DESCRIPTIONS]
     if unknown:
         raise LorascopeError(f"unknown recipe(s) {', '.join(unknown)}: choose from {', '.join(DESCRIPTIONS)}")
-    written, skipped, done = [], [], {}
+    written, done = [], {}
+    skipped = [Skipped(f"run {name}", why) for name, why in loaded.skipped.items()]
     for name in tqdm(names, desc="figures", unit="recipe", disable=not progress):
         for result in run_recipe(name, loaded, opts, done):
             if isinstance(result, Skipped):
