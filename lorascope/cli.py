@@ -4,6 +4,8 @@
     lorascope similarity RUN_A RUN_B        φ heatmaps between two adapters (paper Fig. 3/4)
     lorascope amplification RUN             ‖UᵀWV‖_F and amplification (paper Table 7)
     lorascope spectrum RUN                  singular values of ΔW and effective ranks
+    lorascope trajectory RUN                how ΔW formed during training, from snapshots
+    lorascope compare RUN... | SWEEP        N x N map of how alike many adapters are
     lorascope figures SWEEP                 every figure and table of the paper's Section 7
     lorascope export RUN OUT_DIR            write a run as a PEFT adapter folder
 
@@ -405,9 +407,138 @@ def _add_figures(sub) -> None:
     p.set_defaults(func=cmd_figures)
 
 
+# ----------------------------------------------------------------------------- trajectory
+
+
+def cmd_trajectory(args) -> int:
+    from lorascope.analysis.tables import parse_formats, write_figure, write_table
+    from lorascope.analysis.trajectory import first_step_by_kind, first_step_reached, kind_summary
+    from lorascope.analysis.trajectory_plot import plot_trajectory
+    from lorascope.compare.trajectories import run_trajectory
+
+    formats = parse_formats(args.format)
+    run = _load(args.run, args)
+    frame = run_trajectory(run, args.k, args.modules, args.layers, progress=_progress())
+    reached = first_step_reached(frame, threshold=args.threshold)
+    by_kind = first_step_by_kind(reached)
+    _print_table(
+        kind_summary(frame),
+        f"trajectory of {run.name}, at the final step, mean over layers: dA_rel = ||A - A0|| / ||A0||, "
+        "phi_*_11 = phi(1,1) of dW's top direction with the final one, phi_A_A0 = phi(r,r) of A with A0",
+    )
+    _print_table(
+        by_kind, f"first step from which phi(1,1) to the final top direction stays >= {args.threshold}"
+    )
+    out = args.out or _default_out(run.path, run.name)
+    fig, _ = plot_trajectory(frame, threshold=args.threshold, suptitle=f"{run.name}: how ΔW forms")
+    written = write_figure(fig, out / "trajectory", frame, formats)
+    written += write_table(by_kind, out / "trajectory_first_step")
+    written.append(_write_csv(reached, out / "trajectory_first_step_modules.csv", index=False))
+    _report(written)
+    return 0
+
+
+def _add_trajectory(sub) -> None:
+    p = sub.add_parser(
+        "trajectory",
+        help="how an adapter formed during training, from its snapshots",
+        description=(
+            "From step 0 (adapter_init), every snapshot (train.snapshot_every=N) and the final adapter: per "
+            "module and step ||A_t - A0||/||A0||, ||B_t||, ||dW_t||, stable and energy rank of dW_t, phi of "
+            "dW_t's top-k input and output directions with the final dW's, and phi(A_t, A0). Writes a figure "
+            "with one panel per quantity and a CSV with one row per (module, step)."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", type=Path, help="run folder (trained with train.snapshot_every=N)")
+    p.add_argument("--k", type=int, default=8, help="top directions compared with the final dW (default 8)")
+    p.add_argument(
+        "--threshold", type=float, default=0.9, help="phi(1,1) that counts as the final direction reached"
+    )
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/<RUN>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=cmd_trajectory)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def cmd_compare(args) -> int:
+    from lorascope.analysis.map_plot import plot_adapter_map
+    from lorascope.analysis.tables import parse_formats, write_figure
+    from lorascope.compare.maps import adapter_map
+    from lorascope.runs import is_run_dir, read_summary
+
+    formats = parse_formats(args.format)
+    for path in args.sources:  # the same door as every other command, before anything is loaded
+        if is_run_dir(path) and not args.allow_incomplete:
+            status = read_summary(path).get("status", "incomplete")
+            if status != "complete":
+                raise LorascopeError(f"{path}: the run is {status}; pass --allow-incomplete to compare it")
+    amap = adapter_map(
+        args.sources,
+        factor=args.factor,
+        k=args.k,
+        modules=args.modules,
+        layers=args.layers,
+        progress=_progress(),
+    )
+    lo, hi = amap.floor_range()
+    floor = f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
+    title = (
+        f"subspace similarity of {len(amap.names)} adapters: mean phi(t,t), t <= {amap.k}, of {amap.factor}, "
+        f"over {len(amap.modules)} shared modules; random floor {floor}"
+    )
+    _print_table(amap.similarity if len(amap.names) <= 15 else amap.nearest(), title)
+    if amap.skipped:
+        print(f"note: {len(amap.skipped)} module(s) not shared by all adapters were skipped")
+    first = Path(args.sources[0])
+    out = args.out or (first / "analysis" if len(args.sources) == 1 else _default_out(first, ""))
+    out = out / f"compare_{amap.factor}" if args.out is None else out
+    order = amap.order()
+    fig, _ = plot_adapter_map(amap.similarity, floor=amap.floor, linkage=amap.linkage(), title=title)
+    stem = f"map_{amap.factor}"
+    written = write_figure(fig, out / stem, amap.similarity.loc[order, order].reset_index(), formats)
+    written.append(_write_csv(amap.similarity, out / f"{stem}_matrix.csv"))
+    written.append(_write_csv(amap.by_kind, out / f"{stem}_by_kind.csv", index=False))
+    written.append(_write_csv(amap.nearest(), out / f"{stem}_nearest.csv"))
+    _report(written)
+    return 0
+
+
+def _add_compare(sub) -> None:
+    from lorascope.analysis.adapter_map import MAP_FACTORS
+
+    p = sub.add_parser(
+        "compare",
+        help="N x N map of how alike many adapters are, with a dendrogram",
+        description=(
+            "For adapters on one base (runs and PEFT folders mixed, or one sweep folder): per shared module "
+            "the mean of phi(t, t) over t <= k of the chosen bases (from dW's subspaces by default, so "
+            "B -> BR, A -> R^-1 A changes nothing), averaged over modules. Writes a clustered heatmap with "
+            "its dendrogram and the random floor, the matrix as CSV (run names as index and columns), "
+            "the per-kind breakdown and each adapter's nearest neighbour."
+        ),
+    )
+    p.add_argument(
+        "sources", metavar="RUN_OR_PEFT", type=Path, nargs="+", help="run or PEFT folders, or a sweep"
+    )
+    p.add_argument("--factor", default="dW-right", choices=list(MAP_FACTORS), help="bases (default dW-right)")
+    p.add_argument("--k", type=int, default=8, help="top directions per module (default 8)")
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/compare_<factor>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=cmd_compare)
+
+
 # ----------------------------------------------------------------------------- main
 
-COMMANDS = [_add_ls, _add_similarity, _add_amplification, _add_spectrum, _add_figures, _add_export]
+COMMANDS = [
+    _add_ls, _add_similarity, _add_amplification, _add_spectrum, _add_trajectory, _add_compare, _add_figures,
+    _add_export,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -210,3 +210,23 @@ def test_layer_ranges_are_cut_to_the_model(sweep, tmp_path, capsys):
     capsys.readouterr()
     assert "no layer 7" in _error(capsys, [*argv, "--layers", "7"])
     assert "none of the model's layers" in _error(capsys, [*argv, "--layers", "5-9"])
+
+
+def test_compare_writes_a_symmetric_map_and_refuses_bad_input(sweep, tmp_path, capsys):
+    make_run(sweep, "r8-s2", 8, seed=2)
+    out = tmp_path / "map"
+    assert main(["compare", str(sweep), "--out", str(out), "--k", "4"]) == 0
+    assert "random floor" in capsys.readouterr().out
+    matrix = pd.read_csv(out / "map_dW-right_matrix.csv", index_col=0)
+    assert list(matrix.index) == list(matrix.columns) == ["r4-s0", "r8-s1", "r8-s2"]
+    np.testing.assert_allclose(matrix.to_numpy(), matrix.to_numpy().T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(matrix.to_numpy()), 1.0, atol=1e-6)
+    assert (out / "map_dW-right.png").is_file() and (out / "map_dW-right_by_kind.csv").is_file()
+    assert "at least 2" in _error(capsys, ["compare", str(sweep / "r4-s0")])
+    other = make_run(tmp_path, "r4-s7", 4, modules=["model.layers.0.self_attn.q_proj"])
+    assert "shares no module" in _error(capsys, ["compare", str(sweep / "r4-s0"), str(other)])
+
+
+def test_trajectory_of_a_run_without_snapshots_or_init_is_refused(tmp_path, capsys):
+    bare = make_run(tmp_path, "r4-s0", 4, with_init=False)
+    assert "snapshot_every" in _error(capsys, ["trajectory", str(bare)])

@@ -143,3 +143,21 @@ def test_step_statistics_agree_with_the_snapshot_files(tiny_bert, topic_jsonl, t
         assert r[key] > 0, key
     # the update of step 2 is the difference of the factors before and after it (snapshot after step 2)
     assert records[1]["update_norm_B"] > 0
+
+
+def test_trajectory_command_writes_the_frame_of_the_library(tiny_bert, topic_jsonl, tmp_path, capsys):
+    import pandas as pd
+
+    from lorascope.compare.trajectories import run_trajectory
+
+    out = tmp_path / "r2-s0"
+    train(_cfg(tiny_bert, topic_jsonl, train={"steps": 4, "snapshot_every": 2}), out)
+    assert main(["trajectory", str(out), "--out", str(tmp_path / "t"), "--k", "2"]) == 0
+    assert "first step" in capsys.readouterr().out
+    written = pd.read_csv(tmp_path / "t" / "trajectory.csv")
+    frame = run_trajectory(out, k=2)
+    assert sorted(set(written.step)) == [0, 2, 4]
+    pd.testing.assert_series_equal(written.dW_norm, frame.dW_norm, check_names=False, rtol=1e-9)
+    assert (tmp_path / "t" / "trajectory.png").is_file() and (
+        tmp_path / "t" / "trajectory_first_step.md"
+    ).is_file()

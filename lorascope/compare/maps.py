@@ -33,7 +33,7 @@ from lorascope.analysis.adapter_map import (
 )
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.linalg import numerical_rank
-from lorascope.analysis.modules import module_kind, select_modules
+from lorascope.analysis.modules import layer_index, module_kind, parse_layers, select_modules
 from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
 from lorascope.runs import Run, load_run
@@ -168,7 +168,12 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
         run = source if isinstance(source, Run) else load_run(source)
         if check_base:
             same_base.add(run, names[i])
-        mine = select_modules(run.adapters, modules, layers) if modules or layers else list(run.adapters)
+        chosen = layers
+        if isinstance(layers, str):  # "0,2-5", cut to the layers this run has
+            chosen = parse_layers(
+                layers, available={j for n in run.adapters if (j := layer_index(n)) is not None}
+            )
+        mine = select_modules(run.adapters, modules, chosen) if modules or layers else list(run.adapters)
         every.update(dict.fromkeys(mine))
         shared = mine if i == 0 else [m for m in kept if m in set(mine)]
         if not shared:
