@@ -58,9 +58,41 @@ def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tenso
     run_dir = sweep / f"r{rank}-s{seed}"
     runs.write_config(run_dir, {"rank": rank, "seed": seed})
     runs.save_adapter(run_dir / runs.INIT_FILE, initial, meta)
-    runs.save_adapter(run_dir / runs.ADAPTER_FILE, factors(wrapped), meta)
+    final = factors(wrapped)
+    runs.save_adapter(run_dir / runs.ADAPTER_FILE, final, {**meta, "step": 2})
+    if rank == 4:  # one snapshot half way, for the trajectory recipe
+        half = {k: (initial[k] + v) / 2 for k, v in final.items()}
+        runs.save_adapter(runs.snapshot_dir(run_dir, 1) / runs.ADAPTER_FILE, half, {**meta, "step": 1})
     summary = {"status": "complete", "val_accuracy": 0.5 + rank / 100, "update_params": rank * 4 * 64}
-    runs.write_summary(run_dir, {**summary, "wall_time_s": 1.5 * rank, "initial_eval": {"val_accuracy": 0.3}})
+    runs.write_summary(
+        run_dir, {**summary, "steps": 2, "wall_time_s": 1.5 * rank, "initial_eval": {"val_accuracy": 0.3}}
+    )
+    return run_dir
+
+
+def write_full_run(sweep: Path, base: Path, shared: torch.Tensor) -> Path:
+    """A full fine-tuning run: per target a dense ΔW whose top input direction is `shared`."""
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(base)
+    g = torch.Generator().manual_seed(77)
+    deltas, fingerprint = {}, {}
+    for name, module in model.named_modules():
+        if name.endswith(tuple(TARGETS)):
+            out = torch.randn(module.weight.shape[0], generator=g)
+            deltas[name] = 2.0 * torch.outer(out / out.norm(), shared) + 0.02 * torch.randn(
+                module.weight.shape, generator=g
+            )
+            fingerprint[name] = runs.base_fingerprint(module.weight)
+    meta = runs.adapter_metadata(
+        rank=None, alpha=None, scaling=None, base_model=str(base), targets=TARGETS, init=None, rslora=None,
+        base_fingerprint=fingerprint, method="full", model_class="AutoModelForSequenceClassification",
+        num_labels=3, seed=0, step=2,
+    )  # fmt: skip
+    run_dir = sweep / "full-s0"
+    runs.write_config(run_dir, {"method": "full", "rank": None, "seed": 0})
+    runs.save_delta(run_dir / runs.DELTA_FILE, deltas, meta)
+    runs.write_summary(run_dir, {"status": "complete", "method": "full", "val_accuracy": 0.6, "steps": 2})
     return run_dir
 
 
@@ -70,6 +102,7 @@ def sweep(tiny_bert, tmp_path_factory) -> Path:
     shared = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(5)), dim=0)
     for rank, seed in [(1, 0), (4, 0), (8, 0), (8, 1)]:
         write_run(path, tiny_bert, rank, seed, shared)
+    write_full_run(path, tiny_bert, shared)
     return path
 
 
@@ -89,7 +122,13 @@ def test_every_recipe_writes_its_files(figures):
             assert {f"{fig}_{factor}.png", f"{fig}_{factor}.pdf", f"{fig}_{factor}.csv"} <= names
         assert f"fig7_layers_seed_similarity_{factor}.csv" in names
     assert {"fig8_w_vs_delta.png", "fig8_w_vs_delta.csv", "findings.md"} <= names
-    for table in ("table7_amplification", "table_ranks"):
+    assert {
+        "fig_spectrum.png",
+        "fig_lora_vs_full.png",
+        "fig_lora_vs_full.csv",
+        "trajectory_r4-s0.csv",
+    } <= names
+    for table in ("table7_amplification", "table_ranks", "table_energy_rank"):
         assert {f"{table}.csv", f"{table}.md", f"{table}.tex"} <= names
     for p in written:
         assert p.is_file() and p.stat().st_size > 0
@@ -167,9 +206,10 @@ def test_fig8_and_table7_equal_the_library(figures, sweep, tiny_bert):
 def test_rank_table_reads_the_summaries(figures):
     out, _, _ = figures
     table = pd.read_csv(out / "table_ranks.csv")
-    assert list(zip(table["r"], table["seed"], strict=True)) == [(1, 0), (4, 0), (8, 0), (8, 1)]
-    assert list(table["accuracy"]) == pytest.approx([0.51, 0.54, 0.58, 0.58])
-    assert list(table["accuracy at step 0"]) == pytest.approx([0.3] * 4)
+    pairs = [("1", 0), ("4", 0), ("8", 0), ("8", 1), ("full", 0)]  # the full run after the LoRA ranks
+    assert list(zip(table["r"].astype(str), table["seed"], strict=True)) == pairs
+    assert list(table["accuracy"]) == pytest.approx([0.51, 0.54, 0.58, 0.58, 0.6])
+    assert list(table["accuracy at step 0"][:4]) == pytest.approx([0.3] * 4)
 
 
 def test_findings_report_the_planted_overlap(figures):
@@ -203,11 +243,9 @@ def test_unloadable_base_model_skips_only_what_needs_w(sweep, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(sweep, moved)
     for run_dir in runs.list_runs(moved):
-        adapter, meta = runs.read_adapter(run_dir / runs.ADAPTER_FILE)
-        tensors = {f"{m}.lora_{p}": getattr(a, p) for m, a in adapter.items() for p in "AB"}
-        runs.save_adapter(
-            run_dir / runs.ADAPTER_FILE, tensors, {**meta, "base_model": str(tmp_path / "gone")}
-        )
+        path = run_dir / runs.load_run(run_dir).update_file
+        tensors, meta = runs.read_tensors(path)
+        runs.save_tensors(path, tensors, {**meta, "base_model": str(tmp_path / "gone")})
     written, skipped = make_figures(
         moved, tmp_path / "out", formats=("png",), recipes=["fig3", "fig8", "table7"]
     )
@@ -266,3 +304,35 @@ def test_a_run_trained_on_another_base_is_refused(sweep, tmp_path):
     _, skipped = make_figures(mixed, tmp_path / "out", formats=("png",), recipes=["table7"])
     assert [s.recipe for s in skipped] == ["table7"]
     assert "r8-s1: base weight of" in skipped[0].reason and "a different base model?" in skipped[0].reason
+
+
+def test_lora_versus_full_equals_the_library(figures, sweep):
+    out, _, _ = figures
+    data = pd.read_csv(out / "fig_lora_vs_full.csv")
+    lora, full = runs.load_run(sweep / "r8-s0"), runs.load_run(sweep / "full-s0")
+    m = MIDDLE.format("value")
+    V = torch.linalg.svd(full.adapters[m].delta.double(), full_matrices=False)[2][:32].T  # all 32 directions
+    expected = la.phi_grid(la.delta_svd(lora.adapters[m].A, lora.adapters[m].B)[2], V)
+    got = data[(data.kind == "value") & (data.side == "input") & (data["rank"] == 8)]
+    np.testing.assert_allclose(
+        got.pivot(index="i", columns="j", values="phi").to_numpy(), expected, atol=1e-8
+    )
+    assert got[(got.i == 1) & (got.j == 1)].phi.iloc[0] > 0.5  # both found the planted direction (floor 1/32)
+    energy = pd.read_csv(out / "table_energy_rank.csv")
+    ranks = {
+        m: la.spectrum_metrics(torch.linalg.svdvals(full.adapters[m].delta.double()).numpy())["energy_rank"]
+        for m in full.adapters
+        if m.endswith("query")
+    }
+    row = energy[(energy.method == "full") & (energy.kind == "query")].iloc[0]
+    assert row.energy_rank == pytest.approx(np.median(list(ranks.values())))
+
+
+def test_findings_speak_of_full_fine_tuning_and_the_trajectory(figures):
+    out, _, _ = figures
+    text = (out / "findings.md").read_text()
+    assert "## LoRA versus full fine-tuning: how low-rank is ΔW?" in text
+    found = text.split("does a low-rank adapter find")[1].split("##")[0]
+    assert "| value | input | 8 |" in found and "LoRA's top direction is full fine-tuning's in" in found
+    trajectory = text.split("## How the adapters formed during training")[1]
+    assert "| r4-s0 | query |" in trajectory

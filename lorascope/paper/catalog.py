@@ -14,6 +14,9 @@ DESCRIPTIONS = {
     "fig7": "Fig. 7: Fig. 4 across layers",
     "fig8": "Fig. 8: φ between W's and ΔW's top singular directions, per rank and for a random matrix",
     "table7": "Table 7: ‖UᵀWV‖_F for U, V from ΔW / W / random, and the amplification ‖ΔW‖_F / ‖UᵀWV‖_F",
+    "spectrum": "ΔW's normalised spectrum and 90 %-energy rank, each LoRA rank beside full fine-tuning",
+    "lora_vs_full": "φ between each LoRA rank's and full fine-tuning's top ΔW directions, both sides",
+    "trajectory": "how each run's ΔW formed over its snapshots (train.snapshot_every=N)",
     "ranks": "the rank table: held-out metric, parameters and cost per run",
     "findings": "findings.md: whether each of the paper's findings holds on this sweep, with numbers",
 }

@@ -221,11 +221,15 @@ def table7_section(art: Artifact | Skipped, sweep: Sweep) -> list[str]:
     return out + ["", *verdict, "", *note]
 
 
-def findings_markdown(sweep: Sweep, fig3s: dict, fig4s: dict, table7: Artifact | Skipped) -> str:
+def findings_markdown(
+    sweep: Sweep, fig3s: dict, fig4s: dict, table7: Artifact | Skipped, beyond: list[str] = ()
+) -> str:
+    """findings.md: the Section 7 findings, then the `beyond` lines (LoRA against full fine-tuning, ...)."""
     lines = [
         f"# Findings on `{sweep.path}`",
         "",
-        f"Runs: {', '.join(f'r={r} s={s}' for r, s in sweep.runs)}. "
+        f"Runs: {', '.join([*(f'r={r} s={s}' for r, s in sweep.runs), *(f'full s={s}' for s in sweep.full)])}"
+        ". "
         "X stands for the factor analysed: A (the paper's), A − A0 (its learned part) or ΔW's input side.",
         "",
     ]
@@ -243,4 +247,4 @@ def findings_markdown(sweep: Sweep, fig3s: dict, fig4s: dict, table7: Artifact |
         ]
     lines += init_section(fig3s, fig4s)
     lines += fig3_section(fig3s) + fig4_section(fig4s) + table7_section(table7, sweep)
-    return "\n".join(lines)
+    return "\n".join([*lines, *beyond])

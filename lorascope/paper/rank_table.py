@@ -34,7 +34,9 @@ def metric_of(summary: dict) -> tuple[str, float] | None:
 
 def rank_frame(sweep: Sweep) -> pd.DataFrame:
     rows = []
-    for (rank, seed), run in sweep.runs.items():
+    every = [((rank, seed), run) for (rank, seed), run in sweep.runs.items()]
+    every += [(("full", seed), run) for seed, run in sweep.full.items()]  # full fine-tuning, after the ranks
+    for (rank, seed), run in every:
         row = {"r": rank, "seed": seed}
         initial = run.summary.get("initial_eval") or {}
         for key, col in COLUMNS.items():

@@ -12,9 +12,12 @@ from lorascope.errors import LorascopeError
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
 from lorascope.paper.findings import findings_markdown
+from lorascope.paper.findings_beyond import lora_vs_full_section, spectrum_section, trajectory_section
+from lorascope.paper.lora_vs_full import fig_lora_vs_full, fig_spectrum
 from lorascope.paper.rank_table import rank_table
 from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
 from lorascope.paper.sweep import Sweep
+from lorascope.paper.trajectory_figs import trajectories
 from lorascope.paper.w_and_delta import fig8, table7
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,9 @@ RECIPES: dict[str, Callable] = {
     "fig7": _per_factor("fig7_layers_seed_similarity", lambda s, f, o: fig7(s, f, layers=o.layers)),
     "fig8": _needs_w(fig8),
     "table7": _needs_w(table7),
+    "spectrum": lambda sweep, opts: fig_spectrum(sweep, opts.layer),
+    "lora_vs_full": lambda sweep, opts: [fig_lora_vs_full(sweep, opts.layer)],
+    "trajectory": lambda sweep, opts: trajectories(sweep),
     "ranks": lambda sweep, opts: [rank_table(sweep)],
 }
 
@@ -78,14 +84,19 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for name in ("fig3", "fig4", "table7"):
+    for name in ("fig3", "fig4", "table7", "spectrum", "lora_vs_full", "trajectory"):
         fresh = name not in done
         parts[name] = run_recipe(name, sweep, opts, done)
         for art in parts[name]:
             if fresh and getattr(art, "fig", None) is not None:
                 plt.close(art.fig)  # computed here for its numbers only
     by_factor = {k: dict(zip(opts.factors, parts[k], strict=True)) for k in ("fig3", "fig4")}
-    text = findings_markdown(sweep, by_factor["fig3"], by_factor["fig4"], parts["table7"][0])
+    beyond = [
+        *spectrum_section(parts["spectrum"]),
+        *lora_vs_full_section(parts["lora_vs_full"][0]),
+        *trajectory_section(parts["trajectory"]),
+    ]
+    text = findings_markdown(sweep, by_factor["fig3"], by_factor["fig4"], parts["table7"][0], beyond)
     return [Artifact("findings", text=text)]
 
 

@@ -1,0 +1,120 @@
+"""findings.md beyond Section 7: LoRA against full fine-tuning, and how the adapters formed.
+
+spectrum      Biderman et al. 2024: full fine-tuning's ΔW needs a rank 10–100× a typical LoRA rank to
+              hold 90 % of its energy. Holds when full's median 90 %-energy rank ≥ 10 × the LoRA rank
+              taken as typical (8 when the sweep has it).
+lora_vs_full  does a low-rank adapter find full fine-tuning's top directions? φ(1, 1) between the top
+              directions of the two ΔW, and φ(r, r) between LoRA's top-r and full's top-r, against
+              the random floors 1/n and r/n; a top direction counts as found when φ(1, 1) > 0.5.
+trajectory    when the final top direction appeared (φ(1, 1) to the final ΔW ≥ 0.9 from then on),
+              and which factor carried the change (Zhu et al. 2024: A barely moves, B learns). Holds
+              when φ(A_T, A0) ≥ 0.9 and the part of ΔW_T due to A moving, ‖s·B(A − A0)‖/‖ΔW‖, ≤ 0.3.
+"""
+
+from __future__ import annotations
+
+from lorascope.paper.artifact import Artifact, Skipped
+
+TYPICAL_RANK = 8  # "a typical LoRA rank" (the paper's r = 8), when the sweep has it
+FOUND = 0.5  # φ(1, 1) above this: LoRA's top direction lies mostly in full fine-tuning's top direction
+REACHED = 0.9
+A_STAYS = 0.9  # φ(A_T, A0) at or above this: A's row space is still mostly its random start
+A_SHARE = 0.3  # ‖s·B(A − A0)‖ / ‖ΔW‖ at or below this: B carries the change
+
+
+def _fmt(x) -> str:
+    x = float(x)
+    return f"{x:.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.1e}"
+
+
+def _verdict(ok: bool) -> str:
+    return "**holds**" if ok else "**does not hold**"
+
+
+def spectrum_section(arts: list) -> list[str]:
+    out = ["## LoRA versus full fine-tuning: how low-rank is ΔW?", ""]
+    art = arts[0]
+    if isinstance(art, Skipped):
+        return out + [f"Not testable: {art.reason}.", ""]
+    energy = art.facts["energy"]
+    out += [
+        "Biderman et al. (2024) find that full fine-tuning's ΔW needs a rank 10–100× typical LoRA ranks to "
+        "hold 90 % of its energy Σσ². Median over layers:",
+        "",
+        "| method | module | 90 %-energy rank | stable rank | effective rank |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r.method} | {r.kind} | {_fmt(r.energy_rank)} | {_fmt(r.stable_rank)} "
+            f"| {_fmt(r.effective_rank)} |"
+            for r in energy.itertuples()
+        ),
+        "",
+    ]
+    ranks = [int(m.removeprefix("r=")) for m in dict.fromkeys(energy.method) if m != "full"]
+    typical = TYPICAL_RANK if TYPICAL_RANK in ranks else ranks[len(ranks) // 2]
+    for kind in dict.fromkeys(energy.kind):
+        full = float(energy[(energy.method == "full") & (energy.kind == kind)].energy_rank.iloc[0])
+        ratio = full / typical
+        out.append(
+            f"- {kind}: full fine-tuning's 90 %-energy rank is {_fmt(full)}, {_fmt(ratio)}× the LoRA rank "
+            f"{typical}: {_verdict(ratio >= 10)}."
+        )
+    return out + [""]
+
+
+def lora_vs_full_section(art) -> list[str]:
+    out = [
+        "## LoRA versus full fine-tuning: does a low-rank adapter find the full update's top directions?",
+        "",
+    ]
+    if isinstance(art, Skipped):
+        return out + [f"Not testable: {art.reason}.", ""]
+    data = art.facts["data"]
+    out += [
+        f"Layer {art.facts['layer']}: φ(1, 1) between the top direction of each LoRA rank's ΔW and of full "
+        "fine-tuning's ΔW, and φ(r, r) between LoRA's top-r and full's top-r directions; the random floors "
+        f"are 1/n and r/n. A top direction counts as found when φ(1, 1) > {FOUND}.",
+        "",
+        "| module | side | r | φ(1,1) | floor 1/n | φ(r,r) | floor r/n |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    found, total = 0, 0
+    for (kind, side, rank), d in data.groupby(["kind", "side", "rank"], sort=False):
+        top = float(d[(d.i == 1) & (d.j == 1)].phi.iloc[0])
+        rr = d[(d.i == rank) & (d.j == rank)]
+        n = int(d.n.iloc[0])
+        found, total = found + (top > FOUND), total + 1
+        rr_text = (_fmt(rr.phi.iloc[0]), _fmt(rank / n)) if len(rr) else ("–", "–")
+        out.append(
+            f"| {kind} | {side} | {rank} | {_fmt(top)} | {_fmt(1 / n)} | {rr_text[0]} | {rr_text[1]} |"
+        )
+    return out + ["", f"LoRA's top direction is full fine-tuning's in {found} of {total} cases.", ""]
+
+
+def trajectory_section(arts: list) -> list[str]:
+    out = ["## How the adapters formed during training", ""]
+    made = [a for a in arts if isinstance(a, Artifact)]
+    if not made:
+        return out + [f"Not testable: {arts[0].reason}.", ""]
+    out += [
+        f"From each run's snapshots: the step from which ΔW's top direction stays the final one (φ(1, 1) to "
+        f"ΔW_T ≥ {REACHED} on the input and the output side), median over layers; and which factor carried "
+        f"the change (Zhu et al. 2024: A barely moves from its random start and B learns; holds when "
+        f"φ(A_T, A0) ≥ {A_STAYS} and the part of ΔW_T due to A moving is ≤ {A_SHARE} of it).",
+        "",
+        "| run | module | final step reached at | of T | ‖A_T − A0‖/‖A0‖ | φ(A_T, A0) | floor r/n "
+        "| ‖s·B(A−A0)‖/‖ΔW‖ | A barely moves |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for art in made:
+        reached, summary = art.facts["by_kind"], art.facts["summary"]
+        for kind, s in summary.iterrows():
+            step = reached.loc[kind, "step_median"] if kind in reached.index else float("nan")
+            holds = s.phi_A_A0 >= A_STAYS and s.dW_dA_ratio <= A_SHARE
+            when = _fmt(step) if step == step else "never"  # NaN: no module settled
+            out.append(
+                f"| {art.facts['run']} | {kind.rsplit('.', 1)[-1]} | {when} | {int(s.step)} "
+                f"| {_fmt(s.dA_rel)} | {_fmt(s.phi_A_A0)} | {_fmt(s.phi_A_A0_floor)} | {_fmt(s.dW_dA_ratio)} "
+                f"| {'yes' if holds else 'no'} |"
+            )
+    return out + [""]
