@@ -34,7 +34,7 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "bbc"  # short name, used in the sweep folder name
-    source: str = "bbc"  # bbc | shakespeare | text
+    source: str = "bbc"  # bbc | plays | shakespeare | text
     kind: str | None = None  # classification | lm; None: classification when the data has labels
     path: str | None = None  # text source: a .jsonl, a .txt, or a folder of .txt files
     text_field: str = "text"  # .jsonl: the field holding the text

@@ -42,6 +42,7 @@ def test_defaults_follow_the_paper():
         ["model=smollm2"],
         ["model=hf", "model.name_or_path=/some/folder"],
         ["task=shakespeare"],
+        ["task=plays"],
         ["task=text", "task.path=x.jsonl", "task.label_field=label"],
         ["lora=paper"],
         ["lora=rslora"],
