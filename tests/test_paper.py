@@ -30,7 +30,7 @@ def _planted(rank: int, n: int, shared: torch.Tensor, seed: int) -> torch.Tensor
     return rest
 
 
-def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tensor) -> Path:
+def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tensor, task: str = "toy") -> Path:
     from transformers import BertForSequenceClassification
 
     model = BertForSequenceClassification.from_pretrained(base)
@@ -54,6 +54,7 @@ def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tenso
         model_class="AutoModelForSequenceClassification",
         num_labels=3,
         seed=seed,
+        task=task,
     )
     run_dir = sweep / f"r{rank}-s{seed}"
     runs.write_config(run_dir, {"rank": rank, "seed": seed})
@@ -103,6 +104,8 @@ def sweep(tiny_bert, tmp_path_factory) -> Path:
     for rank, seed in [(1, 0), (4, 0), (8, 0), (8, 1)]:
         write_run(path, tiny_bert, rank, seed, shared)
     write_full_run(path, tiny_bert, shared)
+    other = torch.nn.functional.normalize(torch.randn(32, generator=torch.Generator().manual_seed(6)), dim=0)
+    write_run(path.parent / "tiny-bert-other", tiny_bert, 8, 0, other, task="other")  # a second task
     return path
 
 
@@ -336,3 +339,25 @@ def test_findings_speak_of_full_fine_tuning_and_the_trajectory(figures):
     assert "| value | input | 8 |" in found and "LoRA's top direction is full fine-tuning's in" in found
     trajectory = text.split("## How the adapters formed during training")[1]
     assert "| r4-s0 | query |" in trajectory
+
+
+def test_cross_task_figure_compares_tasks_beside_seeds(figures, sweep):
+    out, _, _ = figures
+    data = pd.read_csv(out / "fig_cross_task_dA.csv")
+    assert set(data.pair) == {"toy vs other", "toy: seed 0 vs 1", "random gaussian"}
+    m = MIDDLE.format("query")
+    a, b = runs.load_run(sweep / "r8-s0"), runs.load_run(sweep.parent / "tiny-bert-other" / "r8-s0")
+    expected = la.learned_a_similarity(a.adapters[m].A, a.init[m].A, b.adapters[m].A, b.init[m].A)
+    got = data[(data.module == "attention.self.query") & (data.pair == "toy vs other")]
+    np.testing.assert_allclose(
+        got.pivot(index="i", columns="j", values="phi").to_numpy(), expected, atol=1e-9
+    )
+    # the planted directions differ between the tasks and agree between the seeds
+    seeds = data[(data.module == "attention.self.query") & (data.pair == "toy: seed 0 vs 1")]
+    assert (
+        seeds[(seeds.i == 1) & (seeds.j == 1)].phi.iloc[0]
+        > 0.9
+        > got[(got.i == 1) & (got.j == 1)].phi.iloc[0]
+    )
+    text = (out / "findings.md").read_text()
+    assert "## Adapters of two tasks on one model" in text and "| A − A0 | query |" in text

@@ -11,6 +11,7 @@ from pathlib import Path
 from lorascope.errors import LorascopeError
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
+from lorascope.paper.cross_task import cross_task_section, fig_cross_task
 from lorascope.paper.findings import findings_markdown
 from lorascope.paper.findings_beyond import lora_vs_full_section, spectrum_section, trajectory_section
 from lorascope.paper.lora_vs_full import fig_lora_vs_full, fig_spectrum
@@ -63,6 +64,7 @@ RECIPES: dict[str, Callable] = {
     "table7": _needs_w(table7),
     "spectrum": lambda sweep, opts: fig_spectrum(sweep, opts.layer),
     "lora_vs_full": lambda sweep, opts: [fig_lora_vs_full(sweep, opts.layer)],
+    "cross_task": _per_factor("fig_cross_task", lambda s, f, o: fig_cross_task(s, f, layer=o.layer)),
     "trajectory": lambda sweep, opts: trajectories(sweep),
     "ranks": lambda sweep, opts: [rank_table(sweep)],
 }
@@ -84,7 +86,7 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for name in ("fig3", "fig4", "table7", "spectrum", "lora_vs_full", "trajectory"):
+    for name in ("fig3", "fig4", "table7", "spectrum", "lora_vs_full", "trajectory", "cross_task"):
         fresh = name not in done
         parts[name] = run_recipe(name, sweep, opts, done)
         for art in parts[name]:
@@ -95,6 +97,7 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
         *spectrum_section(parts["spectrum"]),
         *lora_vs_full_section(parts["lora_vs_full"][0]),
         *trajectory_section(parts["trajectory"]),
+        *cross_task_section(parts["cross_task"]),
     ]
     text = findings_markdown(sweep, by_factor["fig3"], by_factor["fig4"], parts["table7"][0], beyond)
     return [Artifact("findings", text=text)]

@@ -132,7 +132,7 @@ def _space_dim(sweep: Sweep, layer: int, kind: str, factor: str) -> int:
     return get_factor(factor).dim(next(iter(sweep.runs.values())).adapters[sweep.module(layer, kind)])
 
 
-def _gaussian(rank: int, n: int, factor: str, seed: int = 0) -> pd.DataFrame:
+def gaussian_grid(rank: int, n: int, factor: str, seed: int = 0) -> pd.DataFrame:
     """φ between the bases of one pair of random Gaussian matrices shaped like the factor, in R^n
     (the paper's Fig. 4, right)."""
     side = get_factor(factor).side
@@ -156,7 +156,7 @@ def fig4(sweep: Sweep, factor: str = "A", rank=None, layer=None) -> Artifact | S
         facts[kind] = {"phi": g, "n": n, "diag": _diag(g)}
     # One random panel per space the modules live in: GQA's k/v outputs (192) are not q's (576).
     for n in sorted({facts[kind]["n"] for kind in list(facts)}, reverse=True):
-        gauss = _gaussian(rank, n, factor)
+        gauss = gaussian_grid(rank, n, factor)
         panels[f"random Gaussian ({rank}×{n})"] = gauss
         rows.append(long_grid(gauss, layer=layer, module=f"random gaussian n={n}", pair="gaussian"))
         facts[f"_gaussian n={n}"] = {"phi": gauss, "n": n, "diag": _diag(gauss)}
