@@ -212,6 +212,23 @@ def child(route: str, adapter: Path) -> None:
         table, _ = intruder_tables(run)
         out["count"] = int(table["count"].sum())
         out["min_max_cos_q0"] = float(table["min_max_cos"].iloc[0])
+    elif route == "left-methods":
+        import numpy as np
+
+        from lorascope.analysis.truncated import left_basis, top_svd
+        from lorascope.weights import base_weights
+
+        m = modules()[0]
+        W = base_weights(run, [m])[m]
+        U_ft = top_svd(W, 10, delta=run.adapters[m])[0]
+        max_cos = {}
+        for method in ("eigh", "svd"):
+            t1 = time.perf_counter()
+            U_w = left_basis(W, method=method)
+            out[f"{method}_seconds"] = time.perf_counter() - t1
+            max_cos[method] = (U_ft.T @ U_w).abs().amax(1).numpy()
+        out["max_cos_diff"] = float(np.abs(max_cos["eigh"] - max_cos["svd"]).max())
+        out["same_count"] = bool(((max_cos["eigh"] < 0.5) == (max_cos["svd"] < 0.5)).all())
     elif route in ("dense-amplification", "dense-intruders", "one-amplification", "one-intruders"):
         from lorascope.weights import base_weights
 
@@ -347,6 +364,13 @@ def main() -> None:
         show("amplification, dense svdvals(W) float64", dense_amp)
         show("intruders, eigh + matrix-free (uncached)", one_int)
         show("intruders, dense svd(W) + svd(W + dW)", dense_int)
+        left = run_child("left-methods", adapter, empty, args.threads)
+        say(
+            f"  W's full left basis: eigh(W Wᵀ) {left['eigh_seconds']:.1f} s, svd(W) "
+            f"{left['svd_seconds']:.1f} s; max |cos| of the top-10 of W + dW differ by "
+            f"{left['max_cos_diff']:.1e} "
+            f"(same intruders at eps = 0.5: {left['same_count']})"
+        )
         for key in ("proj_dw", "proj_w", "proj_random"):
             rel = abs(one_amp[key] - dense_amp[key]) / abs(dense_amp[key])
             say(f"    {key}: truncated {one_amp[key]:.9g}, dense {dense_amp[key]:.9g} (rel. diff. {rel:.1e})")

@@ -3,6 +3,7 @@
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/top-<k>.safetensors   U (out, k), S (k,), V (in, k)  float64
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/left.safetensors       U (out, m): every left singular vector
                                                                      of W, m = min(out, in), float32
+    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
 
 key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
 from any copy of a checkpoint finds its entry, and a different W can never be served one.
@@ -34,6 +35,7 @@ import torch
 
 from lorascope import models, runs
 from lorascope.analysis import truncated
+from lorascope.analysis.amplification import random_projection
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -116,6 +118,19 @@ class Entry:
         self._save(path, {"U": U}, "left", m)
         return U.double()
 
+    def random_projection(self, k: int, seed: int = 0, *, device: str = "auto") -> float:
+        """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
+        W's data too, stored so that a warm Table 7 needs one product with W, not two."""
+        path = self.folder / f"random-{int(k)}-{int(seed)}.safetensors"
+        found = self._load(path, "random", int(k), seed) if path.is_file() else None
+        if found is not None:
+            STATS["hit"] += 1
+            return float(found["proj"][0])
+        STATS["miss"] += 1
+        value = random_projection(self.W, int(k), int(seed), device=device)
+        self._save(path, {"proj": torch.tensor([value], dtype=torch.float64)}, "random", int(k), seed)
+        return value
+
     # ------------------------------------------------------------------ files
 
     def _stored_tops(self) -> list[tuple[int, Path]]:
@@ -130,25 +145,24 @@ class Entry:
         out, n_in = self.W.shape
         if kind == "left":
             return {"U": (out, k)}
+        if kind == "random":
+            return {"proj": (1,)}
         return {"U": (out, k), "S": (k,), "V": (n_in, k)}
 
-    def _save(self, path: Path, tensors: dict[str, torch.Tensor], kind: str, k: int) -> None:
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": kind,
-            "key": self.key,
-            "shape": list(self.W.shape),
-            "k": k,
-            "checksum": _checksum(tensors),
-        }
+    def _header(self, kind: str, k: int, seed: int | None) -> dict:
+        header = {"format": FORMAT, "version": VERSION, "kind": kind, "key": self.key}
+        header.update(shape=list(self.W.shape), k=k)
+        return header if seed is None else {**header, "seed": seed}
+
+    def _save(self, path: Path, tensors: dict[str, torch.Tensor], kind: str, k: int, seed=None) -> None:
+        meta = {**self._header(kind, k, seed), "checksum": _checksum(tensors)}
         tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
         try:
             runs.atomic_write(path, lambda tmp: (_write(tmp, tensors, meta), _readable_by_all(tmp)))
         except OSError as e:  # a read-only or full cache costs time, never the analysis
             log.warning("could not write %s (%s): W's spectra will be recomputed next time", path, e)
 
-    def _load(self, path: Path, kind: str, k: int) -> dict[str, torch.Tensor] | None:
+    def _load(self, path: Path, kind: str, k: int, seed=None) -> dict[str, torch.Tensor] | None:
         """The tensors of a stored entry, or None (logged, file removed) if it does not check out."""
         try:
             tensors, meta = runs.read_tensors(path)
@@ -156,14 +170,7 @@ class Entry:
             if not path.exists():  # removed by another process between listing and reading
                 return None
             return self._corrupt(path, str(e))
-        expected = {
-            "format": FORMAT,
-            "version": VERSION,
-            "kind": kind,
-            "key": self.key,
-            "shape": list(self.W.shape),
-            "k": k,
-        }
+        expected = self._header(kind, k, seed)
         wrong = [f for f, v in expected.items() if meta.get(f) != v]
         if wrong:
             return self._corrupt(path, f"header fields {wrong} do not match")

@@ -69,7 +69,7 @@ def test_a_second_amplification_uses_the_cache(peft_run):
     calls, stats = truncated.SVD_CALLS.copy(), wspectra.STATS.copy()
     again = amplification_table(peft_run)
     assert truncated.SVD_CALLS - calls == {}  # no decomposition at all
-    assert wspectra.STATS - stats == {"hit": len(llama_modules())}
+    assert wspectra.STATS - stats == {"hit": 2 * len(llama_modules())}  # W's top-k and its random floor
     assert len(again) == len(llama_modules())
 
 

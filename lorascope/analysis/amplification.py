@@ -59,6 +59,16 @@ def weight_svd(W) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return truncated.full_svd(W, device="cpu")
 
 
+def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> float:
+    """‖U_rᵀ W V_r‖_F for the seeded random orthonormal U_r (out, k) and V_r (in, k) of `amplification`
+    (`random_orthonormal(out, k, seed)`, `random_orthonormal(in, k, seed + 1)`): a function of W alone."""
+    dev = truncated.resolve_device(device)
+    W = truncated.as_f64(W, dev, "W")
+    U_r = random_orthonormal(W.shape[0], k, seed).to(dev)
+    V_r = random_orthonormal(W.shape[1], k, seed + 1).to(dev)
+    return float(torch.linalg.matrix_norm(U_r.T @ truncated.apply(W, V_r)))
+
+
 def amplification(
     W,
     A=None,
@@ -70,14 +80,16 @@ def amplification(
     *,
     delta=None,
     w_top=None,
+    proj_random: float | None = None,
     device: str = "auto",
 ) -> dict:
     """Table 7 numbers for one module. W (out, in); ΔW = s · B A with A (r, in), B (out, r), or a
     dense `delta` (out, in) (then k must be given).
 
     k defaults to r. W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached),
-    `w_svd` (a full `weight_svd(W)`), or else the truncated SVD. The products run in float64 on
-    `device` ("auto": CUDA when available). Returns a dict:
+    `w_svd` (a full `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
+    `random_projection(W, k, seed)`, if known. The products run in float64 on `device` ("auto":
+    CUDA when available). Returns a dict:
       w_norm       ‖W‖_F
       dw_norm      ‖ΔW‖_F
       proj_dw      ‖Uᵀ W V‖_F, U, V the top-k singular vectors of ΔW
@@ -103,11 +115,11 @@ def amplification(
         U, S, V = truncated.delta_top_svd(d, k, device=dev)
         dw_norm = float(torch.linalg.matrix_norm(truncated.as_f64(d, dev)))
     _, sigma_w, _ = _top_of_w(W, k, w_svd, w_top, dev)
-    U_r = random_orthonormal(W.shape[0], k, seed)
-    V_r = random_orthonormal(W.shape[1], k, seed + 1)
+    if proj_random is None:
+        proj_random = random_projection(W, k, seed, device=dev)
 
     def proj(U, V) -> float:  # ‖Uᵀ W V‖_F, with W (out, in) on the device
-        return float(torch.linalg.matrix_norm(U.to(dev).T @ (W @ V.to(dev))))
+        return float(torch.linalg.matrix_norm(U.to(dev).T @ truncated.apply(W, V.to(dev))))
 
     if dw_norm == 0:
         # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
@@ -120,7 +132,7 @@ def amplification(
         "dw_norm": dw_norm,
         "proj_dw": proj_dw,
         "proj_w": float(torch.linalg.vector_norm(sigma_w)),
-        "proj_random": proj(U_r, V_r),
+        "proj_random": float(proj_random),
         "amplification": amp,
         "k": k,
     }

@@ -6,7 +6,7 @@
 
 The top-k come from a randomized block Krylov method (block Lanczos with full
 reorthogonalisation and Rayleigh–Ritz; Musco & Musco 2015, "Randomized block Krylov methods
-for stronger and faster approximate SVD"): with a seeded Gaussian Ω (in, b), b = k + 8,
+for stronger and faster approximate SVD"): with a seeded Gaussian Ω (in, b), b = min(k + 8, 48),
 
     K = [M Ω, (M Mᵀ) M Ω, (M Mᵀ)² M Ω, ...] = Q (orthonormal, out × t·b),   Z = Mᵀ Q (in × t·b)
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 OVERSAMPLE = 8  # block size b = k + OVERSAMPLE: a few extra directions speed up convergence of the k-th
+BLOCK_MAX = 48  # ... but at most 48: smaller blocks need fewer products in all (measured for k = 64:
+# b = 32, 48, 72 took 22, 18, 16 products of b columns, 0.69, 0.61, 0.81 s on a 4096² W)
 SMALL = 2**20  # out · in below which a whole decomposition runs on one CPU thread
 TOL = 1e-13  # stop when the top-k Ritz values σ² move less than TOL · σ₁² from one block to the next
 
@@ -115,21 +117,36 @@ def linear_map(W: torch.Tensor, delta=None) -> tuple[Matmul, Matmul, tuple[int, 
     With factors, M X = W X + s·B (A X) costs out·in + (out + in)·r per column: W + ΔW is never formed.
     W (and a dense ΔW) must already be float64 on the target device."""
     if delta is None:
-        return (lambda X: W @ X), (lambda Y: W.T @ Y), tuple(W.shape)
+        return (lambda X: apply(W, X)), (lambda Y: apply_t(W, Y)), tuple(W.shape)
     parts = factors_of(delta)
     if parts is None:
         D = as_f64(delta, W.device, "ΔW")
         if D.shape != W.shape:
             raise LorascopeError(f"W {tuple(W.shape)} and ΔW {tuple(D.shape)} differ in shape")
         M = W + D  # ΔW is dense already: adding it costs nothing a product would not
-        return (lambda X: M @ X), (lambda Y: M.T @ Y), tuple(W.shape)
+        return (lambda X: apply(M, X)), (lambda Y: apply_t(M, Y)), tuple(W.shape)
     A, B, s = as_f64(parts[0], W.device, "A"), as_f64(parts[1], W.device, "B"), float(parts[2])
     if A.shape[0] != B.shape[1] or (B.shape[0], A.shape[1]) != tuple(W.shape):
         raise LorascopeError(
             f"W {tuple(W.shape)} does not match ΔW = B A with A {tuple(A.shape)}, B {tuple(B.shape)}: "
             "want A (r, in), B (out, r) of the same module"
         )
-    return (lambda X: W @ X + s * (B @ (A @ X))), (lambda Y: W.T @ Y + s * (A.T @ (B.T @ Y))), tuple(W.shape)
+    return (
+        (lambda X: apply(W, X) + s * (B @ (A @ X))),
+        (lambda Y: apply_t(W, Y) + s * (A.T @ (B.T @ Y))),
+        tuple(W.shape),
+    )
+
+
+def apply(W: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """W X for a block X (in, b), computed as (Xᵀ Wᵀ)ᵀ: MKL's dgemm runs the short-wide product
+    Xᵀ Wᵀ up to 2-3× faster than W X for b = 16..128 (measured on 4096² float64, 2 cores)."""
+    return (X.T @ W.T).T
+
+
+def apply_t(W: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """Wᵀ Y for a block Y (out, b), computed as (Yᵀ W)ᵀ (see `apply`)."""
+    return (Y.T @ W).T
 
 
 def block_krylov_svd(
@@ -171,7 +188,7 @@ def _block_krylov(
     m = min(out, n_in)
     if not 1 <= k <= m:
         raise LorascopeError(f"k must be in 1..{m}, got {k}")
-    b = min(m, k + OVERSAMPLE)
+    b = min(m, k + OVERSAMPLE, BLOCK_MAX)
     g = torch.Generator().manual_seed(seed)  # CPU generator: the same start on every device
     omega = torch.randn(n_in, b, generator=g, dtype=torch.float64).to(device)
     X = _orthonormal(matmul(omega), torch.empty(out, 0, dtype=torch.float64, device=device))

@@ -113,13 +113,18 @@ def amplification_table(
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
-        w_top = store.entry(W).top(min(k_w, min(W.shape)), device=dev) if store else None
+        entry = store.entry(W) if store else None
+        w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
         for label, a in adapters.items():
             d = _delta(a)
+            k_a = int(k) if k is not None else _rank(a)
+            cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k}
+            if entry and k_a and k_a <= min(W.shape):
+                cached["proj_random"] = entry.random_projection(k_a, seed, device=dev)
             if hasattr(d, "A"):
-                numbers = amplification(W, d.A, d.B, d.scaling, k=k, seed=seed, w_top=w_top, device=dev)
+                numbers = amplification(W, d.A, d.B, d.scaling, **cached)
             else:
-                numbers = amplification(W, delta=d, k=k, seed=seed, w_top=w_top, device=dev)
+                numbers = amplification(W, delta=d, **cached)
             rows.append({"run": label, "module": m, "rank": _rank(a), **numbers})
     return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS])
 
