@@ -190,10 +190,15 @@ class Checkpoint:
         return tensor
 
     def weight(
-        self, module: str, shape: tuple[int, int] | None = None, fan_in_fan_out: bool | None = None
+        self,
+        module: str,
+        shape: tuple[int, int] | None = None,
+        fan_in_fan_out: bool | None = None,
+        dtype: torch.dtype | None = torch.float32,
     ) -> torch.Tensor:
-        """W of a module, (out, in) float32 (Conv1D transposed). `shape` (out, in): the adapter's,
-        checked against the stored shape before any tensor data is read."""
+        """W of a module, (out, in) (Conv1D transposed), as a `dtype` copy; dtype=None: as stored, which
+        may be a read-only view of the mapped file (no copy: hash it or convert it, do not modify it).
+        `shape` (out, in): the adapter's, checked against the stored shape before any data is read."""
         key = self.key(module)
         stored = self.shape(key)
         if len(stored) != 2:
@@ -208,7 +213,9 @@ class Checkpoint:
             )
         W = self.read(key)
         W = W.T if conv1d else W
-        return W.to(torch.float32, copy=True).contiguous()  # a copy: never a view of the mapped file
+        if dtype is None:
+            return W.contiguous()
+        return W.to(dtype, copy=True).contiguous()  # a copy: never a view of the mapped file
 
 
 def adapter_shape(adapter) -> tuple[int, int] | None:
@@ -219,14 +226,16 @@ def adapter_shape(adapter) -> tuple[int, int] | None:
     return tuple(shape) if shape is not None and len(shape) == 2 else None
 
 
-def run_weights(checkpoint: Checkpoint, run, modules: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, W (out, in) float32) for each module of `run`, one tensor read at a time.
+def run_weights(
+    checkpoint: Checkpoint, run, modules: list[str], dtype: torch.dtype | None = torch.float32
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(module, W (out, in) in `dtype`, None: as stored) for each module of `run`, one tensor at a time.
 
     Shapes are checked against the run's adapters; Conv1D from the checkpoint's config.json,
     else the run's fan_in_fan_out. The fingerprint check is the caller's (`models.check_fingerprint`)."""
     fan_in_fan_out = run.meta.get("fan_in_fan_out")
     for m in modules:
-        yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out)
+        yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
 
 
 def open_for_run(run, resolve) -> Checkpoint:

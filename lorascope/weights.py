@@ -25,15 +25,20 @@ def open_base(run) -> Checkpoint:
 
 
 def iter_base_weights(
-    run, modules: Iterable[str], *, checkpoint: Checkpoint | None = None, also: Iterable = ()
+    run,
+    modules: Iterable[str],
+    *,
+    checkpoint: Checkpoint | None = None,
+    also: Iterable = (),
+    dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, W) for each module, W (out, in) float32, read one at a time (a generator: keep only
-    what you need). Each W is checked against the fingerprint ‖W‖_F of `run` and of every run in
-    `also` (runs that must share the base, e.g. the rest of a sweep) to rtol 1e-4.
-    `checkpoint`: an already opened `open_base(run)`."""
+    """(module, W) for each module, W (out, in) in `dtype` (float32 by default, whatever the stored
+    dtype), read one at a time (a generator: keep only what you need). Each W is checked against
+    the fingerprint ‖W‖_F of `run` and of every run in `also` (runs that must share the base, e.g.
+    the rest of a sweep) to rtol 1e-4. `checkpoint`: an already opened `open_base(run)`."""
     checkpoint = checkpoint or open_base(run)
     others = list(also)
-    for m, W in run_weights(checkpoint, run, list(modules)):
+    for m, W in run_weights(checkpoint, run, list(modules), dtype):
         for r in (run, *others):
             models.check_fingerprint(r, {m: W})
         yield m, W

@@ -72,7 +72,8 @@ class SpectraCache:
         self.root = Path(root) if root is not None else models.cache_dir() / "wspectra"
 
     def entry(self, W: torch.Tensor, key: str | None = None) -> Entry:
-        """The cache entry of one W (out, in); `key`: its `weight_key`, if already known."""
+        """The cache entry of one W (out, in); `key`: its `weight_key`, if already known, or the
+        `weight_key` of the tensor W was converted from exactly (e.g. the bf16 tensor as stored)."""
         return Entry(self, W, key or weight_key(W))
 
     def folder(self, key: str) -> Path:

@@ -1,6 +1,7 @@
 """ΔW against W for runs: a PEFT adapter on a sharded bf16 Llama, read lazily, cached, as dense answers."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from weights_fixtures import llama_modules, lorascope_run, peft_folder, random_adapters, save_tiny_llama
@@ -94,6 +95,11 @@ def test_planted_intruder_is_found_and_zero_delta_gives_none(base, peft_run, tmp
     assert len(curve) == len(llama_modules()) * 17
     at_half = curve[(curve["module"] == PLANTED) & np.isclose(curve["eps"], 0.5)]["count"]
     assert int(at_half.iloc[0]) == planted["count"]
+    # A second run decomposes no W: only W + ΔW's top-10, which depends on the adapter.
+    calls = truncated.SVD_CALLS.copy()
+    again, _ = intruder_tables(peft_run, k=10, eps=0.5)
+    assert truncated.SVD_CALLS - calls == {"top-delta": len(llama_modules())}
+    pd.testing.assert_frame_equal(again, table)
     # ΔW = 0 (B = 0, as at initialisation): the top directions of W + ΔW are W's own.
     zero = {m: runs.Adapter(a.A, torch.zeros_like(a.B), a.scaling) for m, a in peft_run.adapters.items()}
     zero_run = runs.load_run(peft_folder(tmp_path, folder, zero, "zero"))

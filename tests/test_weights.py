@@ -151,6 +151,16 @@ def test_bad_bases_are_one_line_errors(llama, tmp_path):
     assert "not a readable safetensors file" in error_for(str(broken))
 
 
+def test_the_stored_dtype_on_request(llama, tmp_path):
+    folder, state = llama
+    ckpt = checkpoint.Checkpoint(folder)
+    stored = ckpt.weight("model.layers.0.self_attn.v_proj", dtype=None)
+    assert stored.dtype == torch.bfloat16 and stored.shape == (32, 64)
+    assert torch.equal(stored.float(), state["model.layers.0.self_attn.v_proj.weight"])
+    W64 = ckpt.weight("model.layers.0.self_attn.v_proj", dtype=torch.float64)
+    assert W64.dtype == torch.float64 and torch.equal(W64, stored.double())
+
+
 def test_reads_are_counted_per_key(llama):
     folder, _ = llama
     ckpt = checkpoint.Checkpoint(folder)

@@ -25,9 +25,11 @@ from lorascope.analysis.amplification import amplification, w_delta_similarity
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
 from lorascope.analysis.modules import select_modules
 from lorascope.analysis.truncated import resolve_device
+from lorascope.checkpoint import run_weights
 from lorascope.errors import LorascopeError
-from lorascope.weights import iter_base_weights, open_base
-from lorascope.wspectra import SpectraCache
+from lorascope.models import check_fingerprint
+from lorascope.weights import open_base
+from lorascope.wspectra import SpectraCache, weight_key
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +78,23 @@ def _cache(cache) -> SpectraCache | None:
     return cache if isinstance(cache, SpectraCache) else SpectraCache()
 
 
-def _weights(runs: dict, modules: list[str], progress: bool, what: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, W) one at a time, from the first run's base, fingerprint-checked against every run."""
+def _weights(runs: dict, modules: list[str], progress: bool, what: str) -> Iterator[tuple]:
+    """(module, W, key) one at a time: W (out, in) float64, read from the first run's base and checked
+    against every run's fingerprint; key: the W-spectra cache key of the tensor as stored (bf16 for
+    most checkpoints: hashing half the bytes of a float32 copy, and converting once, to float64)."""
     from tqdm.auto import tqdm
 
     first, *rest = runs.values()
     checkpoint = open_base(first)
     log.info("%s: reading W of %d module(s) from %s", what, len(modules), checkpoint.folder)
-    pairs = iter_base_weights(first, modules, checkpoint=checkpoint, also=rest)
-    yield from tqdm(pairs, total=len(modules), desc=what, unit="module", disable=not progress)
+    pairs = run_weights(checkpoint, first, modules, dtype=None)
+    for m, stored in tqdm(pairs, total=len(modules), desc=what, unit="module", disable=not progress):
+        key = weight_key(stored)
+        W = stored.to(torch.float64)
+        del stored  # the mapped file's pages: no longer needed
+        for run in runs.values():
+            check_fingerprint(run, {m: W})
+        yield m, W, key
 
 
 def amplification_table(
@@ -109,11 +119,11 @@ def amplification_table(
     dev = resolve_device(device)
     store = _cache(cache)
     rows = []
-    for m, W in _weights(runs, names, progress, "amplification"):
+    for m, W, key in _weights(runs, names, progress, "amplification"):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
-        entry = store.entry(W) if store else None
+        entry = store.entry(W, key) if store else None
         w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
         for label, a in adapters.items():
             d = _delta(a)
@@ -156,8 +166,8 @@ def intruder_tables(
     dev = resolve_device(device)
     store = _cache(cache)
     rows, curve = [], []
-    for m, W in _weights(runs, names, progress, "intruders"):
-        U_w = store.entry(W).left(device=dev) if store else None
+    for m, W, key in _weights(runs, names, progress, "intruders"):
+        U_w = store.entry(W, key).left(device=dev) if store else None
         for label, run in runs.items():
             a = run.adapters[m]
             res = intruder_dimensions(W, _delta(a), k=k, eps=eps, U_w=U_w, device=dev)
@@ -202,11 +212,11 @@ def w_delta_frame(
     dev = resolve_device(device)
     store = _cache(cache)
     parts = []
-    for m, W in _weights(runs, names, progress, "W vs dW"):
+    for m, W, key in _weights(runs, names, progress, "W vs dW"):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         n_w = top_w if top_w is not None else max(_rank(a) or 1 for a in adapters.values())
         n_w = min(n_w, min(W.shape)) if n_w else None
-        w_top = store.entry(W).top(n_w, device=dev) if store and n_w else None
+        w_top = store.entry(W, key).top(n_w, device=dev) if store and n_w else None
         for label, a in adapters.items():
             d = _delta(a)
             factors = (d.A, d.B, d.scaling) if hasattr(d, "A") else (None, None, 1.0)
