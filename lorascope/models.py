@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lorascope.errors import LorascopeError
-from lorascope.lora import LoRALinear, is_linear
+from lorascope.lora import LoRALinear
 from lorascope.run_format import Run
 
 log = logging.getLogger(__name__)
@@ -186,43 +186,21 @@ def weight_of(module: nn.Module) -> torch.Tensor:
 
 def _find_module(names: list[str], wanted: str) -> str:
     """Exact name, else the unique name that `wanted` is a dotted suffix of (or that is one of it)."""
-    if wanted in names:
-        return wanted
-    hits = [n for n in names if n.endswith("." + wanted) or wanted.endswith("." + n)]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise LorascopeError(f"module {wanted!r} is not in the base model")
-    raise LorascopeError(f"module {wanted!r} is ambiguous in the base model: {', '.join(hits[:4])}")
+    from lorascope.checkpoint import match_module
 
-
-def _run_model_class(run: Run) -> tuple[str, int | None]:
-    meta, cfg = run.meta, run.config or {}
-    if meta.get("model_class"):
-        return meta["model_class"], meta.get("num_labels")
-    task_type = str(meta.get("task_type") or "").upper()
-    if task_type == "SEQ_CLS":
-        return SEQ_CLS, meta.get("num_labels")
-    if task_type == "CAUSAL_LM" or (cfg.get("task") or {}).get("kind") == "lm":
-        return CAUSAL_LM, None
-    return "AutoModel", None
+    return match_module(names, wanted, "the base model")
 
 
 def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
-    """The pre-trained W of each module, (out, in) float32, loaded offline from the run's base model.
+    """The pre-trained W of each module, (out, in) float32, read offline from the run's base checkpoint.
 
-    Checked against the run's recorded fingerprint ‖W‖_F (rtol 1e-4) when it has one.
+    Only these tensors are read from the safetensors files (`lorascope.checkpoint`); the model is
+    never built. Checked against the run's recorded fingerprint ‖W‖_F (rtol 1e-4) when it has one.
+    Holds every W at once: for many modules, `lorascope.weights.iter_base_weights` reads one at a time.
     """
-    base = run.meta.get("base_model") or (run.config.get("model") or {}).get("name_or_path")
-    if not base:
-        raise LorascopeError(f"{run.path}: records no base model; cannot load W")
-    model_class, num_labels = _run_model_class(run)
-    try:
-        model = load_model(str(base), model_class, num_labels)
-    except LorascopeError as e:
-        raise LorascopeError(f"{run.path}: base model not available offline: {e}") from None
-    found = {n: m for n, m in model.named_modules() if is_linear(m)}
-    out = {name: weight_of(found[_find_module(list(found), name)]).clone() for name in modules}
+    from lorascope.checkpoint import open_for_run, run_weights
+
+    out = dict(run_weights(open_for_run(run, resolve), run, list(modules)))
     check_fingerprint(run, out)
     return out
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lorascope import analysis as la
+from lorascope.analysis import truncated
 from lorascope.errors import LorascopeError
 
 # W = diag(4, 3, 2) in a (4, 3) matrix: W's singular directions are the coordinate axes.
@@ -73,3 +74,90 @@ def test_w_delta_similarity_figure8():
     np.testing.assert_allclose(
         la.w_delta_similarity(W, A, B, side="left", top_w=2)[:, 0], [0.0, 0.0], atol=1e-12
     )
+
+
+# ----------------------------------------------------------------------------- the truncated route
+
+
+def _dense_reference(W, A, B, s, k, seed=0):
+    """Table 7 exactly as computed before the truncated route: dense SVDs of W and of ΔW."""
+    W = W.double()
+    dW = s * (B.double() @ A.double())
+    U, S, Vh = torch.linalg.svd(dW)
+    U, V = U[:, :k], Vh[:k].T
+    sigma_w = torch.linalg.svdvals(W)
+    U_r, V_r = la.random_orthonormal(W.shape[0], k, seed), la.random_orthonormal(W.shape[1], k, seed + 1)
+    proj_dw = float(torch.linalg.matrix_norm(U.T @ W @ V))
+    return {
+        "w_norm": float(torch.linalg.vector_norm(sigma_w)),
+        "dw_norm": float(torch.linalg.matrix_norm(dW)),
+        "proj_dw": proj_dw,
+        "proj_w": float(torch.linalg.vector_norm(sigma_w[:k])),
+        "proj_random": float(torch.linalg.matrix_norm(U_r.T @ W @ V_r)),
+        "amplification": float(torch.linalg.matrix_norm(dW)) / proj_dw,
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These are small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def real_W():
+    from test_truncated import real_weights
+
+    return real_weights()
+
+
+def test_real_weights_equal_the_dense_reference(real_W):
+    g = torch.Generator().manual_seed(0)
+    for name, Wr in real_W.items():
+        for r in (4, 16):
+            A = torch.randn(r, Wr.shape[1], generator=g, dtype=torch.float64) / r**0.5
+            B = 0.02 * torch.randn(Wr.shape[0], r, generator=g, dtype=torch.float64)
+            ref = _dense_reference(Wr, A, B, 2.0, r)
+            got = la.amplification(Wr, A, B, 2.0)
+            for key, value in ref.items():
+                assert got[key] == pytest.approx(value, rel=1e-9), (name, r, key)
+            # A dense ΔW (a full fine-tuning run) gives the same numbers at the same k.
+            dense = la.amplification(Wr, delta=2.0 * B @ A, k=r)
+            for key, value in ref.items():
+                assert dense[key] == pytest.approx(value, rel=1e-6), (name, r, key)
+
+
+def test_figure8_truncated_equals_dense(real_W):
+    g = torch.Generator().manual_seed(1)
+    for name, Wr in real_W.items():
+        A = torch.randn(8, Wr.shape[1], generator=g, dtype=torch.float64)
+        B = torch.randn(Wr.shape[0], 8, generator=g, dtype=torch.float64)
+        U_w, _, Vh_w = torch.linalg.svd(Wr.double(), full_matrices=False)
+        U, _, V = la.delta_svd(A, B, 1.0)
+        for side, ref_basis, basis in (("left", U_w, U), ("right", Vh_w.T, V)):
+            ref = la.phi_grid(ref_basis[:, :32], basis)
+            got = la.w_delta_similarity(Wr, A, B, 1.0, side=side, top_w=32)
+            np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {side}")
+        # Every direction of W (a dense SVD): on the side where W's basis is complete, φ(m, j) = 1.
+        side = "left" if Wr.shape[0] <= Wr.shape[1] else "right"
+        full = la.w_delta_similarity(Wr, A, B, 1.0, side=side)
+        assert full.shape == (min(Wr.shape), 8)
+        np.testing.assert_allclose(full[-1], 1.0, atol=1e-9)
+
+
+def test_cached_top_k_is_used_and_checked():
+    A, B = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.0], [0.0], [2.0], [0.0]])
+    before = truncated.SVD_CALLS.copy()
+    top = truncated.top_svd(W, 2)
+    res = la.amplification(W, A, B, 0.5, w_top=top)
+    assert truncated.SVD_CALLS - before == {"top": 1}  # only the call above
+    assert res["proj_w"] == pytest.approx(4.0)
+    with pytest.raises(LorascopeError, match="top-1"):  # rank 2 needs W's top-2
+        la.amplification(W, torch.ones(2, 3), torch.ones(4, 2), 1.0, w_top=truncated.top_svd(W, 1))
+    with pytest.raises(LorascopeError, match="not both"):
+        la.amplification(W, A, B, 0.5, delta=torch.zeros(4, 3))
+    with pytest.raises(LorascopeError, match="give k"):
+        la.amplification(W, delta=torch.ones(4, 3))

@@ -10,11 +10,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from lorascope import config, data, models
+from lorascope import config, data, hydra_glue, models
 from lorascope.errors import LorascopeError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
-config.register()
+hydra_glue.register()
 
 
 @pytest.fixture(scope="module")

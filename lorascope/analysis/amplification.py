@@ -4,6 +4,10 @@ With U (out, k), V (in, k) the top-k singular vectors of ΔW, ‖Uᵀ W V‖_F m
 W already acts along ΔW's directions. The paper compares it with the same quantity for
 W's own top-k directions (the ceiling) and for random directions (the floor), and reports
 amplification = ‖ΔW‖_F / ‖Uᵀ W V‖_F: large when ΔW boosts directions W does not emphasise.
+
+Only W's top-k singular values are needed for the ceiling, and only W's top singular vectors
+for Figure 8 with `top_w`: they come from the truncated SVD (`truncated.top_svd`), or from a
+cache (`w_top=`, e.g. `lorascope.wspectra.top_svd`), never from a dense SVD of W.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, random_orthonormal
+from lorascope.analysis import truncated
+from lorascope.analysis.linalg import random_orthonormal
 from lorascope.analysis.similarity import phi_grid
 from lorascope.errors import LorascopeError
 
@@ -20,25 +25,75 @@ from lorascope.errors import LorascopeError
 FIG8_SIDE = "left"
 
 
-def _check_shapes(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> None:
-    if W.shape != (B.shape[0], A.shape[1]):
+def _check_shapes(W: torch.Tensor, shape: tuple[int, int]) -> None:
+    if tuple(W.shape) != tuple(shape):
         raise LorascopeError(
-            f"W {tuple(W.shape)} does not match ΔW = B A ({B.shape[0]}, {A.shape[1]}): "
-            "W must be (out, in) of the same module"
+            f"W {tuple(W.shape)} does not match ΔW {tuple(shape)}: W must be (out, in) of the same module"
         )
 
 
+def _delta(A, B, scaling, delta):
+    """ΔW as the factors (A, B, s) or as the dense matrix `delta`, exactly one of the two."""
+    if delta is not None:
+        if A is not None or B is not None:
+            raise LorascopeError("give ΔW either as factors (A, B, scaling) or as a dense delta, not both")
+        return delta
+    if A is None or B is None:
+        raise LorascopeError("ΔW is missing: give A and B (and scaling), or a dense delta")
+    return (A, B, scaling)
+
+
+def _top_of_w(W, k: int, w_svd, w_top, device):
+    """W's top-k (U, S, V): from a full `w_svd` (U, S, Vh), a cached `w_top` (U, S, V) with k' ≥ k,
+    or the truncated SVD."""
+    if w_svd is not None:
+        U, S, Vh = w_svd
+        return U[:, :k], S[:k], Vh[:k].T
+    if w_top is not None:
+        U, S, V = w_top
+        if S.shape[0] < k:
+            raise LorascopeError(f"w_top holds W's top-{S.shape[0]}, but k = {k} are needed")
+        return U[:, :k], S[:k], V[:, :k]
+    return truncated.top_svd(W, k, device=device)
+
+
 def weight_svd(W) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of W in float64: (U (out, m), σ (m,), Vh (m, in)). Compute once per module and pass
-    it as `w_svd=` when analysing several adapters of the same base weight."""
-    return torch.linalg.svd(as_float64(W, "W"), full_matrices=False)
+    """Thin dense SVD of W in float64: (U (out, m), σ (m,), Vh (m, in)). Only when every direction is
+    needed: for the top-k use `truncated.top_svd` (or the cache in `lorascope.wspectra`)."""
+    return truncated.full_svd(W, device="cpu")
 
 
-def amplification(W, A, B, scaling: float, k: int | None = None, seed: int = 0, w_svd=None) -> dict:
-    """Table 7 numbers for one module. W (out, in), A (r, in), B (out, r), ΔW = s · B A.
+def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> float:
+    """‖U_rᵀ W V_r‖_F for the seeded random orthonormal U_r (out, k) and V_r (in, k) of `amplification`
+    (`random_orthonormal(out, k, seed)`, `random_orthonormal(in, k, seed + 1)`): a function of W alone."""
+    dev = truncated.resolve_device(device)
+    W = truncated.as_f64(W, dev, "W")
+    U_r = random_orthonormal(W.shape[0], k, seed).to(dev)
+    V_r = random_orthonormal(W.shape[1], k, seed + 1).to(dev)
+    return float(torch.linalg.matrix_norm(U_r.T @ truncated.apply(W, V_r)))
 
-    k defaults to r (capped at min(out, in)). `w_svd`: `weight_svd(W)`, if already computed.
-    Returns a dict:
+
+def amplification(
+    W,
+    A=None,
+    B=None,
+    scaling: float = 1.0,
+    k: int | None = None,
+    seed: int = 0,
+    w_svd=None,
+    *,
+    delta=None,
+    w_top=None,
+    proj_random: float | None = None,
+    device: str = "auto",
+) -> dict:
+    """Table 7 numbers for one module. W (out, in); ΔW = s · B A with A (r, in), B (out, r), or a
+    dense `delta` (out, in) (then k must be given).
+
+    k defaults to r. W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached),
+    `w_svd` (a full `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
+    `random_projection(W, k, seed)`, if known. The products run in float64 on `device` ("auto":
+    CUDA when available). Returns a dict:
       w_norm       ‖W‖_F
       dw_norm      ‖ΔW‖_F
       proj_dw      ‖Uᵀ W V‖_F, U, V the top-k singular vectors of ΔW
@@ -47,53 +102,79 @@ def amplification(W, A, B, scaling: float, k: int | None = None, seed: int = 0, 
       amplification  dw_norm / proj_dw (inf if proj_dw = 0; proj_dw and this are nan if ΔW = 0)
       k
     """
-    W, A, B = as_float64(W, "W"), as_float64(A, "A"), as_float64(B, "B")
-    _check_shapes(W, A, B)
-    kmax = min(W.shape[0], W.shape[1], A.shape[0])
-    k = kmax if k is None else int(k)
-    if not 1 <= k <= min(W.shape):
+    d = _delta(A, B, scaling, delta)
+    dev = truncated.resolve_device(device)
+    W = truncated.as_f64(W, dev, "W")
+    _check_shapes(W, truncated.delta_shape(d))
+    if k is not None and not 1 <= int(k) <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    if k > kmax:
-        raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({kmax}): use k ≤ {kmax}")
-    U, S, V = delta_svd(A, B, scaling)
-    U, V = U[:, :k], V[:, :k]
-    sigma_w = w_svd[1] if w_svd is not None else torch.linalg.svdvals(W)
-    U_r = random_orthonormal(W.shape[0], k, seed)
-    V_r = random_orthonormal(W.shape[1], k, seed + 1)
-    proj_dw = float(torch.linalg.matrix_norm(U.T @ W @ V))
-    dw_norm = float(torch.linalg.vector_norm(S))  # ‖ΔW‖_F = ‖σ(ΔW)‖_2
+    if truncated.factors_of(d) is not None:
+        U, S, V = truncated.delta_top_svd(d, None)  # every σ of ΔW: exact and cheap from the factors
+        dw_norm = float(torch.linalg.vector_norm(S))  # ‖ΔW‖_F = ‖σ(ΔW)‖_2
+        k = S.shape[0] if k is None else int(k)
+        if k > S.shape[0]:
+            raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({S.shape[0]}): use k ≤ {S.shape[0]}")
+        U, V = U[:, :k], V[:, :k]
+    else:
+        U, S, V = truncated.delta_top_svd(d, k, device=dev)
+        dw_norm = float(torch.linalg.matrix_norm(truncated.as_f64(d, dev)))
+    _, sigma_w, _ = _top_of_w(W, k, w_svd, w_top, dev)
+    if proj_random is None:
+        proj_random = random_projection(W, k, seed, device=dev)
+
+    def proj(U, V) -> float:  # ‖Uᵀ W V‖_F, with W (out, in) on the device
+        return float(torch.linalg.matrix_norm(U.to(dev).T @ truncated.apply(W, V.to(dev))))
+
     if dw_norm == 0:
         # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
         proj_dw, amp = float("nan"), float("nan")
     else:
+        proj_dw = proj(U, V)
         amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
     return {
-        "w_norm": float(torch.linalg.vector_norm(sigma_w)),
+        "w_norm": float(torch.linalg.matrix_norm(W)),
         "dw_norm": dw_norm,
         "proj_dw": proj_dw,
-        "proj_w": float(torch.linalg.vector_norm(sigma_w[:k])),
-        "proj_random": float(torch.linalg.matrix_norm(U_r.T @ W @ V_r)),
+        "proj_w": float(torch.linalg.vector_norm(sigma_w)),
+        "proj_random": float(proj_random),
         "amplification": amp,
         "k": k,
     }
 
 
 def w_delta_similarity(
-    W, A, B, scaling: float = 1.0, side: str = FIG8_SIDE, top_w: int | None = None, w_svd=None
+    W,
+    A=None,
+    B=None,
+    scaling: float = 1.0,
+    side: str = FIG8_SIDE,
+    top_w: int | None = None,
+    w_svd=None,
+    *,
+    delta=None,
+    k: int | None = None,
+    w_top=None,
+    device: str = "auto",
 ) -> np.ndarray:
     """Figure 8: φ between W's top-i and ΔW's top-j singular vectors on the same side.
 
-    Returns (top_w, k) with top_w defaulting to min(out, in) and k = min(out, in, r);
-    side "left" (FIG8_SIDE, the paper's) compares output-space directions (U), "right" input-space
-    ones (V).
-    `w_svd`: `weight_svd(W)`, if already computed."""
-    W, A, B = as_float64(W, "W"), as_float64(A, "A"), as_float64(B, "B")
-    _check_shapes(W, A, B)
+    Returns (top_w, k): i ≤ top_w, j ≤ k, with k = min(out, in, r) for factors (a dense `delta`
+    needs k). side "left" (FIG8_SIDE, the paper's) compares output-space directions (U), "right"
+    input-space ones (V).
+    W's directions: `w_top` (cached top-k' with k' ≥ top_w), `w_svd` (a full `weight_svd(W)`),
+    else the truncated top-`top_w`; top_w=None means every direction, which needs a dense SVD.
+    """
+    d = _delta(A, B, scaling, delta)
     if side not in ("left", "right"):
         raise LorascopeError(f"side must be 'left' or 'right', got {side!r}")
-    U_w, _, Vh_w = w_svd if w_svd is not None else torch.linalg.svd(W, full_matrices=False)
-    U, _, V = delta_svd(A, B, scaling)
-    basis_w = U_w if side == "left" else Vh_w.T
-    if top_w is not None:
-        basis_w = basis_w[:, :top_w]
-    return phi_grid(basis_w, U if side == "left" else V)
+    dev = truncated.resolve_device(device)
+    W = truncated.as_f64(W, dev, "W")
+    _check_shapes(W, truncated.delta_shape(d))
+    U, _, V = truncated.delta_top_svd(d, k, device=dev)
+    if top_w is None and w_svd is None:
+        w_svd = truncated.full_svd(W, device=dev)
+    top_w = min(W.shape) if top_w is None else int(top_w)
+    if not 1 <= top_w <= min(W.shape):
+        raise LorascopeError(f"top_w must be in 1..{min(W.shape)}, got {top_w}")
+    U_w, _, V_w = _top_of_w(W, top_w, w_svd, w_top, dev)
+    return phi_grid(U_w, U) if side == "left" else phi_grid(V_w, V)

@@ -2,32 +2,66 @@
 
 A singular vector of the fine-tuned W + ΔW is an "intruder" when it is nearly orthogonal
 to every singular vector of the pre-trained W: a new direction, not a reweighted old one.
+
+    max_cos_i = max_j |u_iᵀ u_j(W)|,  u_i the top-k left singular vectors of W + ΔW,
+                                     u_j(W) all min(out, in) left singular vectors of W
+    count(ε)  = #{i ≤ k : max_cos_i < ε}
+
+The top-k of W + ΔW come from the matrix-free truncated SVD (products W x + s·B (A x)); W's
+full left basis is the one decomposition that needs all of W's directions: pass it (`U_w=`,
+e.g. cached by `lorascope.wspectra.left_basis`) to compute it once per base weight.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from lorascope.analysis.linalg import as_float64
+from lorascope.analysis import truncated
 from lorascope.errors import LorascopeError
 
+EPS_GRID = np.round(np.linspace(0.1, 0.9, 17), 2)  # ε = 0.10, 0.15, ..., 0.90 for the count curve
 
-def intruder_dimensions(W, delta, k: int = 10, eps: float = 0.5) -> dict:
+
+def intruder_dimensions(
+    W, delta, k: int = 10, eps: float = 0.5, *, U_w=None, device: str = "auto", seed: int = 0
+) -> dict:
     """Among the top-k left singular vectors u_i of W + ΔW, those with max_j |u_iᵀ u_j(W)| < eps.
 
-    W, delta: (out, in). The u_j(W) are all min(out, in) left singular vectors of W.
+    W: (out, in). delta: ΔW dense (out, in), or factors (A (r, in), B (out, r), scaling) as a tuple
+    or an object with .A, .B, .scaling (W + s·B A is then never formed). U_w: all left singular
+    vectors of W, (out, min(out, in)), if already computed (`truncated.left_basis(W)`).
+    Float64 on `device` ("auto": CUDA when available).
     Returns {"count": int, "indices": list of 0-based i < k that are intruders,
-    "max_cos": (k,) array of max_j |cos|}. Assumes W's singular values are distinct
-    enough for its singular vectors to be well defined (true of trained weights).
+    "max_cos": (k,) array of max_j |cos|, "sigma": (k,) singular values of W + ΔW}. Assumes W's
+    singular values are distinct enough for its singular vectors to be well defined (true of
+    trained weights).
     """
-    W, delta = as_float64(W, "W"), as_float64(delta, "delta")
-    if W.shape != delta.shape:
-        raise LorascopeError(f"W {tuple(W.shape)} and ΔW {tuple(delta.shape)} differ in shape")
+    if not 0 < eps <= 1:
+        raise LorascopeError(f"eps must be in (0, 1], got {eps}")
+    dev = truncated.resolve_device(device)
+    W = truncated.as_f64(W, dev, "W")
+    if truncated.delta_shape(delta) != tuple(W.shape):
+        raise LorascopeError(f"W {tuple(W.shape)} and ΔW {truncated.delta_shape(delta)} differ in shape")
     if not 1 <= k <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    U_w = torch.linalg.svd(W, full_matrices=False)[0]  # (out, m)
-    U_ft = torch.linalg.svd(W + delta, full_matrices=False)[0][:, :k]  # (out, k)
-    max_cos = (U_ft.T @ U_w).abs().amax(dim=1).numpy()  # (k,)
+    U_ft, S_ft, _ = truncated.top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
+    if U_w is None:
+        U_w = truncated.left_basis(W, device=dev)
+    U_w = truncated.as_f64(U_w, dev, "U_w")
+    if U_w.shape != (W.shape[0], min(W.shape)):
+        raise LorascopeError(
+            f"U_w {tuple(U_w.shape)} is not W's full left basis ({W.shape[0]}, {min(W.shape)})"
+        )
+    max_cos = (U_ft.to(dev).T @ U_w).abs().amax(dim=1).cpu().numpy()  # (k,)
     indices = [int(i) for i in np.flatnonzero(max_cos < eps)]
-    return {"count": len(indices), "indices": indices, "max_cos": max_cos}
+    return {"count": len(indices), "indices": indices, "max_cos": max_cos, "sigma": S_ft.numpy()}
+
+
+def intruder_curve(max_cos, eps=EPS_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """(eps (n,), count (n,)): the number of intruders count(ε) = #{i : max_cos_i < ε} for each ε.
+
+    max_cos: (k,) from `intruder_dimensions`. count is non-decreasing in ε; count(1) = k unless a
+    direction of W + ΔW is exactly one of W's."""
+    max_cos = np.asarray(max_cos, dtype=float)
+    eps = np.asarray(eps, dtype=float)
+    return eps, (max_cos[None, :] < eps[:, None]).sum(axis=1)

@@ -1,0 +1,70 @@
+"""The intruder-dimension curve (Shuttleworth et al. 2024, Fig. 2 style): intruders against ε.
+
+Takes the long-format curve of `lorascope.compare.base.intruder_tables` (run, module, eps, count)
+and returns (fig, axes); never saves (see tables.write_figure). matplotlib is imported when a
+figure is drawn, and its backend is left to the caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+AGGREGATES = ("mean", "sum")
+
+
+def plot_intruder_curve(
+    curve: pd.DataFrame,
+    *,
+    agg: str = "mean",
+    k: int | None = None,
+    eps: float | None = 0.5,
+    by_module: bool = False,
+    title: str | None = None,
+):
+    """Intruder count against ε, one line per run (e.g. per LoRA rank, and full fine-tuning).
+
+    curve: columns run, module, eps, count. agg: "mean" (intruders per module) or "sum" (over all
+    modules). by_module: one panel per module name instead of aggregating. k: the number of top
+    singular vectors examined, drawn as the ceiling; eps: a vertical line at the ε the table used.
+    Returns (fig, axes), axes a 1-D array of panels.
+    """
+    import matplotlib.pyplot as plt
+
+    if agg not in AGGREGATES:
+        raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
+    missing = {"run", "module", "eps", "count"} - set(curve.columns)
+    if missing or curve.empty:
+        raise ValueError("plot_intruder_curve needs a non-empty curve with columns run, module, eps, count")
+    panels = list(dict.fromkeys(curve["module"])) if by_module else [None]
+    ncols = min(len(panels), 4)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False, sharey=True, constrained_layout=True
+    )
+    runs = list(dict.fromkeys(curve["run"]))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(runs)))
+    for ax, module in zip(axes.flat, panels, strict=False):
+        part = curve if module is None else curve[curve["module"] == module]
+        for color, run in zip(colors, runs, strict=True):
+            lines = part[part["run"] == run].groupby("eps")["count"]
+            y = lines.sum() if agg == "sum" and module is None else lines.mean()
+            ax.plot(y.index, y.to_numpy(), marker="o", ms=2.5, lw=1.2, color=color, label=str(run))
+        if k is not None and (agg == "mean" or module is not None):
+            ax.axhline(k, color="0.6", ls=":", lw=1)
+        if eps is not None:
+            ax.axvline(eps, color="0.6", ls="--", lw=1)
+        ax.set_xlabel(r"$\epsilon$")
+        ax.set_title(module if module is not None else "", fontsize=9)
+        ax.grid(alpha=0.3, lw=0.5)
+        ax.tick_params(labelsize=8)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    what = "per module" if agg == "mean" or by_module else "over all modules"
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"intruder dimensions ({what})")
+    if len(runs) <= 12:
+        axes.flat[0].legend(fontsize=7, frameon=False, loc="upper left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig, axes.ravel()

