@@ -3,6 +3,7 @@
     lorascope ls SWEEP                      what a sweep holds
     lorascope similarity RUN_A RUN_B        φ heatmaps between two adapters (paper Fig. 3/4)
     lorascope amplification RUN             ‖UᵀWV‖_F and amplification (paper Table 7)
+    lorascope intruders RUN                 intruder dimensions of W + ΔW (Shuttleworth et al. 2024)
     lorascope spectrum RUN                  singular values of ΔW and effective ranks
     lorascope trajectory RUN                how ΔW formed during training, from snapshots
     lorascope compare RUN... | SWEEP        N x N map of how alike many adapters are
@@ -101,6 +102,15 @@ def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
         "--allow-incomplete",
         action="store_true",
         help="analyse runs whose summary.json is not 'complete' (still training, or killed)",
+    )
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where W's decompositions run: auto (the GPU when there is one), cpu (float64) or cuda",
     )
 
 
@@ -225,35 +235,24 @@ def _add_similarity(sub) -> None:
 
 
 def cmd_amplification(args) -> int:
-    import pandas as pd
-    from tqdm.auto import tqdm
-
-    from lorascope.analysis import amplification
     from lorascope.analysis.tables import write_table
+    from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
+    from lorascope.models import QUANTIZED_NOTE, is_quantized
 
     run = _load(args.run, args)
-    modules = _selected(run, args)
-    from lorascope.models import load_base_weights  # needs the base model: import only here
-
-    weights = load_base_weights(run, modules)
-    rows = []
-    for m in tqdm(modules, desc="amplification", unit="module", disable=not _progress()):
-        ad = run.adapters[m]
-        res = amplification(weights[m], ad.A, ad.B, ad.scaling, k=args.k)
-        rows.append({"module": m, "rank": ad.rank, **res})
-    df = pd.DataFrame(rows).set_index("module")
-    df = df[["rank", "k", "w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification"]]
+    table = amplification_table(
+        run, k=args.k, modules=args.modules, layers=_layers(args, run.adapters), device=args.device,
+        progress=_progress(),
+    ).set_index("module")[AMPLIFICATION_COLUMNS]  # fmt: skip
     _print_table(
-        df,
+        table,
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
         "vectors of dW, of W, or random; amplification = dw_norm / proj_dw",
     )
-    from lorascope.models import QUANTIZED_NOTE, is_quantized
-
     if is_quantized(run.base_model):
         print(f"note: {QUANTIZED_NOTE}")
     out = args.out or _default_out(run.path, run.name)
-    _report(write_table(df, out / "amplification"))
+    _report(write_table(table, out / "amplification"))
     return 0
 
 
@@ -263,16 +262,71 @@ def _add_amplification(sub) -> None:
         help="how dW amplifies directions of W (paper Table 7)",
         description=(
             "Per module: ||W||_F, ||dW||_F, ||U^T W V||_F for U, V the top-k singular vectors of dW, of W "
-            "itself and random, and amplification = ||dW||_F / ||U^T W V||_F. Loads the run's base model "
-            "(offline) for W."
+            "itself and random, and amplification = ||dW||_F / ||U^T W V||_F. Reads each W alone from the "
+            "run's base checkpoint (offline), and W's top-k singular vectors from the on-disk cache (a "
+            "truncated SVD the first time)."
         ),
     )
     p.add_argument("run", metavar="RUN", type=Path, help="run folder")
     p.add_argument("--k", type=int, default=None, help="number of singular directions (default: the rank)")
     _add_filters(p)
+    _add_device(p)
     _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/<RUN>")
     p.set_defaults(func=cmd_amplification)
+
+
+# ----------------------------------------------------------------------------- intruders
+
+
+def cmd_intruders(args) -> int:
+    from lorascope.analysis.intruder_plot import plot_intruder_curve
+    from lorascope.analysis.tables import parse_formats, write_figure, write_table
+    from lorascope.compare.base import intruder_tables
+    from lorascope.models import QUANTIZED_NOTE, is_quantized
+
+    formats = parse_formats(args.format)
+    run = _load(args.run, args)
+    table, curve = intruder_tables(
+        run, k=args.k, eps=args.eps, modules=args.modules, layers=_layers(args, run.adapters),
+        device=args.device, progress=_progress(),
+    )  # fmt: skip
+    table = table.drop(columns="run").set_index("module")
+    _print_table(
+        table,
+        f"intruder dimensions of {run.name}: among the top-{args.k} left singular vectors of W + dW, those "
+        f"whose largest |cos| with every left singular vector of W is below eps = {args.eps}",
+    )
+    if is_quantized(run.base_model):
+        print(f"note: {QUANTIZED_NOTE}")
+    out = args.out or _default_out(run.path, run.name)
+    written = write_table(table, out / "intruders")
+    fig, _ = plot_intruder_curve(curve, k=args.k, eps=args.eps, title=f"{run.name}: intruder dimensions")
+    written += write_figure(fig, out / "intruders_eps", curve, formats)
+    _report(written)
+    return 0
+
+
+def _add_intruders(sub) -> None:
+    p = sub.add_parser(
+        "intruders",
+        help="intruder dimensions of W + dW (Shuttleworth et al. 2024)",
+        description=(
+            "Per module: how many of the top-k left singular vectors of W + dW have a largest |cos| below "
+            "eps with every left singular vector of W (new directions, not reweighted ones), and the count "
+            "against eps in [0.1, 0.9]. W is read alone from the base checkpoint; its full left basis is "
+            "computed once and cached; the top-k of W + dW come from a matrix-free truncated SVD."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", type=Path, help="run or PEFT folder")
+    p.add_argument("--k", type=int, default=10, help="top singular vectors of W + dW examined (default 10)")
+    p.add_argument("--eps", type=float, default=0.5, help="|cos| below which a direction intrudes (0.5)")
+    _add_filters(p)
+    _add_device(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/<RUN>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=cmd_intruders)
 
 
 # ----------------------------------------------------------------------------- spectrum
@@ -372,6 +426,7 @@ def cmd_figures(args) -> int:
         factors=args.factor or FIGURE_FACTORS,
         layer=args.layer,
         progress=_progress(),
+        device=args.device,
     )
     for s in skipped:
         print(s)
@@ -404,6 +459,7 @@ def _add_figures(sub) -> None:
         "--factor", action="append", choices=FIGURE_FACTORS, help="factor(s) for the φ figures (default: all)"
     )
     p.add_argument("--layer", type=int, help="layer of the single-layer figures (default: the middle one)")
+    _add_device(p)
     p.set_defaults(func=cmd_figures)
 
 
@@ -536,8 +592,8 @@ def _add_compare(sub) -> None:
 # ----------------------------------------------------------------------------- main
 
 COMMANDS = [
-    _add_ls, _add_similarity, _add_amplification, _add_spectrum, _add_trajectory, _add_compare, _add_figures,
-    _add_export,
+    _add_ls, _add_similarity, _add_amplification, _add_intruders, _add_spectrum, _add_trajectory,
+    _add_compare, _add_figures, _add_export,
 ]  # fmt: skip
 
 

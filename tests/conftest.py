@@ -12,6 +12,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """The lorascope cache (W's spectra, the dequantized SmolLM2) in a folder of this test session:
+    tests that count cache hits see only their own entries, and a user's cache is never touched."""
+    folder = tmp_path_factory.mktemp("lorascope-cache")
+    old = os.environ.get("LORASCOPE_CACHE")
+    os.environ["LORASCOPE_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("LORASCOPE_CACHE", None)
+    else:
+        os.environ["LORASCOPE_CACHE"] = old
+
+
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = (
     "the a of and to in market shares bank profit goal match team player film music star award "

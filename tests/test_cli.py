@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,11 @@ def _error(capsys, argv):
     return err
 
 
-@pytest.mark.parametrize("command", [[], ["ls"], ["similarity"], ["amplification"], ["spectrum"], ["export"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["ls"], ["similarity"], ["amplification"], ["intruders"], ["spectrum"], ["trajectory"], ["compare"],
+     ["figures"], ["export"]],
+)  # fmt: skip
 def test_help_explains_every_command(capsys, command):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])
@@ -132,28 +137,42 @@ def test_ls_reads_summaries(sweep, capsys):
     assert "complete" in lines[2] and "12.5s" in lines[2] and "running" in lines[4]
 
 
-def test_amplification_table_with_base_weights(sweep, tmp_path, monkeypatch, capsys):
+def _with_base(run_dir, base: Path) -> None:
+    """Point a synthetic run at a base checkpoint folder (its header's base_model)."""
+    from lorascope import runs
+
+    tensors, meta = runs.read_tensors(run_dir / "adapter.safetensors")
+    runs.save_tensors(run_dir / "adapter.safetensors", tensors, {**meta, "base_model": str(base)})
+
+
+def test_amplification_and_intruders_read_w_from_the_base_checkpoint(sweep, tmp_path, capsys):
+    from safetensors.torch import save_file
+
     g = torch.Generator().manual_seed(0)
     weights = {m: torch.randn(24, 32, generator=g) for m in MODULES}
-    calls = []
-
-    def load_base_weights(run, modules):
-        calls.append(list(modules))
-        return {m: weights[m] for m in modules}
-
-    # The synthetic runs have no real base model: stand in for the loader.
-    import lorascope.models
-
-    monkeypatch.setattr(lorascope.models, "load_base_weights", load_base_weights)
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({f"{m}.weight": W for m, W in weights.items()}, str(base / "model.safetensors"))
+    _with_base(sweep / "r4-s0", base)
     out = tmp_path / "amp"
     assert main(["amplification", str(sweep / "r4-s0"), "--k", "2", "--out", str(out)]) == 0
-    assert calls == [MODULES] and "amplification" in capsys.readouterr().out
+    assert "amplification" in capsys.readouterr().out
     table = pd.read_csv(out / "amplification.csv", index_col="module")
     ad = load_run(sweep / "r4-s0").adapters[MODULES[1]]
     ref = la.amplification(weights[MODULES[1]], ad.A, ad.B, ad.scaling, k=2)
     for key in ("w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification"):
         assert table.loc[MODULES[1], key] == pytest.approx(ref[key], rel=1e-8)
     assert (out / "amplification.md").is_file() and (out / "amplification.tex").is_file()
+    assert main(["intruders", str(sweep / "r4-s0"), "--k", "3", "--out", str(out)]) == 0
+    intruders = pd.read_csv(out / "intruders.csv", index_col="module")
+    ref = la.intruder_dimensions(weights[MODULES[2]], load_run(sweep / "r4-s0").adapters[MODULES[2]], k=3)
+    assert intruders.loc[MODULES[2], "count"] == ref["count"]
+    curve = pd.read_csv(out / "intruders_eps.csv")
+    assert set(curve.module) == set(MODULES) and (out / "intruders_eps.png").is_file()
+    # an uncached hub id: one line, no download, no retries
+    _with_base(sweep / "r4-s0", "nobody/no-such-model")
+    err = _error(capsys, ["amplification", str(sweep / "r4-s0")])
+    assert "not in the Hugging Face cache" in err
 
 
 def _poison(run_dir, value=float("nan")):

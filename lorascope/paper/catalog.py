@@ -15,6 +15,7 @@ DESCRIPTIONS = {
     "fig8": "Fig. 8: φ between W's and ΔW's top singular directions, per rank and for a random matrix",
     "table7": "Table 7: ‖UᵀWV‖_F for U, V from ΔW / W / random, and the amplification ‖ΔW‖_F / ‖UᵀWV‖_F",
     "spectrum": "ΔW's normalised spectrum and 90 %-energy rank, each LoRA rank beside full fine-tuning",
+    "intruders": "intruder dimensions of W + ΔW against ε, each LoRA rank beside full fine-tuning",
     "lora_vs_full": "φ between each LoRA rank's and full fine-tuning's top ΔW directions, both sides",
     "cross_task": "φ between adapters of two tasks on one model (a sibling sweep), beside seeds and chance",
     "trajectory": "how each run's ΔW formed over its snapshots (train.snapshot_every=N)",

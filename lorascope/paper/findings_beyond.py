@@ -91,6 +91,39 @@ def lora_vs_full_section(art) -> list[str]:
     return out + ["", f"LoRA's top direction is full fine-tuning's in {found} of {total} cases.", ""]
 
 
+def intruders_section(arts: list) -> list[str]:
+    out = ["## LoRA versus full fine-tuning: intruder dimensions", ""]
+    if isinstance(arts[0], Skipped):
+        return out + [f"Not testable: {arts[0].reason}.", ""]
+    facts = arts[0].facts
+    table = facts["table"]
+    means = table.groupby(["run", "kind"], sort=False)["count"].mean()
+    out += [
+        f"Shuttleworth et al. (2024) find intruder dimensions in LoRA's W + ΔW (among its top-{facts['k']} "
+        f"left singular vectors, those whose |cos| with every singular vector of W stays below ε = "
+        f"{facts['eps']}) and not in full fine-tuning's. Intruders per module, mean over layers:",
+        "",
+        "| method | module | intruders per module | modules with any |",
+        "|---|---|---|---|",
+    ]
+    for (run, kind), mean in means.items():
+        rows = table[(table.run == run) & (table.kind == kind)]
+        out.append(f"| {run} | {kind} | {_fmt(mean)} | {int((rows['count'] > 0).sum())} of {len(rows)} |")
+    per_run = table.groupby("run", sort=False)["count"].mean()
+    if "full" in per_run:
+        lora = per_run.drop("full")
+        ok = bool((per_run["full"] < lora).all())
+        out += [
+            "",
+            f"Full fine-tuning has {_fmt(per_run['full'])} intruders per module, LoRA "
+            f"{', '.join(f'{r}: {_fmt(v)}' for r, v in lora.items())}: fewer than every LoRA rank: "
+            f"{_verdict(ok)}.",
+        ]
+    else:
+        out += ["", "No full fine-tuning run in this sweep to compare with (`python sweep.py method=full`)."]
+    return out + [""]
+
+
 def trajectory_section(arts: list) -> list[str]:
     out = ["## How the adapters formed during training", ""]
     made = [a for a in arts if isinstance(a, Artifact)]

@@ -165,3 +165,39 @@ def fig_lora_vs_full(sweep: Sweep, layer=None) -> Artifact | Skipped:
         "(dotted: random subspaces, max(r, j)/n)", fontsize=11,
     )  # fmt: skip
     return Artifact("fig_lora_vs_full", data, fig=fig, facts={"layer": layer, "data": data})
+
+
+def fig_intruders(sweep: Sweep, device: str = "auto", k: int = 10, eps: float = 0.5) -> list[Artifact]:
+    """Intruder dimensions of W + ΔW against ε (Shuttleworth et al. 2024), each LoRA rank beside full
+    fine-tuning (when the sweep has it), per module kind (mean over layers); table_intruders: the count
+    at ε = eps per method, kind and layer."""
+    from lorascope.analysis.intruder_plot import plot_intruder_curve
+    from lorascope.compare.base import intruder_tables
+
+    runs = {f"r={rank}": run for rank, run in _lora_runs(sweep).items()}
+    if _full(sweep) is not None:
+        runs["full"] = _full(sweep)
+    table, curve = intruder_tables(runs, k=k, eps=eps, device=device)
+    for frame in (table, curve):
+        frame.insert(2, "kind", frame["module"].map(lambda m: kind_label(module_kind(m))))
+        frame.insert(3, "layer", frame["module"].map(layer_index))
+    by_kind = curve.assign(module=curve["kind"])  # one panel per kind, lines averaged over its layers
+    title = f"{sweep.name}: intruder dimensions among the top-{k} of W + ΔW"
+    fig, _ = plot_intruder_curve(by_kind, k=k, eps=eps, by_module=True, title=title)
+    counts = table.pivot_table(index=["run", "kind"], values="count", aggfunc="mean", sort=False)
+    caption = (
+        f"{sweep.name}: intruder dimensions among the top-{k} left singular vectors of W + ΔW at ε = {eps}, "
+        "mean over layers, each LoRA rank and full fine-tuning."
+    )
+    facts = {"table": table, "k": k, "eps": eps}
+    return [
+        Artifact("fig_intruders", curve, fig=fig, facts=facts),
+        Artifact(
+            "table_intruders",
+            table,
+            table=counts.rename(columns={"count": "intruders (mean)"}),
+            caption=caption,
+            facts=facts,
+        ),
+        Artifact("table_intruders_all_modules", table, table=table.set_index(["run", "module"])),
+    ]

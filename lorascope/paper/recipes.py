@@ -13,8 +13,13 @@ from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
 from lorascope.paper.cross_task import cross_task_section, fig_cross_task
 from lorascope.paper.findings import findings_markdown
-from lorascope.paper.findings_beyond import lora_vs_full_section, spectrum_section, trajectory_section
-from lorascope.paper.lora_vs_full import fig_lora_vs_full, fig_spectrum
+from lorascope.paper.findings_beyond import (
+    intruders_section,
+    lora_vs_full_section,
+    spectrum_section,
+    trajectory_section,
+)
+from lorascope.paper.lora_vs_full import fig_intruders, fig_lora_vs_full, fig_spectrum
 from lorascope.paper.rank_table import rank_table
 from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
 from lorascope.paper.sweep import Sweep
@@ -42,15 +47,15 @@ def _per_factor(stem: str, fn: Callable) -> Callable:
     return run
 
 
-def _needs_w(fn: Callable) -> Callable:
-    """Recipes that need the base model's W: explain instead of failing when it cannot be loaded."""
+def _needs_w(name: str, fn: Callable) -> Callable:
+    """Recipes that need the base model's W: explain instead of failing when it cannot be read."""
 
     def run(sweep: Sweep, opts) -> list:
         try:
-            out = fn(sweep, opts.layer)
+            out = fn(sweep, opts)
         except LorascopeError as e:
-            return [Skipped(fn.__name__, f"needs the base weights W: {e}")]
-        return list(out) if isinstance(out, tuple) else [out]
+            return [Skipped(name, f"needs the base weights W: {e}")]
+        return list(out) if isinstance(out, tuple | list) else [out]
 
     return run
 
@@ -60,8 +65,9 @@ RECIPES: dict[str, Callable] = {
     "fig4": _per_factor("fig4_seed_similarity", lambda s, f, o: fig4(s, f, layer=o.layer)),
     "fig6": _per_factor("fig6_layers_rank_similarity", lambda s, f, o: fig6(s, f, layers=o.layers)),
     "fig7": _per_factor("fig7_layers_seed_similarity", lambda s, f, o: fig7(s, f, layers=o.layers)),
-    "fig8": _needs_w(fig8),
-    "table7": _needs_w(table7),
+    "fig8": _needs_w("fig8", lambda s, o: fig8(s, o.layer, o.device)),
+    "table7": _needs_w("table7", lambda s, o: table7(s, o.layer, o.device)),
+    "intruders": _needs_w("intruders", lambda s, o: fig_intruders(s, o.device)),
     "spectrum": lambda sweep, opts: fig_spectrum(sweep, opts.layer),
     "lora_vs_full": lambda sweep, opts: [fig_lora_vs_full(sweep, opts.layer)],
     "cross_task": _per_factor("fig_cross_task", lambda s, f, o: fig_cross_task(s, f, layer=o.layer)),
@@ -86,7 +92,16 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
     import matplotlib.pyplot as plt
 
     parts = {}
-    for name in ("fig3", "fig4", "table7", "spectrum", "lora_vs_full", "trajectory", "cross_task"):
+    for name in (
+        "fig3",
+        "fig4",
+        "table7",
+        "spectrum",
+        "lora_vs_full",
+        "intruders",
+        "trajectory",
+        "cross_task",
+    ):
         fresh = name not in done
         parts[name] = run_recipe(name, sweep, opts, done)
         for art in parts[name]:
@@ -96,6 +111,7 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
     beyond = [
         *spectrum_section(parts["spectrum"]),
         *lora_vs_full_section(parts["lora_vs_full"][0]),
+        *intruders_section(parts["intruders"]),
         *trajectory_section(parts["trajectory"]),
         *cross_task_section(parts["cross_task"]),
     ]
@@ -112,13 +128,14 @@ def make_figures(
     layer: int | None = None,
     layers: list[int] | None = None,
     progress: bool = False,
+    device: str = "auto",
 ) -> tuple[list[Path], list[Skipped]]:
     """Run the recipes on a sweep folder and write their files under `out` (default SWEEP/figures)."""
     from tqdm.auto import tqdm
 
     loaded = Sweep.load(sweep)
     out = Path(out) if out else default_out(sweep)
-    opts = argparse.Namespace(factors=list(factors), layer=layer, layers=layers)
+    opts = argparse.Namespace(factors=list(factors), layer=layer, layers=layers, device=device)
     names = list(recipes or DESCRIPTIONS)
     unknown = [n for n in names if n not in DESCRIPTIONS]
     if unknown:

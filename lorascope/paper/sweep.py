@@ -7,9 +7,6 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-import torch
-
-from lorascope.analysis.amplification import weight_svd
 from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.errors import LorascopeError
 from lorascope.runs import Run, list_runs, load_run, parse_run_name, read_summary
@@ -46,6 +43,10 @@ class Sweep:
                 run = load_run(folder)
             except LorascopeError as e:
                 skipped[folder.name] = str(e)
+                continue
+            other = _other_base(run, next(iter([*found.values(), *full.values()]), None))
+            if other:
+                skipped[folder.name] = other
                 continue
             table, key = (full, _seed_of(run)) if run.method == "full" else (found, (run.rank, _seed_of(run)))
             if key in table:
@@ -111,32 +112,16 @@ class Sweep:
             f"{self.path}: no module of kind {kind} at layer {layer} (layers: {self.layers})"
         )
 
-    def base_weights(self, modules: list[str]) -> dict[str, torch.Tensor]:
-        """W (out, in) of the base model, loaded once per sweep, checked against every run's fingerprint."""
-        missing = [m for m in modules if m not in self._weights]
-        if missing:
-            from lorascope.models import check_fingerprint, load_base_weights
 
-            # One load for the sweep; every run must have been trained on that same W.
-            first = next(iter(self.runs.values()))
-            self._weights.update(load_base_weights(first, missing))
-            for run in self.runs.values():
-                check_fingerprint(run, {m: self._weights[m] for m in missing})
-        return {m: self._weights[m] for m in modules}
-
-    def w_svd(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """weight_svd(W) of a module, computed once: every rank's analysis reuses it."""
-        if module not in self._w_svds:
-            self._w_svds[module] = weight_svd(self.base_weights([module])[module])
-        return self._w_svds[module]
-
-    @cached_property
-    def _weights(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    @cached_property
-    def _w_svds(self) -> dict[str, tuple]:
-        return {}
+def _other_base(run: Run, first: Run | None) -> str | None:
+    """Why `run` was not trained on the base of `first` (their recorded ‖W‖_F differ), or None."""
+    if first is None:
+        return None
+    a, b = run.meta.get("base_fingerprint") or {}, first.meta.get("base_fingerprint") or {}
+    for m in sorted(set(a) & set(b)):
+        if abs(a[m] - b[m]) > 1e-4 * abs(b[m]):
+            return f"trained on another base than {first.name} (‖W‖_F of {m}: {a[m]:.6g} vs {b[m]:.6g})"
+    return None
 
 
 def _seed_of(run: Run) -> int:
