@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from lorascope.errors import LorascopeError
+from lorascope.run_format import base_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def run_weights(
     """(module, W (out, in) in `dtype`, None: as stored) for each module of `run`, one tensor at a time.
 
     Shapes are checked against the run's adapters; Conv1D from the checkpoint's config.json,
-    else the run's fan_in_fan_out. The fingerprint check is the caller's (`models.check_fingerprint`)."""
+    else the run's fan_in_fan_out. The fingerprint check is the caller's (`check_fingerprint`)."""
     fan_in_fan_out = run.meta.get("fan_in_fan_out")
     for m in modules:
         yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
@@ -255,3 +256,18 @@ def base_name(run) -> str:
     if not base:
         raise LorascopeError(f"{run.path}: records no base model; cannot read W")
     return str(base)
+
+
+def check_fingerprint(run, weights: dict[str, torch.Tensor]) -> None:
+    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4."""
+    recorded = run.meta.get("base_fingerprint") or {}
+    for name, W in weights.items():
+        expected = recorded.get(name)
+        if expected is None:
+            continue
+        got = base_fingerprint(W)
+        if abs(got - expected) > 1e-4 * abs(expected):
+            raise LorascopeError(
+                f"{run.path}: base weight of {name} does not match the run's "
+                f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
+            )

