@@ -32,10 +32,11 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The default sweep (4 ranks + a second seed at r = 64), then every paper figure of it.
+# The default sweep (4 ranks with snapshots every 10 steps, full fine-tuning beside them, a second seed
+# at r = 64), then every figure and table of it.
 demo: setup
-	$(BIN)/python sweep.py rank=1,4,8,64
-	$(BIN)/python sweep.py rank=64 seed=1
+	$(BIN)/python sweep.py method=lora,full rank=1,4,8,64 train.snapshot_every=10
+	$(BIN)/python sweep.py rank=64 seed=1 train.snapshot_every=10
 	$(BIN)/lorascope figures runs/minilm-bbc
 
 bench: setup

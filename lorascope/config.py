@@ -58,7 +58,7 @@ class LoraConfig:
 @dataclass
 class FullConfig:
     targets: Any = "${lora.targets}"  # modules whose W is trained densely: LoRA's by default, or a regex
-    lr: float = 1e-4  # AdamW peak learning rate of full fine-tuning (the head keeps train.lr)
+    lr: float = 1e-3  # AdamW peak learning rate of full fine-tuning (the head keeps train.lr)
 
 
 @dataclass
