@@ -244,6 +244,9 @@ def test_compare_writes_a_symmetric_map_and_refuses_bad_input(sweep, tmp_path, c
     assert "at least 2" in _error(capsys, ["compare", str(sweep / "r4-s0")])
     other = make_run(tmp_path, "r4-s7", 4, modules=["model.layers.0.self_attn.q_proj"])
     assert "shares no module" in _error(capsys, ["compare", str(sweep / "r4-s0"), str(other)])
+    elsewhere = make_run(tmp_path, "r4-s8", 4, seed=3)
+    _with_base(elsewhere, tmp_path / "another-base")  # the synthetic runs say base_model "synthetic"
+    assert "base" in _error(capsys, ["compare", str(sweep / "r4-s0"), str(elsewhere)])
 
 
 def test_trajectory_of_a_run_without_snapshots_or_init_is_refused(tmp_path, capsys):

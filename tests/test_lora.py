@@ -260,3 +260,14 @@ def test_seeded_init_leaves_the_global_random_stream_alone():
     state = torch.get_rng_state()
     add_lora(model, ["query", "value"], rank=2, alpha=8, seed=0)
     assert torch.equal(torch.get_rng_state(), state)  # the head's init and dropout draw as before
+
+
+def test_a_rank_above_a_targets_width_is_warned(caplog):
+    model, _ = tiny_llama()  # v_proj maps 32 -> 16
+    with caplog.at_level("WARNING", logger="lorascope.lora"):
+        add_lora(model, ["q_proj", "v_proj"], rank=24, alpha=8, seed=0)
+    assert "rank 24 exceeds min(in, out) of 2 target(s)" in caplog.text and "(16)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lorascope.lora"):
+        add_lora(tiny_llama()[0], ["q_proj", "v_proj"], rank=8, alpha=8, seed=0)
+    assert "exceeds" not in caplog.text

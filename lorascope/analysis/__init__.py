@@ -15,7 +15,7 @@ only `tables.write_*` (used by the CLI and recipes) touch the disk. Runs in, Dat
 (two runs compared module by module, a sweep listed) is `lorascope.compare`.
 """
 
-from lorascope.analysis.amplification import amplification, w_delta_similarity, weight_svd
+from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_similarity, weight_svd
 from lorascope.analysis.factors import FACTORS, Factor, get_factor
 from lorascope.analysis.intruders import intruder_dimensions
 from lorascope.analysis.linalg import delta_svd, factor_basis, factor_svd, random_orthonormal
@@ -37,6 +37,7 @@ from lorascope.analysis.spectrum import spectrum, spectrum_metrics
 
 __all__ = [
     "FACTORS",
+    "FIG8_SIDE",
     "Factor",
     "amplification",
     "b_similarity",
