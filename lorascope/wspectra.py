@@ -6,14 +6,16 @@
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
 
 key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
-from any copy of a checkpoint finds its entry, and a different W can never be served one.
+from any copy of a checkpoint finds its entry, and a different W can never be served one. The
+comparison layer (`lorascope.compare.base`) hashes the tensor as stored (bf16: half the bytes of
+a float32 copy) and analyses its exact float64 conversion under that key.
 `cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
 
     entry = SpectraCache().entry(W)     # hashes W once
     U, S, V = entry.top(k)              # a cached top-k' with k' ≥ k serves k; else truncated SVD, stored
     U_w = entry.left()                  # intruder dimensions: W's full left basis, stored once
 
-Every file is written to a temporary name and renamed (`runs.save_tensors`), so a reader sees a
+Every file is written to a temporary name and renamed (`runs.atomic_write`), so a reader sees a
 whole entry or none, and two processes filling the cache at once each write whole files (the last
 rename wins; both computed the same numbers). Each file's header holds its key, kind, shape and a
 sha256 of its tensors: an entry that does not check out is logged, recomputed and replaced.

@@ -15,9 +15,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lorascope.analysis import truncated
 from lorascope.analysis.linalg import random_orthonormal
 from lorascope.analysis.similarity import phi_grid
+from lorascope.analysis.truncated import (
+    apply,
+    as_f64,
+    delta_shape,
+    delta_top_svd,
+    factors_of,
+    full_svd,
+    resolve_device,
+    top_svd,
+)
 from lorascope.errors import LorascopeError
 
 # The side the paper's Figure 8 compares W's and ΔW's singular vectors on: the left (output space),
@@ -54,23 +63,23 @@ def _top_of_w(W, k: int, w_svd, w_top, device):
         if S.shape[0] < k:
             raise LorascopeError(f"w_top holds W's top-{S.shape[0]}, but k = {k} are needed")
         return U[:, :k], S[:k], V[:, :k]
-    return truncated.top_svd(W, k, device=device)
+    return top_svd(W, k, device=device)
 
 
 def weight_svd(W) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Thin dense SVD of W in float64: (U (out, m), σ (m,), Vh (m, in)). Only when every direction is
     needed: for the top-k use `truncated.top_svd` (or the cache in `lorascope.wspectra`)."""
-    return truncated.full_svd(W, device="cpu")
+    return full_svd(W, device="cpu")
 
 
 def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> float:
     """‖U_rᵀ W V_r‖_F for the seeded random orthonormal U_r (out, k) and V_r (in, k) of `amplification`
     (`random_orthonormal(out, k, seed)`, `random_orthonormal(in, k, seed + 1)`): a function of W alone."""
-    dev = truncated.resolve_device(device)
-    W = truncated.as_f64(W, dev, "W")
+    dev = resolve_device(device)
+    W = as_f64(W, dev, "W")
     U_r = random_orthonormal(W.shape[0], k, seed).to(dev)
     V_r = random_orthonormal(W.shape[1], k, seed + 1).to(dev)
-    return float(torch.linalg.matrix_norm(U_r.T @ truncated.apply(W, V_r)))
+    return float(torch.linalg.matrix_norm(U_r.T @ apply(W, V_r)))
 
 
 def amplification(
@@ -103,27 +112,27 @@ def amplification(
       k
     """
     d = _delta(A, B, scaling, delta)
-    dev = truncated.resolve_device(device)
-    W = truncated.as_f64(W, dev, "W")
-    _check_shapes(W, truncated.delta_shape(d))
+    dev = resolve_device(device)
+    W = as_f64(W, dev, "W")
+    _check_shapes(W, delta_shape(d))
     if k is not None and not 1 <= int(k) <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    if truncated.factors_of(d) is not None:
-        U, S, V = truncated.delta_top_svd(d, None)  # every σ of ΔW: exact and cheap from the factors
+    if factors_of(d) is not None:
+        U, S, V = delta_top_svd(d, None)  # every σ of ΔW: exact and cheap from the factors
         dw_norm = float(torch.linalg.vector_norm(S))  # ‖ΔW‖_F = ‖σ(ΔW)‖_2
         k = S.shape[0] if k is None else int(k)
         if k > S.shape[0]:
             raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({S.shape[0]}): use k ≤ {S.shape[0]}")
         U, V = U[:, :k], V[:, :k]
     else:
-        U, S, V = truncated.delta_top_svd(d, k, device=dev)
-        dw_norm = float(torch.linalg.matrix_norm(truncated.as_f64(d, dev)))
+        U, S, V = delta_top_svd(d, k, device=dev)
+        dw_norm = float(torch.linalg.matrix_norm(as_f64(d, dev)))
     _, sigma_w, _ = _top_of_w(W, k, w_svd, w_top, dev)
     if proj_random is None:
         proj_random = random_projection(W, k, seed, device=dev)
 
     def proj(U, V) -> float:  # ‖Uᵀ W V‖_F, with W (out, in) on the device
-        return float(torch.linalg.matrix_norm(U.to(dev).T @ truncated.apply(W, V.to(dev))))
+        return float(torch.linalg.matrix_norm(U.to(dev).T @ apply(W, V.to(dev))))
 
     if dw_norm == 0:
         # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
@@ -167,12 +176,12 @@ def w_delta_similarity(
     d = _delta(A, B, scaling, delta)
     if side not in ("left", "right"):
         raise LorascopeError(f"side must be 'left' or 'right', got {side!r}")
-    dev = truncated.resolve_device(device)
-    W = truncated.as_f64(W, dev, "W")
-    _check_shapes(W, truncated.delta_shape(d))
-    U, _, V = truncated.delta_top_svd(d, k, device=dev)
+    dev = resolve_device(device)
+    W = as_f64(W, dev, "W")
+    _check_shapes(W, delta_shape(d))
+    U, _, V = delta_top_svd(d, k, device=dev)
     if top_w is None and w_svd is None:
-        w_svd = truncated.full_svd(W, device=dev)
+        w_svd = full_svd(W, device=dev)
     top_w = min(W.shape) if top_w is None else int(top_w)
     if not 1 <= top_w <= min(W.shape):
         raise LorascopeError(f"top_w must be in 1..{min(W.shape)}, got {top_w}")

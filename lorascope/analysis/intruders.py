@@ -16,7 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.analysis import truncated
+from lorascope.analysis.truncated import (
+    as_f64,
+    delta_shape,
+    left_basis,
+    resolve_device,
+    top_svd,
+)
 from lorascope.errors import LorascopeError
 
 EPS_GRID = np.round(np.linspace(0.1, 0.9, 17), 2)  # ε = 0.10, 0.15, ..., 0.90 for the count curve
@@ -29,7 +35,7 @@ def intruder_dimensions(
 
     W: (out, in). delta: ΔW dense (out, in), or factors (A (r, in), B (out, r), scaling) as a tuple
     or an object with .A, .B, .scaling (W + s·B A is then never formed). U_w: all left singular
-    vectors of W, (out, min(out, in)), if already computed (`truncated.left_basis(W)`).
+    vectors of W, (out, min(out, in)), if already computed (`left_basis(W)`).
     Float64 on `device` ("auto": CUDA when available).
     Returns {"count": int, "indices": list of 0-based i < k that are intruders,
     "max_cos": (k,) array of max_j |cos|, "sigma": (k,) singular values of W + ΔW}. Assumes W's
@@ -38,16 +44,16 @@ def intruder_dimensions(
     """
     if not 0 < eps <= 1:
         raise LorascopeError(f"eps must be in (0, 1], got {eps}")
-    dev = truncated.resolve_device(device)
-    W = truncated.as_f64(W, dev, "W")
-    if truncated.delta_shape(delta) != tuple(W.shape):
-        raise LorascopeError(f"W {tuple(W.shape)} and ΔW {truncated.delta_shape(delta)} differ in shape")
+    dev = resolve_device(device)
+    W = as_f64(W, dev, "W")
+    if delta_shape(delta) != tuple(W.shape):
+        raise LorascopeError(f"W {tuple(W.shape)} and ΔW {delta_shape(delta)} differ in shape")
     if not 1 <= k <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    U_ft, S_ft, _ = truncated.top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
+    U_ft, S_ft, _ = top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
     if U_w is None:
-        U_w = truncated.left_basis(W, device=dev)
-    U_w = truncated.as_f64(U_w, dev, "U_w")
+        U_w = left_basis(W, device=dev)
+    U_w = as_f64(U_w, dev, "U_w")
     if U_w.shape != (W.shape[0], min(W.shape)):
         raise LorascopeError(
             f"U_w {tuple(U_w.shape)} is not W's full left basis ({W.shape[0]}, {min(W.shape)})"
