@@ -159,10 +159,23 @@ def load_model(name_or_path: str, model_class: str, num_labels: int | None = Non
     if cls is None:
         raise LorascopeError(f"unknown model class {model_class!r}")
     kw: dict[str, Any] = {"dtype": torch.float32}
-    if model_class == SEQ_CLS and num_labels:
+    new_head = model_class == SEQ_CLS and bool(num_labels)
+    if new_head:
         # A checkpoint with a head of another size gets a fresh head of num_labels outputs.
         kw.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    model = _from_pretrained(cls, name_or_path, **kw)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if new_head:  # transformers reports the fresh head as "missing" weights: expected, not news
+        hf_logging.set_verbosity_error()
+    try:
+        model = _from_pretrained(cls, name_or_path, **kw)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    if new_head:
+        log.info(
+            "%s: a new classification head of %d labels, trained with the update", name_or_path, num_labels
+        )
     if model_class == SEQ_CLS and model.config.pad_token_id is None:
         # Llama-style classifiers find the last token through pad_token_id.
         model.config.pad_token_id = model.config.eos_token_id

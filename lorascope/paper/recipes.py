@@ -149,7 +149,7 @@ def make_figures(
             else:
                 written += result.write(out, formats)
     for s in skipped:
-        log.warning("%s", s)
+        log.info("%s", s)  # returned to the caller, who reports it (the CLI prints one line each)
     return written, skipped
 
 
