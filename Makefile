@@ -41,9 +41,11 @@ demo: setup
 	$(BIN)/python sweep.py rank=64 seed=1 train.snapshot_every=10
 	$(BIN)/lorascope figures runs/minilm-bbc
 
+# The quick benchmarks; bench/w_scale_bench.py (a 13.5 GB base, ~25 minutes) runs by hand.
 bench: setup
 	$(BIN)/python bench/analysis_bench.py
 	$(BIN)/python bench/train_vs_peft.py
+	$(BIN)/python bench/compare_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

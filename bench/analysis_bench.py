@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from lorascope import analysis as la
+from lorascope.compare import run_similarity
 from lorascope.runs import adapter_metadata, load_run, save_adapter
 
 OUT, IN, RANK, LAYERS = 4096, 4096, 64, 32
@@ -142,7 +143,7 @@ def bench_similarity(say, cli: bool) -> None:
 
             def similarity(factor=factor):
                 a, b = load_run(run_a), load_run(run_b)
-                return la.run_similarity(a, b, factor).summary()
+                return run_similarity(a, b, factor).summary()
 
             repeat = 2 if factor == "A" else 1
             summary, t_sim = timed(similarity, repeat=repeat)

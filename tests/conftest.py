@@ -116,6 +116,21 @@ def corpus_txt(tmp_path_factory) -> Path:
     return path
 
 
+def tiny_config(model: Path, data: Path, steps: int = 6, **sections) -> dict:
+    """A `train()` config of a tiny classifier on the topic data: rank 2, `steps` steps of 8 × 16 tokens.
+
+    `train=` adds train keys; any other keyword is a top-level key (method=, lora=, full=, seed=, ...)."""
+    train = {"steps": steps, "batch_size": 8, "seq_len": 16, "threads": 1, **sections.pop("train", {})}
+    return {
+        "rank": 2,
+        "model": {"name": "tiny", "name_or_path": str(model), "targets": ["query", "value"]},
+        "task": {"name": "topics", "source": "text", "kind": "classification", "path": str(data),
+                 "label_field": "label"},
+        "train": train,
+        **sections,
+    }  # fmt: skip
+
+
 def sweep_cmd(*overrides: str) -> list[str]:
     import sys
 

@@ -109,8 +109,6 @@ def test_conv1d_weight_is_read_transposed(tmp_path):
     GPT2LMHeadModel(
         GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32)
     ).save_pretrained(tmp_path / "gpt2")
-    got = weights.base_weights(
-        _run(tmp_path, tmp_path / "gpt2", task_type="CAUSAL_LM"), ["h.0.attn.c_attn"]
-    )
+    got = weights.base_weights(_run(tmp_path, tmp_path / "gpt2", task_type="CAUSAL_LM"), ["h.0.attn.c_attn"])
     ref = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").transformer.h[0].attn.c_attn.weight  # (in, out)
     assert torch.equal(got["h.0.attn.c_attn"], ref.T) and got["h.0.attn.c_attn"].shape == (48, 16)

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import sweep_cmd, tiny_overrides
+from conftest import sweep_cmd, tiny_config, tiny_overrides
 
 from lorascope import runs
 from lorascope.hydra_glue import remove_stale_ledgers
@@ -19,13 +19,7 @@ from lorascope.launch import launch, lock_path, run_lock
 
 
 def _cfg(model, data, **train_kw):
-    return {
-        "rank": 2,
-        "model": {"name": "tiny", "name_or_path": str(model), "targets": ["query", "value"]},
-        "task": {"name": "topics", "source": "text", "kind": "classification", "path": str(data),
-                 "label_field": "label"},
-        "train": {"steps": 6, "batch_size": 8, "seq_len": 16, "threads": 1, **train_kw},
-    }  # fmt: skip
+    return tiny_config(model, data, train=train_kw)
 
 
 def _launch_in_subprocess(cfg: dict, out, patch: str = "") -> subprocess.Popen:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import sweep_cmd, tiny_overrides
+from conftest import sweep_cmd, tiny_config, tiny_overrides
 
 from lorascope import data, models, runs
 from lorascope.cli import main
@@ -20,15 +20,7 @@ TARGETS = ["query", "value"]
 
 
 def _cfg(model, data_path, **kw):
-    train_kw = kw.pop("train", {})
-    return {
-        "rank": 2,
-        "model": {"name": "tiny", "name_or_path": str(model), "targets": TARGETS},
-        "task": {"name": "topics", "source": "text", "kind": "classification", "path": str(data_path),
-                 "label_field": "label"},
-        "train": {"steps": 4, "batch_size": 8, "seq_len": 16, "threads": 1, **train_kw},
-        **kw,
-    }  # fmt: skip
+    return tiny_config(model, data_path, steps=4, **kw)
 
 
 def test_full_fine_tuning_saves_the_change_of_the_trained_weights(tiny_bert, topic_jsonl, tmp_path):

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from lorascope import runs
 from lorascope.launch import launch
@@ -14,14 +15,7 @@ from lorascope.train import lr_lambda, train
 
 
 def _cfg(model, data, **train_kw):
-    return {
-        "rank": 2,
-        "seed": 0,
-        "model": {"name": "tiny", "name_or_path": str(model), "targets": ["query", "value"]},
-        "task": {"name": "topics", "source": "text", "kind": "classification", "path": str(data),
-                 "label_field": "label"},
-        "train": {"steps": 6, "batch_size": 8, "seq_len": 16, "threads": 1, **train_kw},
-    }  # fmt: skip
+    return tiny_config(model, data, train=train_kw)
 
 
 def test_run_folder_is_complete_and_loads(tiny_bert, topic_jsonl, tmp_path):

@@ -7,7 +7,6 @@ figure is drawn, and its backend is left to the caller.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 AGGREGATES = ("mean", "sum")
@@ -31,6 +30,8 @@ def plot_intruder_curve(
     """
     import matplotlib.pyplot as plt
 
+    from lorascope.analysis.plots import method_styles
+
     if agg not in AGGREGATES:
         raise ValueError(f"agg must be one of {', '.join(AGGREGATES)}, got {agg!r}")
     missing = {"run", "module", "eps", "count"} - set(curve.columns)
@@ -43,13 +44,13 @@ def plot_intruder_curve(
         nrows, ncols, figsize=(3.6 * ncols, 3.0 * nrows), squeeze=False, sharey=True, constrained_layout=True
     )
     runs = list(dict.fromkeys(curve["run"]))
-    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(runs)))
+    styles = method_styles(map(str, runs))
     for ax, module in zip(axes.flat, panels, strict=False):
         part = curve if module is None else curve[curve["module"] == module]
-        for color, run in zip(colors, runs, strict=True):
+        for run in runs:
             lines = part[part["run"] == run].groupby("eps")["count"]
             y = lines.sum() if agg == "sum" and module is None else lines.mean()
-            ax.plot(y.index, y.to_numpy(), marker="o", ms=2.5, lw=1.2, color=color, label=str(run))
+            ax.plot(y.index, y.to_numpy(), marker="o", ms=2.5, label=str(run), **styles[str(run)])
         if k is not None and (agg == "mean" or module is not None):
             ax.axhline(k, color="0.6", ls=":", lw=1)
         if eps is not None:

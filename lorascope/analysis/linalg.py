@@ -8,12 +8,33 @@ extra precision is cheap and keeps φ trustworthy near 0 and 1.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
 from lorascope.errors import LorascopeError
 
 SIDES = ("left", "right")
+
+
+@contextmanager
+def one_thread(device: torch.device | None = None):
+    """Small LAPACK calls (QRs and SVDs of r-column factors, eigh of small Gram matrices) on one CPU
+    thread; nothing changes for a GPU device.
+
+    They gain little from threads, and with OpenMP on a shared CPU they can lose a lot: measured
+    here with another process busy on one of two cores, eigvalsh of a 576² matrix took 0.07 s on
+    one thread and 0.4-15 s on two. `torch.set_num_threads` is process-wide: not thread-safe."""
+    if device is not None and torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def as_float64(X, name: str = "matrix") -> torch.Tensor:

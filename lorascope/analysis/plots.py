@@ -15,6 +15,19 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 PHI_CMAP = "viridis"
+FULL = "full"  # the label of a full fine-tuning run beside LoRA ranks
+
+
+def method_styles(labels) -> dict[str, dict]:
+    """Line styles for runs compared in one panel: LoRA ranks along viridis, full fine-tuning (label
+    "full") in thick black, so that the control stands apart from the ranks."""
+    labels = list(labels)
+    ranks = [label for label in labels if label != FULL]
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(ranks), 1)))
+    styles = {label: {"color": color, "lw": 1.3} for label, color in zip(ranks, colors, strict=False)}
+    if FULL in labels:
+        styles[FULL] = {"color": "black", "lw": 2.0}
+    return styles
 
 
 def _ticks(r: int, max_ticks: int = 8) -> list[int]:

@@ -26,11 +26,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 
-from lorascope.analysis.linalg import delta_svd
+from lorascope.analysis.linalg import delta_svd, one_thread
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -47,24 +46,6 @@ TOL = 1e-13  # stop when the top-k Ritz values σ² move less than TOL · σ₁�
 SVD_CALLS: Counter = Counter()
 
 Matmul = Callable[[torch.Tensor], torch.Tensor]
-
-
-@contextmanager
-def _one_thread(device: torch.device):
-    """Small LAPACK calls (QR of an (n, b) block, eigh of the (t·b)² Gram matrix) on one CPU thread.
-
-    They gain little from threads, and with OpenMP on a shared CPU they can lose a lot: measured
-    here with another process busy on one of two cores, eigvalsh of a 576² matrix took 0.07 s on
-    one thread and 0.4-15 s on two. The large products stay on every thread."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -168,7 +149,7 @@ def block_krylov_svd(
     """
     kwargs = dict(device=device, seed=seed, tol=tol, max_blocks=max_blocks)
     if shape[0] * shape[1] < SMALL:  # every operation is small: threads cost more than they give
-        with _one_thread(device):
+        with one_thread(device):
             return _block_krylov(matmul, rmatmul, shape, k, **kwargs)
     return _block_krylov(matmul, rmatmul, shape, k, **kwargs)
 
@@ -205,7 +186,7 @@ def _block_krylov(
             converged = True
             break
         if G.shape[0] >= k:
-            with _one_thread(device):
+            with one_thread(device):
                 ritz = torch.linalg.eigvalsh(G)[-k:].flip(0)  # σ², descending
             if previous is not None and float((ritz - previous).abs().max()) <= tol * float(ritz[0]):
                 converged = True
@@ -220,7 +201,7 @@ def _block_krylov(
     if not converged:
         log.warning("block Krylov SVD: the top-%d did not converge in %d blocks", k, max_blocks)
     # Rayleigh–Ritz: Qᵀ M = Zᵀ, and G = Zᵀ Z = Û Σ² Ûᵀ gives U = Q Û, V = Z Û Σ⁻¹ (= Mᵀ U Σ⁻¹).
-    with _one_thread(device):
+    with one_thread(device):
         _, vecs = torch.linalg.eigh(G)
     vecs = vecs[:, -k:].flip(1)  # (t·b, k), by descending σ
     U = Q @ vecs
@@ -238,7 +219,7 @@ def _orthonormal(Y: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
     scale = float(torch.linalg.vector_norm(Y, dim=0).max()) if Y.numel() else 0.0
     for _ in range(2):
         Y = Y - Q @ (Q.T @ Y)
-    with _one_thread(Y.device):
+    with one_thread(Y.device):
         X, R = torch.linalg.qr(Y)
     keep = R.diagonal().abs() > 1e-10 * scale
     return X[:, keep]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from lorascope.analysis.adapter_map import (
     random_floor,
 )
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.linalg import numerical_rank
+from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.analysis.modules import layer_index, module_kind, parse_layers, select_modules
 from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
@@ -94,18 +94,6 @@ class AdapterMap:
         )
 
 
-@contextmanager
-def _one_thread():
-    """One torch thread for the many tiny QRs and SVDs of the basis step: with several threads
-    they pay more in synchronisation than they compute (and stall on a busy core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def adapter_map(
     sources: Sequence,
     factor: str = "dW-right",
@@ -133,7 +121,7 @@ def adapter_map(
     paths = [s.path if isinstance(s, Run) else s for s in sources]
     names = unique_names(paths)
     t0 = time.perf_counter()
-    with _one_thread():
+    with one_thread():
         kept, skipped, bases = _collect_bases(
             sources, names, factor, k, modules, layers, check_base, progress
         )
@@ -229,7 +217,7 @@ def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
     for m in kept:
         Z, widths = bases.pop(m)  # freed module by module
         dims[m] = int(Z.shape[0])
-        with _one_thread() if dims[m] * (N * k) ** 2 < SMALL_GRAM else nullcontext():
+        with one_thread() if dims[m] * (N * k) ** 2 < SMALL_GRAM else nullcontext():
             score, k_pair = gram_scores(Z, widths, k)
         del Z
         floor = random_floor(k_pair, dims[m])

@@ -17,6 +17,7 @@ import pandas as pd
 
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.modules import kind_label, layer_index, module_kind
+from lorascope.analysis.plots import method_styles
 from lorascope.analysis.similarity import grid_frame, long_grid, phi_grid, random_phi_baseline
 from lorascope.compare.spectra import spectrum_frames
 from lorascope.paper.artifact import Artifact, Skipped
@@ -64,9 +65,7 @@ def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
     methods = list(dict.fromkeys(table["method"]))
     fig, axes = plt.subplots(len(sweep.kinds), 2, figsize=(10, 3.4 * len(sweep.kinds)), squeeze=False,
                              constrained_layout=True)  # fmt: skip
-    shades = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(methods) - 1))
-    colors = dict(zip(methods[:-1], shades, strict=True))
-    colors["full"] = "black"
+    styles = method_styles(methods)
     for row, kind in zip(axes, sweep.kinds, strict=True):
         m = sweep.module(layer, kind)
         for method in methods:
@@ -76,10 +75,10 @@ def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
             k = np.arange(1, len(s) + 1)
             energy = np.cumsum(s**2) / np.sum(s**2)
             rank90 = int(table[(table.method == method) & (table.module == m)].energy_rank.iloc[0])
-            style = {"color": colors[method], "lw": 2.0 if method == "full" else 1.3}
+            style = styles[method]
             row[0].plot(k[s > 0], (s / s[0])[s > 0], label=method, **style)
             row[1].plot(k, energy, label=f"{method}: 90 % at k = {rank90}", **style)
-            row[1].plot([rank90], [energy[rank90 - 1]], "o", ms=4, color=colors[method])
+            row[1].plot([rank90], [energy[rank90 - 1]], "o", ms=4, color=style["color"])
         row[0].set(xscale="log", yscale="log", xlabel="k", ylabel=r"$\sigma_k / \sigma_1$",
                    title=f"{kind_label(kind)}, layer {layer}: singular values of $\\Delta W$")  # fmt: skip
         row[1].axhline(0.9, color="0.5", ls="--", lw=1)
