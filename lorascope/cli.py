@@ -553,7 +553,9 @@ def cmd_compare(args) -> int:
     out = args.out or (first / "analysis" if len(args.sources) == 1 else _default_out(first, ""))
     out = out / f"compare_{amap.factor}" if args.out is None else out
     order = amap.order()
-    fig, _ = plot_adapter_map(amap.similarity, floor=amap.floor, linkage=amap.linkage(), title=title)
+    n, m = len(amap.names), len(amap.modules)
+    short = f"{n} adapters: mean φ(t,t), t ≤ {amap.k}, of {amap.factor}, {m} modules"
+    fig, _ = plot_adapter_map(amap.similarity, floor=amap.floor, linkage=amap.linkage(), title=short)
     stem = f"map_{amap.factor}"
     written = write_figure(fig, out / stem, amap.similarity.loc[order, order].reset_index(), formats)
     written.append(_write_csv(amap.similarity, out / f"{stem}_matrix.csv"))
