@@ -136,6 +136,7 @@ class Checkpoint:
         names = [key.removesuffix(".weight") for key in self.files if key.endswith(".weight")]
         self._names = {name: name + ".weight" for name in names}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._headers: dict[Path, dict[str, dict]] = {}  # resolved file -> its header, for `identity`
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.folder)!r}, {len(self.files)} tensors)"
@@ -160,13 +161,41 @@ class Checkpoint:
             self._shapes.update({k: tuple(v["shape"]) for k, v in header.items()})
         return self._shapes[key]
 
+    def identity(self, module: str, fan_in_fan_out: bool | None = None) -> str:
+        """Names the bytes `weight(module, ...)` returns without reading them: the file (resolved path,
+        device, inode, size, modification and change times), the tensor's key, dtype, shape and byte
+        range, and the layout. Any rewrite of the file changes its change time (ctime), so equal
+        identities mean equal tensors; the W-spectra cache keeps content keys under this name so
+        that a warm analysis does not hash W again (`wspectra.SpectraCache.key`)."""
+        key = self.key(module)
+        path = self.files[key].resolve()
+        st = path.stat()
+        if path not in self._headers:
+            self._headers[path] = _header(path)
+        entry = self._headers[path][key]
+        conv1d = self._conv1d(module)
+        return json.dumps(
+            {
+                "file": [str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
+                "tensor": [key, entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")],
+                "transposed": bool(fan_in_fan_out) if conv1d is None else conv1d,
+            },
+            sort_keys=True,
+        )
+
+    def _conv1d(self, module: str) -> bool | None:
+        """Whether config.json's model_type stores this module as Conv1D (in, out); None without one."""
+        if self.model_type is None:
+            return None
+        return module.rsplit(".", 1)[-1] in CONV1D_LAYERS.get(self.model_type, ())
+
     def is_conv1d(self, module: str, fan_in_fan_out: bool | None = None) -> bool:
         """Whether the module is stored (in, out): from config.json's model_type when there is one
         (the checkpoint knows its layers; c_proj is square, so shapes cannot tell), else the
         adapter's fan_in_fan_out (PEFT sets it for Conv1D targets)."""
-        if self.model_type is None:
+        conv1d = self._conv1d(module)
+        if conv1d is None:
             return bool(fan_in_fan_out)
-        conv1d = module.rsplit(".", 1)[-1] in CONV1D_LAYERS.get(self.model_type, ())
         if fan_in_fan_out is not None and bool(fan_in_fan_out) != conv1d:
             kind = "Conv1D" if conv1d else "Linear"
             log.warning(
@@ -258,14 +287,15 @@ def base_name(run) -> str:
     return str(base)
 
 
-def check_fingerprint(run, weights: dict[str, torch.Tensor]) -> None:
-    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4."""
+def check_fingerprint(run, weights: dict[str, torch.Tensor | float]) -> None:
+    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4.
+    weights: module -> W, or its `base_fingerprint` when already computed."""
     recorded = run.meta.get("base_fingerprint") or {}
     for name, W in weights.items():
         expected = recorded.get(name)
         if expected is None:
             continue
-        got = base_fingerprint(W)
+        got = float(W) if isinstance(W, float | int) else base_fingerprint(W)
         if abs(got - expected) > 1e-4 * abs(expected):
             raise LorascopeError(
                 f"{run.path}: base weight of {name} does not match the run's "

@@ -6,7 +6,13 @@
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
 
 key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
-from any copy of a checkpoint finds its entry, and a different W can never be served one. The
+from any copy of a checkpoint finds its entry, and a different W can never be served one.
+
+    <cache_dir()>/wspectra/v1/index/<id[:2]>/<id>.json   {"identity": ..., "key": ...}
+
+remembers the key of a tensor under its file identity (path, inode, size, mtime and ctime, tensor
+key and byte range: `Checkpoint.identity`), the way git's index remembers file hashes by stat data:
+an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is. The
 comparison layer (`lorascope.compare.base`) hashes the tensor as stored (bf16: half the bytes of
 a float32 copy) and analyses its exact float64 conversion under that key.
 `cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
@@ -31,6 +37,7 @@ import json
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,6 +60,10 @@ def weight_key(W: torch.Tensor) -> str:
     h = hashlib.sha256(f"{FORMAT}-{VERSION} {W.dtype} {tuple(W.shape)}\n".encode())
     h.update(memoryview(W.view(torch.uint8).numpy()))
     return h.hexdigest()
+
+
+def _is_key(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
@@ -80,6 +91,30 @@ class SpectraCache:
 
     def folder(self, key: str) -> Path:
         return self.root / f"v{VERSION}" / key[:2] / key
+
+    def key(self, identity: str, W: torch.Tensor, still: Callable[[], str] | None = None) -> str:
+        """`weight_key(W)`, remembered under W's file identity (`Checkpoint.identity`): the next read of
+        the same unchanged file finds the key without hashing W again (hashing a 4096² bf16 W costs as
+        much as reading it). `still`: the identity again, after W was read; the key is remembered
+        only if it did not change meanwhile. A missing or unreadable index file costs one hash."""
+        name = hashlib.sha256(identity.encode()).hexdigest()
+        path = self.root / f"v{VERSION}" / "index" / name[:2] / f"{name}.json"
+        try:
+            found = json.loads(path.read_text())
+            if found.get("identity") == identity and _is_key(found.get("key")):
+                STATS["index-hit"] += 1
+                return found["key"]
+        except (OSError, ValueError, AttributeError):
+            pass
+        STATS["hashed"] += 1
+        key = weight_key(W)
+        if still is None or still() == identity:
+            text = json.dumps({"identity": identity, "key": key}, sort_keys=True)
+            try:
+                runs.atomic_write(path, lambda tmp: tmp.write_text(text))
+            except OSError as e:
+                log.warning("could not write %s (%s): W will be hashed again next time", path, e)
+        return key
 
 
 class Entry:

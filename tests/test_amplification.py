@@ -161,3 +161,21 @@ def test_cached_top_k_is_used_and_checked():
         la.amplification(W, A, B, 0.5, delta=torch.zeros(4, 3))
     with pytest.raises(LorascopeError, match="give k"):
         la.amplification(W, delta=torch.ones(4, 3))
+
+
+def test_a_bf16_w_as_stored_gives_the_numbers_of_its_float64_copy():
+    """The comparison layer hands amplification W as stored (bf16): converted block by block, it must
+    give exactly what the float64 copy gives (bf16 values are exact in float64)."""
+    g = torch.Generator().manual_seed(4)
+    W16 = torch.randn(300, 200, generator=g).to(torch.bfloat16)  # 300 rows: more than one block
+    A = torch.randn(6, 200, generator=g, dtype=torch.float64)
+    B = 0.1 * torch.randn(300, 6, generator=g, dtype=torch.float64)
+    got = la.amplification(W16, A, B, 0.5)
+    ref = la.amplification(W16.double(), A, B, 0.5)
+    dense = _dense_reference(W16.double(), A, B, 0.5, 6)
+    for key, value in ref.items():
+        assert got[key] == pytest.approx(value, rel=1e-12), key
+    for key, value in dense.items():
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+    phi = la.w_delta_similarity(W16, A, B, 0.5, top_w=8)
+    np.testing.assert_allclose(phi, la.w_delta_similarity(W16.double(), A, B, 0.5, top_w=8), atol=1e-12)

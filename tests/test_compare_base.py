@@ -1,5 +1,7 @@
 """ΔW against W for runs: a PEFT adapter on a sharded bf16 Llama, read lazily, cached, as dense answers."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,8 +72,51 @@ def test_a_second_amplification_uses_the_cache(peft_run):
     calls, stats = truncated.SVD_CALLS.copy(), wspectra.STATS.copy()
     again = amplification_table(peft_run)
     assert truncated.SVD_CALLS - calls == {}  # no decomposition at all
-    assert wspectra.STATS - stats == {"hit": 2 * len(llama_modules())}  # W's top-k and its random floor
+    n = len(llama_modules())
+    # W's top-k and its random floor, each key found by the file's identity: W is not hashed again
+    assert wspectra.STATS - stats == {"hit": 2 * n, "index-hit": n}
     assert len(again) == len(llama_modules())
+
+
+def test_a_rewritten_base_file_is_hashed_again(base, peft_run, tmp_path):
+    """The identity index must not serve the old key once a shard's bytes change, even when its size,
+    inode and modification time stay the same: here W's rows are swapped (‖W‖_F, the fingerprint, and
+    σ(W) unchanged) in place, and the mtime is put back."""
+    import os
+    import shutil
+
+    from safetensors import safe_open
+
+    folder, state = base
+    copy = tmp_path / "base"
+    shutil.copytree(folder, copy)
+    run = runs.load_run(peft_folder(tmp_path, copy, dict(peft_run.adapters)))
+    amplification_table(run, modules=PLANTED)
+    key = PLANTED + ".weight"
+    shard = next(p for p in copy.glob("model-*.safetensors") if key in safe_open(str(p), "pt").keys())
+    with safe_open(str(shard), "pt") as f:
+        W = f.get_tensor(key)
+    data = shard.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    start = 8 + size + json.loads(data[8 : 8 + size])[key]["data_offsets"][0]
+    swapped = W.clone()
+    swapped[[0, 1]] = W[[1, 0]]
+    before = shard.stat()
+    with open(shard, "r+b") as f:
+        f.seek(start)
+        f.write(swapped.contiguous().view(torch.uint8).numpy().tobytes())
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = shard.stat()
+    same = ("st_ino", "st_size", "st_mtime_ns")
+    assert [getattr(after, f) for f in same] == [getattr(before, f) for f in same]
+
+    stats = wspectra.STATS.copy()
+    row = amplification_table(run, modules=PLANTED).iloc[0]
+    assert (wspectra.STATS - stats)["hashed"] == 1
+    a = run.adapters[PLANTED]
+    ref = la.amplification(swapped.double(), a.A, a.B, a.scaling)
+    for key in ("proj_dw", "proj_w", "proj_random", "amplification"):
+        assert row[key] == pytest.approx(ref[key], rel=1e-9), key
 
 
 def test_planted_intruder_is_found_and_zero_delta_gives_none(base, peft_run, tmp_path):

@@ -147,3 +147,17 @@ def test_dense_delta_needs_k_and_factors_cap_it():
         truncated.delta_top_svd(B @ A)
     dense, factored = truncated.delta_top_svd(B @ A, 2)[1], truncated.delta_top_svd((A, B, 1.0))[1]
     np.testing.assert_allclose(dense.numpy(), factored.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_stream_product_is_the_float64_product_and_norm_in_one_pass(dtype):
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(70, 50, generator=g).to(dtype)  # 70 rows: blocks of 16 leave a remainder
+    X = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    WX, norm = truncated.stream_product(W, X, rows=16)
+    W64 = W.double()  # bf16 and float32 values are exact in float64
+    assert WX.dtype == torch.float64
+    torch.testing.assert_close(WX, W64 @ X, rtol=1e-13, atol=1e-13)
+    assert norm == pytest.approx(float(torch.linalg.matrix_norm(W64)), rel=1e-14)
+    with pytest.raises(LorascopeError, match="want W"):
+        truncated.stream_product(W, X[:-1])

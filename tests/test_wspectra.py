@@ -143,3 +143,24 @@ def test_no_cache_computes_without_writing(tmp_path, monkeypatch):
     assert S.shape == (3,) and not list(tmp_path.rglob("*"))
     with pytest.raises(Exception, match="k must be"):
         wspectra.top_svd(_W(), 100)
+
+
+def test_the_key_index_remembers_a_hash_by_identity_and_never_trusts_a_bad_entry(tmp_path):
+    cache = wspectra.SpectraCache(tmp_path)
+    W, other = _W(), _W(seed=1)
+    stats = wspectra.STATS.copy()
+    assert cache.key("file-a", W) == wspectra.weight_key(W)
+    assert cache.key("file-a", other) == wspectra.weight_key(W)  # by identity: W is not read again
+    assert wspectra.STATS - stats == {"hashed": 1, "index-hit": 1}
+    # An index file that does not parse, or names another identity, costs one hash and is rewritten.
+    (index,) = (tmp_path / "v1" / "index").rglob("*.json")
+    for bad in ("{not json", json.dumps({"identity": "file-b", "key": wspectra.weight_key(other)})):
+        index.write_text(bad)
+        stats = wspectra.STATS.copy()
+        assert cache.key("file-a", W) == wspectra.weight_key(W)
+        assert wspectra.STATS - stats == {"hashed": 1}
+    # A file that changed while it was read (its identity after the read differs) is not remembered.
+    assert cache.key("file-c", W, still=lambda: "file-c, rewritten") == wspectra.weight_key(W)
+    stats = wspectra.STATS.copy()
+    assert cache.key("file-c", other) == wspectra.weight_key(other)
+    assert wspectra.STATS - stats == {"hashed": 1}

@@ -18,13 +18,13 @@ import torch
 from lorascope.analysis.linalg import random_orthonormal
 from lorascope.analysis.similarity import phi_grid
 from lorascope.analysis.truncated import (
-    apply,
     as_f64,
     delta_shape,
     delta_top_svd,
     factors_of,
     full_svd,
     resolve_device,
+    stream_product,
     top_svd,
 )
 from lorascope.errors import LorascopeError
@@ -32,6 +32,14 @@ from lorascope.errors import LorascopeError
 # The side the paper's Figure 8 compares W's and ΔW's singular vectors on: the left (output space),
 # U from W = U Σ Vᵀ and from ΔW. The one place that says so; the figure and the default below read it.
 FIG8_SIDE = "left"
+
+
+def _matrix(W) -> torch.Tensor:
+    """W as a 2-D tensor in its own dtype (a bf16 W as stored stays bf16: the products convert it)."""
+    t = W.detach() if isinstance(W, torch.Tensor) else torch.as_tensor(W)
+    if t.ndim != 2:
+        raise LorascopeError(f"W must be a 2-D matrix, got shape {tuple(t.shape)}")
+    return t
 
 
 def _check_shapes(W: torch.Tensor, shape: tuple[int, int]) -> None:
@@ -76,10 +84,10 @@ def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> floa
     """‖U_rᵀ W V_r‖_F for the seeded random orthonormal U_r (out, k) and V_r (in, k) of `amplification`
     (`random_orthonormal(out, k, seed)`, `random_orthonormal(in, k, seed + 1)`): a function of W alone."""
     dev = resolve_device(device)
-    W = as_f64(W, dev, "W")
+    W = _matrix(W)
     U_r = random_orthonormal(W.shape[0], k, seed).to(dev)
     V_r = random_orthonormal(W.shape[1], k, seed + 1).to(dev)
-    return float(torch.linalg.matrix_norm(U_r.T @ apply(W, V_r)))
+    return float(torch.linalg.matrix_norm(U_r.T @ stream_product(W, V_r, device=dev)[0]))
 
 
 def amplification(
@@ -102,7 +110,8 @@ def amplification(
     k defaults to r. W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached),
     `w_svd` (a full `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
     `random_projection(W, k, seed)`, if known. The products run in float64 on `device` ("auto":
-    CUDA when available). Returns a dict:
+    CUDA when available); W may be in any dtype (bf16 as stored): one pass over it gives both W V
+    and ‖W‖_F, converting a block of rows at a time (`truncated.stream_product`). Returns a dict:
       w_norm       ‖W‖_F
       dw_norm      ‖ΔW‖_F
       proj_dw      ‖Uᵀ W V‖_F, U, V the top-k singular vectors of ΔW
@@ -113,7 +122,7 @@ def amplification(
     """
     d = _delta(A, B, scaling, delta)
     dev = resolve_device(device)
-    W = as_f64(W, dev, "W")
+    W = _matrix(W)
     _check_shapes(W, delta_shape(d))
     if k is not None and not 1 <= int(k) <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
@@ -131,17 +140,15 @@ def amplification(
     if proj_random is None:
         proj_random = random_projection(W, k, seed, device=dev)
 
-    def proj(U, V) -> float:  # ‖Uᵀ W V‖_F, with W (out, in) on the device
-        return float(torch.linalg.matrix_norm(U.to(dev).T @ apply(W, V.to(dev))))
-
+    WV, w_norm = stream_product(W, V, device=dev)  # the one pass over W
     if dw_norm == 0:
         # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
         proj_dw, amp = float("nan"), float("nan")
     else:
-        proj_dw = proj(U, V)
+        proj_dw = float(torch.linalg.matrix_norm(U.to(dev).T @ WV))  # ‖Uᵀ W V‖_F
         amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
     return {
-        "w_norm": float(torch.linalg.matrix_norm(W)),
+        "w_norm": w_norm,
         "dw_norm": dw_norm,
         "proj_dw": proj_dw,
         "proj_w": float(torch.linalg.vector_norm(sigma_w)),
@@ -177,7 +184,7 @@ def w_delta_similarity(
     if side not in ("left", "right"):
         raise LorascopeError(f"side must be 'left' or 'right', got {side!r}")
     dev = resolve_device(device)
-    W = as_f64(W, dev, "W")
+    W = _matrix(W)  # converted to float64 only where W itself is decomposed (not when w_top is given)
     _check_shapes(W, delta_shape(d))
     U, _, V = delta_top_svd(d, k, device=dev)
     if top_w is None and w_svd is None:

@@ -27,8 +27,9 @@ from lorascope.analysis.modules import select_modules
 from lorascope.analysis.truncated import resolve_device
 from lorascope.checkpoint import check_fingerprint, run_weights
 from lorascope.errors import LorascopeError
+from lorascope.run_format import base_fingerprint
 from lorascope.weights import open_base
-from lorascope.wspectra import SpectraCache, weight_key
+from lorascope.wspectra import SpectraCache
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +78,34 @@ def _cache(cache) -> SpectraCache | None:
     return cache if isinstance(cache, SpectraCache) else SpectraCache()
 
 
-def _weights(runs: dict, modules: list[str], progress: bool, what: str) -> Iterator[tuple]:
-    """(module, W, key) one at a time: W (out, in) float64, read from the first run's base and checked
-    against every run's fingerprint; key: the W-spectra cache key of the tensor as stored (bf16 for
-    most checkpoints: hashing half the bytes of a float32 copy, and converting once, to float64)."""
+def _weights(
+    runs: dict, modules: list[str], progress: bool, what: str, store, check: bool = True
+) -> Iterator[tuple]:
+    """(module, W, key) one at a time: W (out, in) as stored (bf16 for most checkpoints: the analyses
+    convert it to float64 where, and only as far as, they need it), read from the first run's base and
+    checked against every run's fingerprint (check=False: the caller checks, with a ‖W‖_F it computes
+    anyway); key: the W-spectra cache key of the tensor as stored (None without a cache), found by
+    the file's identity when it was hashed before."""
     from tqdm.auto import tqdm
 
     first, *rest = runs.values()
     checkpoint = open_base(first)
     log.info("%s: reading W of %d module(s) from %s", what, len(modules), checkpoint.folder)
+    fan_in_fan_out = first.meta.get("fan_in_fan_out")
     pairs = run_weights(checkpoint, first, modules, dtype=None)
-    for m, stored in tqdm(pairs, total=len(modules), desc=what, unit="module", disable=not progress):
-        key = weight_key(stored)
-        W = stored.to(torch.float64)
-        del stored  # the mapped file's pages: no longer needed
-        for run in runs.values():
-            check_fingerprint(run, {m: W})
+    for m, W in tqdm(pairs, total=len(modules), desc=what, unit="module", disable=not progress):
+        if check:
+            _check_fingerprints(runs, m, base_fingerprint(W))
+        key = None
+        if store is not None:
+            identity = checkpoint.identity(m, fan_in_fan_out)
+            key = store.key(identity, W, still=lambda m=m: checkpoint.identity(m, fan_in_fan_out))
         yield m, W, key
+
+
+def _check_fingerprints(runs: dict, module: str, w_norm: float) -> None:
+    for run in runs.values():
+        check_fingerprint(run, {module: w_norm})
 
 
 def amplification_table(
@@ -118,7 +130,7 @@ def amplification_table(
     dev = resolve_device(device)
     store = _cache(cache)
     rows = []
-    for m, W, key in _weights(runs, names, progress, "amplification"):
+    for m, W, key in _weights(runs, names, progress, "amplification", store, check=False):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
@@ -134,6 +146,8 @@ def amplification_table(
                 numbers = amplification(W, d.A, d.B, d.scaling, **cached)
             else:
                 numbers = amplification(W, delta=d, **cached)
+            if not rows or rows[-1]["module"] != m:  # ‖W‖_F from amplification's pass over W
+                _check_fingerprints(runs, m, numbers["w_norm"])
             rows.append({"run": label, "module": m, "rank": _rank(a), **numbers})
     return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS])
 
@@ -165,7 +179,7 @@ def intruder_tables(
     dev = resolve_device(device)
     store = _cache(cache)
     rows, curve = [], []
-    for m, W, key in _weights(runs, names, progress, "intruders"):
+    for m, W, key in _weights(runs, names, progress, "intruders", store):
         U_w = store.entry(W, key).left(device=dev) if store else None
         for label, run in runs.items():
             a = run.adapters[m]
@@ -211,7 +225,7 @@ def w_delta_frame(
     dev = resolve_device(device)
     store = _cache(cache)
     parts = []
-    for m, W, key in _weights(runs, names, progress, "W vs dW"):
+    for m, W, key in _weights(runs, names, progress, "W vs dW", store):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         n_w = top_w if top_w is not None else max(_rank(a) or 1 for a in adapters.values())
         n_w = min(n_w, min(W.shape)) if n_w else None
