@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
 
 from lorascope import analysis as la
 from lorascope.compare import run_similarity
@@ -182,23 +182,12 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
-
-    say(
-        f"lorascope analysis bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"{platform.machine()}, load average {os.getloadavg()[0]:.1f}"
-    )
+    report = Report("analysis", threads=torch.get_num_threads(), torch_version=torch.__version__)
+    say = report.say
     bench_svd(say)
     bench_similarity(say, cli=not args.no_cli)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(lines) + "\n")
-        print(f"wrote {RESULTS}")
+        report.write(RESULTS)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
 
 OUT, IN, RANK, LAYERS, GROUPS, SHARED = 4096, 4096, 16, 32, 5, 4
 PROJ = ("q_proj", "v_proj")
@@ -143,19 +144,10 @@ def main() -> None:
         return
 
     sizes = [int(s) for s in args.sizes.split(",")]
-    lines = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
-
     import torch
 
-    say(
-        f"lorascope compare bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-        f"{platform.machine()}, load average {os.getloadavg()[0]:.1f}"
-    )
+    report = Report("compare", threads=torch.get_num_threads(), torch_version=torch.__version__)
+    say = report.say
     with tempfile.TemporaryDirectory(prefix="lorascope-compare-bench-") as tmp:
         root = args.root or Path(tmp)
         have = len(list(root.glob("a*/adapter")))
@@ -194,9 +186,7 @@ def main() -> None:
             f"{2 * LAYERS} modules x {IN}x{args.k} float32 = {per_adapter:.0f} MiB per adapter."
         )
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(lines) + "\n")
-        print(f"wrote {RESULTS}")
+        report.write(RESULTS)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ that its peak RSS is its own), side by side in one run:
   intruders     lorascope.compare.base.intruder_tables (k = 10), cold and warm
   dense         on one module, the dense route these replace: SVDs of the whole W (and W + ΔW)
 
+Routes that leave nothing behind (hot reads, warm analyses) run `--repeat` times (3) and the
+fastest counts, so that other work on a shared 2-core machine does not decide a ratio.
+
     .venv/bin/python bench/w_scale_bench.py            # prints, and writes bench/results/w_scale_bench.txt
     .venv/bin/python bench/w_scale_bench.py --clean    # then deletes the base and the bench's caches
 
@@ -26,13 +29,14 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
 
 HIDDEN, MLP, LAYERS, VOCAB, RANK = 4096, 11008, 32, 32000, 64
 TARGETS = ("q_proj", "v_proj")
@@ -279,6 +283,15 @@ def run_child(route: str, adapter: Path, cache: Path, threads: int | None) -> di
     return out
 
 
+def best_of(repeat: int, route: str, adapter: Path, cache: Path, threads: int | None) -> dict:
+    """The fastest of `repeat` runs of a route that leaves no state behind (hot reads, warm analyses):
+    on a 2-core machine shared with other work, the minimum is the route's cost, the rest is noise.
+    Records every time in "all_seconds"."""
+    runs = [run_child(route, adapter, cache, threads) for _ in range(repeat)]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "all_seconds": [r["seconds"] for r in runs]}
+
+
 def drop_page_cache(folder: Path) -> None:
     """Evict a folder's files from the page cache (posix_fadvise DONTNEED), so the next read hits the disk."""
     for path in folder.glob("*.safetensors"):
@@ -299,6 +312,7 @@ def main() -> None:
     p.add_argument("--adapter", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--where", type=Path, help="folder for the base (default: <lorascope cache>/bench)")
     p.add_argument("--threads", type=int, help="torch threads in every route (default: torch's choice)")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each hot/warm route; the fastest counts")
     p.add_argument(
         "--skip-intruders", action="store_true", help="skip intruders cold and warm (~20 min of full bases)"
     )
@@ -315,19 +329,12 @@ def main() -> None:
     where = args.where or cache_dir() / "bench"
     base, adapter = where / "llama-7b-shaped", where / "llama-7b-shaped-peft-r64"
     spectra = where / f"wspectra-{os.getpid()}"
-    lines: list[str] = []
-
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
-
     import torch
 
-    say(
-        f"lorascope W-scale bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
-        f"torch {torch.__version__}, {args.threads or torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} CPUs, {platform.machine()}"
+    report = Report(
+        "W-scale", threads=args.threads or torch.get_num_threads(), torch_version=torch.__version__
     )
+    say = report.say
     build_base(base, say)
     build_adapter(adapter, base)
     size = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 1e9
@@ -338,27 +345,35 @@ def main() -> None:
 
     def show(name: str, r: dict, per: int | None = None, extra: str = "") -> None:
         each = f"  ({r['seconds'] / per:6.2f} s per module)" if per else ""
+        runs = r.get("all_seconds", [])
+        best = f"   best of {', '.join(f'{t:.1f}' for t in runs)} s" if len(runs) > 1 else ""
         say(
             f"  {name:<38} {r['seconds']:8.1f} s{each}   peak RSS {r['peak_rss_gb']:.2f} GB "
-            f"(after imports {r['rss_start_gb']:.2f})   load {r['load']:.1f}{extra}"
+            f"(after imports {r['rss_start_gb']:.2f})   load {r['load']:.1f}{extra}{best}"
         )
 
     n = len(modules())
     try:
         drop_page_cache(base)
         cold_read = run_child("read", adapter, spectra, args.threads)
-        read = run_child("read", adapter, spectra, args.threads)
+        read = best_of(args.repeat, "read", adapter, spectra, args.threads)
         say(f"the floor: read the {n} W tensors (q, v of every layer; bf16 -> float32 (out, in))")
         show("files out of the page cache", cold_read, n)
         show("files in the page cache", read, n)
         results = {}
         say("amplification (Table 7, k = r = 64), every module; W's top-64 by block Krylov, cached:")
         for state in ("cold", "warm"):
-            results[f"amp-{state}"] = r = run_child("amplification", adapter, spectra, args.threads)
+            route = ("amplification", adapter, spectra, args.threads)
+            results[f"amp-{state}"] = r = (
+                run_child(*route) if state == "cold" else best_of(args.repeat, *route)
+            )
             show(f"{state} W-spectra cache", r, n, f"   = {r['seconds'] / read['seconds']:.1f}x the floor")
         say("intruder dimensions (k = 10, eps = 0.5), every module; W + dW's top-10 matrix-free:")
         for state in () if args.skip_intruders else ("cold", "warm"):
-            results[f"int-{state}"] = r = run_child("intruders", adapter, spectra, args.threads)
+            route = ("intruders", adapter, spectra, args.threads)
+            results[f"int-{state}"] = r = (
+                run_child(*route) if state == "cold" else best_of(args.repeat, *route)
+            )
             ratio = f"   = {r['seconds'] / read['seconds']:.1f}x the floor"
             show(f"{state} W-spectra cache", r, n, ratio)
         say(f"one module ({modules()[0]}), the decomposition alone (W already read):")
@@ -421,9 +436,7 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
             shutil.rmtree(adapter, ignore_errors=True)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text("\n".join(lines) + "\n")
-        print(f"wrote {RESULTS}")
+        report.write(RESULTS)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ a float32 copy) and analyses its exact float64 conversion under that key.
     U, S, V = entry.top(k)              # a cached top-k' with k' ≥ k serves k; else truncated SVD, stored
     U_w = entry.left()                  # intruder dimensions: W's full left basis, stored once
 
-Every file is written to a temporary name and renamed (`runs.atomic_write`), so a reader sees a
-whole entry or none, and two processes filling the cache at once each write whole files (the last
-rename wins; both computed the same numbers). Each file's header holds its key, kind, shape and a
-sha256 of its tensors: an entry that does not check out is logged, recomputed and replaced.
+Every file is written to a temporary name and renamed (`run_format.atomic_write`; mode 0666 less
+the umask, as for run files), so a reader sees a whole entry or none, and two processes filling the
+cache at once each write whole files (the last rename wins; both computed the same numbers).
+Each file's header holds its key, kind, shape and a sha256 of its tensors: an entry that does not
+check out is logged, recomputed and replaced.
 The full left basis is stored in float32 (64 MiB for a 4096² W, not 128): the |cos| < ε test of
 intruder dimensions needs no more, and the freshly computed basis is rounded the same way, so a
 cold and a warm analysis give the same numbers.
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope import models, runs
+from lorascope import models, run_format
 from lorascope.analysis import truncated
 from lorascope.analysis.amplification import random_projection
 from lorascope.errors import LorascopeError
@@ -72,10 +73,6 @@ def _checksum(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(memoryview(tensors[name].contiguous().view(torch.uint8).numpy()))
     return h.hexdigest()
-
-
-def _readable_by_all(tmp: Path) -> None:
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; a cache may be shared by a group
 
 
 class SpectraCache:
@@ -111,7 +108,7 @@ class SpectraCache:
         if still is None or still() == identity:
             text = json.dumps({"identity": identity, "key": key}, sort_keys=True)
             try:
-                runs.atomic_write(path, lambda tmp: tmp.write_text(text))
+                run_format.atomic_write(path, lambda tmp: tmp.write_text(text))
             except OSError as e:
                 log.warning("could not write %s (%s): W will be hashed again next time", path, e)
         return key
@@ -196,14 +193,14 @@ class Entry:
         meta = {**self._header(kind, k, seed), "checksum": _checksum(tensors)}
         tensors = {n: t.detach().cpu().contiguous() for n, t in tensors.items()}
         try:
-            runs.atomic_write(path, lambda tmp: (_write(tmp, tensors, meta), _readable_by_all(tmp)))
+            run_format.atomic_write(path, lambda tmp: _write(tmp, tensors, meta))
         except OSError as e:  # a read-only or full cache costs time, never the analysis
             log.warning("could not write %s (%s): W's spectra will be recomputed next time", path, e)
 
     def _load(self, path: Path, kind: str, k: int, seed=None) -> dict[str, torch.Tensor] | None:
         """The tensors of a stored entry, or None (logged, file removed) if it does not check out."""
         try:
-            tensors, meta = runs.read_tensors(path)
+            tensors, meta = run_format.read_tensors(path)
         except LorascopeError as e:
             if not path.exists():  # removed by another process between listing and reading
                 return None
@@ -229,7 +226,7 @@ class Entry:
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     from safetensors.torch import save_file
 
-    save_file(tensors, str(tmp), metadata={runs.HEADER_KEY: json.dumps(meta, sort_keys=True)})
+    save_file(tensors, str(tmp), metadata={run_format.HEADER_KEY: json.dumps(meta, sort_keys=True)})
 
 
 def top_svd(W, k: int, *, device: str = "auto", cache: SpectraCache | bool = True):

@@ -57,6 +57,18 @@ def _tokenizer(path: Path, bos_eos: bool):
     return len(vocab)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    for small matrices on a shared 2-core CPU, OpenMP threads cost more than they give."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     """A 2-layer random BERT (hidden 32) with a sequence-classification config, saved to a folder."""

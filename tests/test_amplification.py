@@ -98,13 +98,8 @@ def _dense_reference(W, A, B, s, k, seed=0):
     }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These are small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

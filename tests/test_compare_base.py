@@ -16,13 +16,8 @@ from lorascope.compare.base import amplification_table, intruder_tables, w_delta
 PLANTED = "model.layers.1.self_attn.q_proj"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: on a shared 2-core CPU, OpenMP threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -9,14 +9,8 @@ from lorascope import models
 from lorascope.analysis import truncated
 from lorascope.errors import LorascopeError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These are small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def planted(out=60, n_in=40, seed=0, sigma=None):

@@ -1,0 +1,32 @@
+"""What every bench prints: a header naming the machine, each line echoed and kept, then the results file.
+
+report = Report("analysis", threads=torch.get_num_threads())
+report.say("...")
+report.write(RESULTS)          # bench/results/<name>.txt, unless --no-write
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+
+class Report:
+    def __init__(self, name: str, *, threads: int, torch_version: str):
+        self.lines: list[str] = []
+        self.say(
+            f"lorascope {name} bench  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}  "
+            f"torch {torch_version}, {threads} threads, {os.cpu_count()} CPUs, "
+            f"{platform.machine()}, load average {os.getloadavg()[0]:.1f}"
+        )
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(self.lines) + "\n")
+        print(f"wrote {path}")
