@@ -41,7 +41,7 @@ demo: setup
 	$(BIN)/python sweep.py rank=64 seed=1 train.snapshot_every=10
 	$(BIN)/lorascope figures runs/minilm-bbc
 
-# The quick benchmarks; bench/w_scale_bench.py (a 13.5 GB base, ~25 minutes) runs by hand.
+# The quick benchmarks; bench/w_scale_bench.py (a 13.5 GB base, ~22 minutes) runs by hand.
 bench: setup
 	$(BIN)/python bench/analysis_bench.py
 	$(BIN)/python bench/train_vs_peft.py
