@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
+from report import Report, drop_page_cache  # bench/report.py: run as a script, bench/ is on sys.path
 
 from lorascope import analysis as la
 from lorascope.compare import run_similarity
@@ -66,17 +66,6 @@ def bench_svd(say) -> None:
         f"    max relative difference of the {RANK} singular values: {rel:.1e} (goal <= 1e-4: "
         f"{'met' if rel <= 1e-4 else 'MISSED'}); dense sigma_65../sigma_1 <= {tail:.1e}"
     )
-
-
-def drop_page_cache(paths) -> None:
-    """Evict files from the page cache (fsync, then posix_fadvise DONTNEED): the next read hits the disk."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def write_llama_run(root: Path, name: str, seed: int) -> Path:

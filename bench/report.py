@@ -1,4 +1,5 @@
-"""What every bench prints: a header naming the machine, each line echoed and kept, then the results file.
+"""What every bench shares: a header naming the machine, each line echoed and kept, then the results
+file; and evicting files from the page cache, for timings that read from the disk.
 
 report = Report("analysis", threads=torch.get_num_threads())
 report.say("...")
@@ -30,3 +31,14 @@ class Report:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(self.lines) + "\n")
         print(f"wrote {path}")
+
+
+def drop_page_cache(paths) -> None:
+    """Evict files from the page cache (fsync, then posix_fadvise DONTNEED): the next read hits the disk."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)

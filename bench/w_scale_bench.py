@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
+from report import Report, drop_page_cache  # bench/report.py: run as a script, bench/ is on sys.path
 
 HIDDEN, MLP, LAYERS, VOCAB, RANK = 4096, 11008, 32, 32000, 64
 TARGETS = ("q_proj", "v_proj")
@@ -292,17 +292,6 @@ def best_of(repeat: int, route: str, adapter: Path, cache: Path, threads: int | 
     return {**best, "all_seconds": [r["seconds"] for r in runs]}
 
 
-def drop_page_cache(folder: Path) -> None:
-    """Evict a folder's files from the page cache (posix_fadvise DONTNEED), so the next read hits the disk."""
-    for path in folder.glob("*.safetensors"):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -354,7 +343,7 @@ def main() -> None:
 
     n = len(modules())
     try:
-        drop_page_cache(base)
+        drop_page_cache(base.glob("*.safetensors"))
         cold_read = run_child("read", adapter, spectra, args.threads)
         read = best_of(args.repeat, "read", adapter, spectra, args.threads)
         say(f"the floor: read the {n} W tensors (q, v of every layer; bf16 -> float32 (out, in))")

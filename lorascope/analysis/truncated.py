@@ -176,24 +176,17 @@ def block_krylov_svd(
     See the module docstring for the method; `tol` bounds the last change of the Ritz values σ²
     relative to σ₁². A warning is logged if `max_blocks` blocks did not converge.
     """
-    kwargs = dict(device=device, seed=seed, tol=tol, max_blocks=max_blocks)
+    args = (matmul, rmatmul, shape, k, device, seed, tol, max_blocks)
     if shape[0] * shape[1] < SMALL:  # every operation is small: threads cost more than they give
         with one_thread(device):
-            return _block_krylov(matmul, rmatmul, shape, k, **kwargs)
-    return _block_krylov(matmul, rmatmul, shape, k, **kwargs)
+            return _block_krylov(*args)
+    return _block_krylov(*args)
 
 
 def _block_krylov(
-    matmul: Matmul,
-    rmatmul: Matmul,
-    shape: tuple[int, int],
-    k: int,
-    *,
-    device: torch.device,
-    seed: int = 0,
-    tol: float = TOL,
-    max_blocks: int = 200,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    matmul: Matmul, rmatmul: Matmul, shape, k: int, device, seed: int, tol: float, max_blocks: int
+):
+    """`block_krylov_svd` itself, on the threads the caller chose."""
     out, n_in = shape
     m = min(out, n_in)
     if not 1 <= k <= m:

@@ -47,3 +47,7 @@ class Skipped:
 
     def __str__(self) -> str:
         return f"{self.recipe}: skipped: {self.reason}"
+
+    def lines(self) -> list[str]:
+        """What a findings.md section says in place of its verdict."""
+        return [f"Not testable: {self.reason}.", ""]

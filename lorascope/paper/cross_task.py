@@ -108,7 +108,7 @@ def cross_task_section(arts: list) -> list[str]:
     out = ["## Adapters of two tasks on one model", ""]
     made = [a for a in arts if isinstance(a, Artifact)]
     if not made:
-        return out + [f"Not testable: {arts[0].reason}.", ""]
+        return out + arts[0].lines()
     out += [
         "Mean of φ(k, k) over k ≤ r between the adapters of two tasks at the same rank (seed 0 of each), "
         "beside two seeds of one task and two random Gaussian matrices, at one layer. Two tasks share "

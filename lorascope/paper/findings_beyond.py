@@ -35,7 +35,7 @@ def spectrum_section(arts: list) -> list[str]:
     out = ["## LoRA versus full fine-tuning: how low-rank is ΔW?", ""]
     art = arts[0]
     if isinstance(art, Skipped):
-        return out + [f"Not testable: {art.reason}.", ""]
+        return out + art.lines()
     energy = art.facts["energy"]
     out += [
         "Biderman et al. (2024) find that full fine-tuning's ΔW needs a rank 10–100× typical LoRA ranks to "
@@ -68,7 +68,7 @@ def lora_vs_full_section(art) -> list[str]:
         "",
     ]
     if isinstance(art, Skipped):
-        return out + [f"Not testable: {art.reason}.", ""]
+        return out + art.lines()
     data = art.facts["data"]
     out += [
         f"Layer {art.facts['layer']}: φ(1, 1) between the top direction of each LoRA rank's ΔW and of full "
@@ -94,7 +94,7 @@ def lora_vs_full_section(art) -> list[str]:
 def intruders_section(arts: list) -> list[str]:
     out = ["## LoRA versus full fine-tuning: intruder dimensions", ""]
     if isinstance(arts[0], Skipped):
-        return out + [f"Not testable: {arts[0].reason}.", ""]
+        return out + arts[0].lines()
     facts = arts[0].facts
     table = facts["table"]
     means = table.groupby(["run", "kind"], sort=False)["count"].mean()
@@ -128,7 +128,7 @@ def trajectory_section(arts: list) -> list[str]:
     out = ["## How the adapters formed during training", ""]
     made = [a for a in arts if isinstance(a, Artifact)]
     if not made:
-        return out + [f"Not testable: {arts[0].reason}.", ""]
+        return out + arts[0].lines()
     out += [
         f"From each run's snapshots: the step from which ΔW's top direction stays the final one (φ(1, 1) to "
         f"ΔW_T ≥ {REACHED} on the input and the output side), median over layers; and which factor carried "
