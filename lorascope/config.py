@@ -13,6 +13,7 @@ the glue (ConfigStore, the sweep report) is `lorascope.hydra_glue`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ class ModelConfig:
     name: str = "minilm"  # short name, used in the sweep folder name
     name_or_path: str = "minilm"  # preset (minilm, smollm2), a local save_pretrained folder, or a hub id
     targets: Any = field(default_factory=lambda: ["query", "value"])  # the model's W_q, W_v suffixes
+    # The base's storage precision: auto (the checkpoint's stored dtype, as transformers' dtype="auto")
+    # | bf16 | fp16 | fp32. LoRA factors, their AdamW state and a classification head stay fp32.
+    dtype: str = "auto"
+    quantization: str | None = None  # nf4 | int8: a bitsandbytes-quantized base (QLoRA); null: none
 
 
 @dataclass
@@ -78,6 +83,9 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
     dtype: str = "fp32"  # fp32 | bf16 (autocast; factors stay fp32) | fp16 (CUDA autocast)
     threads: int = 0  # torch CPU threads (0: torch's default)
+    grad_checkpointing: bool = False  # recompute activations in backward (transformers', non-reentrant)
+    devices: int = 1  # processes of one run on this node (torch.distributed; torchrun sets its own)
+    strategy: str = "ddp"  # ddp (replicate the model) | fsdp (shard the frozen base over the processes)
     fail_at_step: int | None = None  # testing aid: raise at this step to exercise failure handling
 
 
@@ -98,6 +106,9 @@ class SweepConfig:
 
 
 METHODS = ("lora", "full")
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANTIZATIONS = ("nf4", "int8")
+STRATEGIES = ("ddp", "fsdp")
 
 
 def run_folder(method: str, rank, seed) -> str:
@@ -179,6 +190,29 @@ def check(cfg: SweepConfig) -> None:
         ("train.snapshot_every", t.snapshot_every >= 0, "must be 0 (never) or positive"),
         ("train.dtype", t.dtype in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
         ("train.device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", t.device), "must be auto, cpu or cuda[:N]"),
+        ("model.dtype", cfg.model.dtype in DTYPES, f"must be one of {', '.join(DTYPES)}"),
+        (
+            "model.quantization",
+            cfg.model.quantization in (None, *QUANTIZATIONS),
+            f"must be null or one of {', '.join(QUANTIZATIONS)}",
+        ),
+        (
+            "model.quantization",
+            cfg.model.quantization is None or importlib.util.find_spec("bitsandbytes") is not None,
+            "needs bitsandbytes: pip install 'lorascope[qlora]'",
+        ),
+        (
+            "model.quantization",
+            cfg.model.quantization is None or lora,
+            "cannot be used with method=full: full fine-tuning trains W itself, in full precision",
+        ),
+        ("train.devices", t.devices >= 1, "must be at least 1"),
+        ("train.strategy", t.strategy in STRATEGIES, f"must be one of {', '.join(STRATEGIES)}"),
+        (
+            "train.batch_size",
+            t.devices < 1 or t.batch_size % t.devices == 0,
+            f"must be a multiple of train.devices={t.devices}: each process takes an equal share",
+        ),
         ("lora.dropout", not lora or 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
         ("task.val_fraction", 0 < cfg.task.val_fraction < 1, "must be in (0, 1)"),
     ]

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
-from lorascope import resume, runs
+from lorascope import distributed, resume, runs, spawned
 from lorascope.config import SweepConfig, comparable, from_dict, to_dict
+from lorascope.distributed import World
 from lorascope.errors import LorascopeError
-from lorascope.train import RunFailed, train
+from lorascope.train import RunFailed, pick_device, train
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +69,56 @@ def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
     """Run `train` unless out_dir already holds this run complete; never raises for a bad run.
 
     Returns the summary: status complete, skipped (complete before with the same config), busy
-    (another process holds the run), or failed (with "reason")."""
+    (another process holds the run), or failed (with "reason"). Under torchrun (or the tasks of a
+    SLURM job) every rank calls this for the same run: rank 0 decides under the lock, the others follow."""
     out = Path(out_dir)
     try:
         cfg = from_dict(cfg)
+        distributed.check_devices(cfg.train.devices, cfg.train.device, cfg.train.strategy)
     except LorascopeError as e:
         return _failed(str(e))
+    world = World.from_env()
+    if world.distributed:
+        return _launch_rank(cfg, out, world)
     with run_lock(out) as holder:
         if holder is not None:
-            reason = f"{out}: being trained by {holder}; not touched"
-            log.warning(reason)
-            return {"status": "busy", "reason": reason}
-        return _launch_locked(cfg, out)
+            return _busy(out, holder)
+        decision = _decide(cfg, out)
+        return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
+
+
+def _busy(out: Path, holder: str) -> dict[str, Any]:
+    reason = f"{out}: being trained by {holder}; not touched"
+    log.warning(reason)
+    return {"status": "busy", "reason": reason}
+
+
+def _launch_rank(cfg: SweepConfig, out: Path, world: World) -> dict[str, Any]:
+    """One rank of a run started by torchrun or SLURM: rank 0 takes the lock and decides (train,
+    resume, or a summary such as skipped/busy), every rank follows that decision."""
+    try:
+        world.init(pick_device(cfg.train.device))
+    except Exception as e:
+        return _failed(f"rank {world.rank}: cannot join the process group: {e}".splitlines()[0])
+    if not world.is_main:
+        decision = world.broadcast(None)
+        return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
+    with run_lock(out) as holder:
+        decision = _busy(out, holder) if holder is not None else _decide(cfg, out)
+        world.broadcast(decision)
+        return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
 
 
 def _same_experiment(out: Path, cfg: SweepConfig) -> bool:
-    return comparable(runs.read_config(out)) == comparable(to_dict(cfg))
+    saved = runs.read_config(out)
+    with contextlib.suppress(LorascopeError):  # keys added since the run was saved take their defaults
+        saved = to_dict(from_dict(saved))
+    return comparable(saved) == comparable(to_dict(cfg))
 
 
-def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
+def _decide(cfg: SweepConfig, out: Path) -> bool | dict[str, Any]:
+    """What to do with the run folder (under its lock): a summary to return as it is (skipped, or
+    failed without touching anything), or whether to train resuming (True) or from scratch (False)."""
     if runs.is_complete(out):
         if _same_experiment(out, cfg):
             log.info("%s: complete with the same config; skipped", out)
@@ -115,17 +147,35 @@ def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
         else:
             log.info("%s: %s; cleaning and redoing it", out, status or "incomplete")
             shutil.rmtree(out)
+    return resuming
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory: {e}".splitlines()[0]
+    if isinstance(e, LorascopeError | RunFailed):
+        return str(e).splitlines()[0]
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def _run(cfg: SweepConfig, out: Path, resuming: bool, world: World) -> dict[str, Any]:
+    """Train (every rank), recording any failure as the run's summary (rank 0) instead of raising."""
     try:
-        return train(cfg, out, resume_run=resuming)
+        if cfg.train.devices > 1:
+            return spawned.train_on_devices(cfg, out, resuming)
+        return train(cfg, out, resume_run=resuming, world=world)
     except Exception as e:  # every failure becomes a record, so that the sweep goes on
-        if isinstance(e, torch.OutOfMemoryError):
-            reason = f"out of memory: {e}".splitlines()[0]
-        elif isinstance(e, LorascopeError | RunFailed):
-            reason = str(e).splitlines()[0]
-        else:
-            reason = f"{type(e).__name__}: {e}".splitlines()[0]
+        reason = _reason(e)
+        if world.distributed:
+            reason = f"rank {world.rank}: {reason}"
         log.error("%s failed: %s", out, reason, exc_info=not isinstance(e, LorascopeError | RunFailed))
         summary = _failed(reason)
-        with contextlib.suppress(Exception):
-            runs.write_summary(out, summary)
+        if world.is_main:
+            with contextlib.suppress(Exception):
+                runs.write_summary(out, summary)
+        elif world.distributed:
+            # The other ranks wait for this one in a collective: end the process so that torchrun (or
+            # SLURM) stops them, and rank 0 records the run as failed.
+            logging.shutdown()
+            os._exit(1)
         return summary

@@ -40,6 +40,23 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, *_conv1d_types()))
 
 
+def is_quantized_linear(module: nn.Module) -> bool:
+    """A bitsandbytes Linear4bit / Linear8bitLt (subclasses of nn.Linear with a packed weight)."""
+    return type(module).__module__.startswith("bitsandbytes") and isinstance(module, nn.Linear)
+
+
+def dequantize(module: nn.Module) -> torch.Tensor:
+    """W (out, in) of a bitsandbytes layer in float32, by bitsandbytes' own dequantization."""
+    import bitsandbytes.functional as F
+
+    w = module.weight
+    if getattr(w, "quant_state", None) is not None:  # 4-bit: nf4 / fp4 blocks with their absmax
+        return F.dequantize_4bit(w.data, w.quant_state).float()
+    if getattr(w, "SCB", None) is not None:  # int8: one absmax per output row
+        return F.int8_vectorwise_dequant(w.data, w.SCB).float()
+    return w.float()
+
+
 def lora_scaling(alpha: float, rank: int, rslora: bool = False) -> float:
     """s = α / r, or α / √r for rsLoRA (Kalajdzievski 2023)."""
     return alpha / math.sqrt(rank) if rslora else alpha / rank
@@ -76,7 +93,8 @@ class LoRALinear(nn.Module):
         if self.fan_in_fan_out:
             self.in_features, self.out_features = base.weight.shape
         elif isinstance(base, nn.Linear):
-            self.out_features, self.in_features = base.weight.shape
+            # From the attributes, not the weight: a bitsandbytes 4-bit weight is stored packed (n, 1).
+            self.out_features, self.in_features = base.out_features, base.in_features
         else:
             raise LorascopeError(f"LoRA wraps nn.Linear or Conv1D, not {type(base).__name__}")
         self.rank = rank
@@ -110,8 +128,15 @@ class LoRALinear(nn.Module):
         random_factor.copy_(X)
         nn.init.zeros_(zero_factor)
 
+    @property
+    def quantized(self) -> bool:
+        """Whether W is stored quantized by bitsandbytes (QLoRA's 4-bit or LLM.int8())."""
+        return is_quantized_linear(self.base)
+
     def base_weight(self) -> torch.Tensor:
-        """W as (out, in), a view of the base layer's weight."""
+        """W as (out, in), a view of the base layer's weight (a dequantized copy for a quantized base)."""
+        if self.quantized:
+            return dequantize(self.base)
         w = self.base.weight
         return w.T if self.fan_in_fan_out else w
 
@@ -124,6 +149,8 @@ class LoRALinear(nn.Module):
         """W ← W + ΔW in place. The forward pass then skips the low-rank branch."""
         if self.merged:
             raise RuntimeError("already merged")
+        if self.quantized:
+            raise LorascopeError("merge() needs W in full precision; this base is quantized")
         self.base_weight().add_(self.delta_weight().to(self.base.weight.dtype))
         self.merged = True
 

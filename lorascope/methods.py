@@ -39,6 +39,27 @@ def _ratio_by_kind(num: dict[str, torch.Tensor], den: dict[str, torch.Tensor], k
     return {k: n[k] / d[k] if d[k] > 0 else None for k in n}
 
 
+def keep_fp32(module: nn.Module, cast_back: bool) -> None:
+    """Store `module`'s parameters in fp32 inside a lower-precision model: its inputs are cast to fp32
+    on the way in, and (cast_back) its output to the input's dtype on the way out, so its neighbours
+    see the precision they are stored in. Under autocast the matmul itself runs in autocast's dtype,
+    with these fp32 tensors as the master copies (what mixed precision means)."""
+    module.float()
+
+    def cast_in(mod, args):
+        dtypes = [a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()]
+        mod._lorascope_in_dtype = dtypes[0] if dtypes else None
+        return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    def cast_out(mod, args, output):
+        dtype = getattr(mod, "_lorascope_in_dtype", None)
+        return output.to(dtype) if dtype is not None and torch.is_tensor(output) else output
+
+    module.register_forward_pre_hook(cast_in)
+    if cast_back:
+        module.register_forward_hook(cast_out)
+
+
 class LoRAUpdate:
     """LoRA on the targets: ΔW = s · B A per module, A0 from a generator seeded by (seed, rank, module)."""
 
@@ -71,6 +92,9 @@ class LoRAUpdate:
 
     def save(self, path, metadata: dict) -> None:
         run_format.save_adapter(path, self.tensors(), metadata)
+
+    def names(self) -> list[str]:
+        return list(self.wrapped)
 
     def base_weights(self) -> dict[str, torch.Tensor]:
         return {n: layer.base_weight() for n, layer in self.wrapped.items()}
@@ -117,6 +141,10 @@ class FullUpdate:
 
     def __init__(self, model: nn.Module, cfg, head: list[str]):
         targets = cfg.full.targets
+        if cfg.model.quantization:
+            raise LorascopeError(
+                "method=full trains W itself: it needs an unquantized base (model.quantization=null)"
+            )
         names = [n for n, m in model.named_modules() if n and is_linear(m) and matches(n, targets)]
         if not names:
             raise LorascopeError(f"full.targets {targets!r} match no linear module of {type(model).__name__}")
@@ -145,6 +173,9 @@ class FullUpdate:
 
     def save(self, path, metadata: dict) -> None:
         run_format.save_delta(path, self.tensors(), metadata)
+
+    def names(self) -> list[str]:
+        return list(self.modules)
 
     def base_weights(self) -> dict[str, torch.Tensor]:
         return self.W0

