@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lorascope.config import SweepConfig, from_dict
+from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,11 @@ class SweepReport(Callback):
         # The base config holds every single-valued override: a bad one (train.lr=-1) is reported
         # here, once, before any job loads a model. Swept values are checked by each job.
         try:
-            from_dict(plain_config(config))
+            cfg = from_dict(plain_config(config))
+            if cfg.task.source == "hf":  # a split or field the data set lacks: one line now, not per job
+                from lorascope import hf_data
+
+                hf_data.check(to_dict(cfg)["task"])
         except LorascopeError as e:
             print(f"lorascope: error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -1,0 +1,325 @@
+"""Data sets through Hugging Face `datasets` (task=hf), always offline.
+
+task.dataset is one of
+    a dataset id in the local cache   nyu-mll/glue (task.subset=mnli): what `datasets.load_dataset` saved
+                                      on a machine online, read back from the datasets cache
+    a save_to_disk folder             `Dataset.save_to_disk(DIR)` or `DatasetDict.save_to_disk(DIR)`
+    a folder of data files            splits from the file names (train.jsonl, validation.jsonl), as
+                                      `load_dataset(DIR)` infers them
+    data files                        .parquet, .csv, .json or .jsonl files, or a glob of them: split train
+Nothing is downloaded: HF_DATASETS_OFFLINE is set before `datasets` is imported, and an id that is not
+cached is one line saying how to cache it.
+
+The fields give the kind of task: label_field -> classification (text_field, and text_pair_field for a
+sentence pair, tokenized together as tokenizer(a, b)); prompt_field and response_field -> instruction
+tuning with the loss on the response (lorascope.instruct); text_field alone -> causal LM on blocks of
+seq_len tokens. task.split trains; task.val_split validates: by default the first of VAL_SPLITS the data
+set has, else none, and `lorascope.data` holds val_fraction of the training split out.
+
+`check(task)` reads metadata only (a cached or saved data set is memory-mapped, a data file's header is
+read), so the sweep calls it before any job: a split or field that does not exist is one line before a
+model loads. `read(task)` gives both sides' columns as lists, `encode` their token ids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from lorascope import instruct
+from lorascope.errors import LorascopeError
+
+log = logging.getLogger(__name__)
+
+VAL_SPLITS = ("validation", "validation_matched", "valid", "val", "dev")  # GLUE MNLI: validation_matched
+FILE_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+# The columns each kind reads: (key in the returned columns, the task field naming the column).
+FIELDS = {
+    "classification": (("text", "text_field"), ("pair", "text_pair_field"), ("label", "label_field")),
+    "instruction": (("prompt", "prompt_field"), ("response", "response_field")),
+    "lm": (("text", "text_field"),),
+}
+
+
+def _datasets():
+    """`datasets`, offline. It reads HF_DATASETS_OFFLINE when first imported; its config is set as
+    well, in case something imported it before."""
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    import datasets
+
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+    return datasets
+
+
+@contextlib.contextmanager
+def _quiet(ds):
+    """No progress bars, and no "using the latest cached version" warnings, from `datasets` inside."""
+    verbosity, bars_off = ds.logging.get_verbosity(), ds.utils.are_progress_bars_disabled()
+    ds.logging.set_verbosity_error()
+    ds.utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        ds.logging.set_verbosity(verbosity)
+        if not bars_off:
+            ds.utils.enable_progress_bars()
+
+
+@dataclass
+class Source:
+    kind: str  # cache | disk | folder | files
+    where: str  # the dataset id or folder
+    files: tuple[str, ...] = ()  # data files (kind files)
+
+
+def source(task: dict) -> Source:
+    """What task.dataset names (see the module's docstring)."""
+    name = str(task.get("dataset") or "")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        saved = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+        return Source("disk" if saved else "folder", str(path))
+    pattern = any(c in name for c in "*?[")
+    if pattern or path.suffix.lower() in FILE_BUILDERS or path.is_file():
+        files = tuple(sorted(glob.glob(str(path)))) if pattern else ((str(path),) if path.is_file() else ())
+        if not files:
+            raise LorascopeError(f"task.dataset={name}: no such file")
+        odd = sorted({Path(f).suffix for f in files} - set(FILE_BUILDERS))
+        if odd or len({FILE_BUILDERS[Path(f).suffix.lower()] for f in files}) != 1:
+            raise LorascopeError(
+                f"task.dataset={name}: data files must be of one format ({', '.join(FILE_BUILDERS)}), "
+                f"found {', '.join(sorted({Path(f).suffix or Path(f).name for f in files}))}"
+            )
+        return Source("files", name, files)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LorascopeError(
+            f"task.dataset={name}: no such folder (give a save_to_disk folder, data files, or a dataset id)"
+        )
+    return Source("cache", name)
+
+
+def _not_cached(task: dict) -> LorascopeError:
+    name, subset = task["dataset"], task.get("subset")
+    call = f"datasets.load_dataset('{name}'" + (f", '{subset}')" if subset else ")")
+    cache = os.environ.get("HF_DATASETS_CACHE") or "~/.cache/huggingface/datasets"
+    return LorascopeError(
+        f"task.dataset={name} is not in the local datasets cache ({cache}) and lorascope never downloads: "
+        f"run `{call}` once on a machine online with the same cache, or give a save_to_disk folder or "
+        "data files"
+    )
+
+
+@contextlib.contextmanager
+def _reading(task: dict):
+    """Turn what `datasets` raises into one line naming task.dataset."""
+    try:
+        yield
+    except LorascopeError:
+        raise
+    except ConnectionError:  # offline, and the id is not in the cache
+        raise _not_cached(task) from None
+    except Exception as e:  # a missing subset, a file datasets cannot parse, ...
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()][:2]
+        hint = "; give task.subset" if "multiple" in str(e) and "configuration" in str(e) else ""
+        raise LorascopeError(
+            f"task.dataset={task['dataset']} cannot be read: {'; '.join(lines) or type(e).__name__}{hint}"
+        ) from None
+
+
+def _open(src: Source, subset: str | None, ds) -> dict:
+    """{split: Dataset}, memory-mapped (data files are converted to Arrow in the datasets cache once)."""
+    if src.kind == "disk":
+        if subset:
+            raise LorascopeError(f"task.subset={subset}: a save_to_disk folder has no subsets; unset it")
+        obj = ds.load_from_disk(src.where)
+        return dict(obj) if isinstance(obj, ds.DatasetDict) else {str(obj.split or "train"): obj}
+    if src.kind == "files":
+        builder = FILE_BUILDERS[Path(src.files[0]).suffix.lower()]
+        return dict(ds.load_dataset(builder, data_files=list(src.files)))
+    return dict(ds.load_dataset(src.where, subset))
+
+
+def _header(path: str) -> list[str] | None:
+    """A data file's column names from its header alone; None where that needs more (a JSON array)."""
+    suffix = Path(path).suffix.lower()
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(path).names
+        with open(path, encoding="utf-8", newline="") as f:
+            if suffix == ".csv":
+                return next(csv.reader(f))
+            first = next(line for line in f if line.strip())
+            rec = json.loads(first)
+            return list(rec) if isinstance(rec, dict) else None
+    return None
+
+
+def _metadata(src: Source, subset: str | None, ds) -> dict[str, tuple[list[str] | None, dict]]:
+    """{split: (columns or None where unknown, features)} without converting any data file."""
+    if src.kind in ("cache", "disk"):
+        return {s: (d.column_names, dict(d.features)) for s, d in _open(src, subset, ds).items()}
+    if src.kind == "folder":
+        files = ds.load_dataset_builder(src.where, subset).config.data_files  # {split: [files]}
+        return {str(s): (_header(f[0]) if f else None, {}) for s, f in files.items()}
+    return {"train": (_header(src.files[0]), {})}
+
+
+def task_kind(task: dict) -> str:
+    """classification (label_field), instruction (prompt_field) or lm; task.kind, if set, must agree."""
+    kind = "lm" if not task.get("prompt_field") else "instruction"
+    kind = "classification" if task.get("label_field") else kind
+    if task.get("kind") and task["kind"] != kind:
+        raise LorascopeError(
+            f"task.kind={task['kind']} does not fit the fields given (they make a {kind} task): "
+            "classification needs task.label_field, instruction task.prompt_field and task.response_field"
+        )
+    return kind
+
+
+def _val_split(task: dict, splits) -> str | None:
+    """The validation split, or None: hold val_fraction of the training split out."""
+    if task.get("val_split"):
+        return None if task["val_split"] == task.get("split", "train") else task["val_split"]
+    return next((s for s in VAL_SPLITS if s in splits and s != task.get("split", "train")), None)
+
+
+def _check(task: dict, meta: dict[str, tuple[list[str] | None, dict]]) -> None:
+    """One line for a split or a column that the data set does not have, or labels it cannot classify."""
+    name = task["dataset"]
+    for key in ("split", "val_split"):
+        value = task.get(key) or ("train" if key == "split" else None)
+        if value is not None and value not in meta:
+            raise LorascopeError(
+                f"task.{key}={value} is not a split of {name}: its splits are {', '.join(meta)}"
+            )
+    kind = task_kind(task)
+    for split in dict.fromkeys(s for s in (task.get("split", "train"), _val_split(task, meta)) if s):
+        columns, features = meta[split]
+        for _, field in FIELDS[kind]:
+            column = task.get(field)
+            if column is None and field == "text_pair_field":
+                continue
+            if columns is not None and column not in columns:
+                raise LorascopeError(
+                    f"task.{field}={column} is not a column of {name} ({split}): "
+                    f"its columns are {', '.join(columns)}"
+                )
+        label = features.get(task.get("label_field")) if kind == "classification" else None
+        if getattr(label, "dtype", "").startswith("float"):
+            raise LorascopeError(
+                f"task.label_field={task['label_field']} of {name} holds {label.dtype} values (regression); "
+                "lorascope classifies: give a column of class labels"
+            )
+
+
+def check(task: dict) -> None:
+    """Open task.dataset's metadata and check splits and fields: one LorascopeError line, or nothing."""
+    ds = _datasets()
+    with _quiet(ds), _reading(task):
+        meta = _metadata(source(task), task.get("subset"), ds)
+    _check(task, meta)
+
+
+@dataclass
+class Columns:
+    """Both sides of a task=hf data set as lists, by FIELDS key (text, pair, label, prompt, response)."""
+
+    kind: str
+    train: dict[str, list]
+    val: dict[str, list] | None  # None: no validation split; hold some of train out
+    classes: list[str]  # classification: labels index these
+
+
+def take(columns: dict[str, list], index) -> dict[str, list]:
+    return {k: [v[i] for i in index] for k, v in columns.items()}
+
+
+def _side(dataset, task: dict, kind: str) -> dict[str, list]:
+    fields = [(key, task[field]) for key, field in FIELDS[kind] if task.get(field)]
+    table = dataset.select_columns(list(dict.fromkeys(c for _, c in fields))).to_dict()
+    return {key: table[c] if key == "label" else ["" if v is None else str(v) for v in table[c]]
+            for key, c in fields}  # fmt: skip
+
+
+def _labelled(side: dict[str, list], bad) -> tuple[dict[str, list], int]:
+    keep = [i for i, y in enumerate(side["label"]) if not bad(y)]
+    return take(side, keep), len(side["label"]) - len(keep)
+
+
+def read(task: dict) -> Columns:
+    """task.dataset's training and validation columns, checked; classification labels as class indices
+    (a ClassLabel's own names as the classes; rows without a label, -1 in GLUE's test splits, left out)."""
+    ds = _datasets()
+    with _quiet(ds), _reading(task):
+        splits = _open(source(task), task.get("subset"), ds)
+    _check(task, {s: (d.column_names, dict(d.features)) for s, d in splits.items()})
+    kind, split = task_kind(task), task.get("split", "train")
+    val_name = _val_split(task, splits)
+    log.info("%s: trains on split %s, validates on %s", task["dataset"], split,
+             val_name or f"{task.get('val_fraction', 0.2):g} of it held out")  # fmt: skip
+    train = _side(splits[split], task, kind)
+    val = _side(splits[val_name], task, kind) if val_name else None
+    classes: list[str] = []
+    if kind == "classification":
+        feature = splits[split].features[task["label_field"]]
+        names = getattr(feature, "names", None)  # a ClassLabel
+        sides = [s for s in (train, val) if s is not None]
+        dropped = 0
+        for i, side in enumerate(sides):
+            sides[i], n = _labelled(side, lambda y: y is None or (names is not None and y < 0))
+            dropped += n
+        if dropped:
+            log.info("%s: %d rows without a label left out", task["dataset"], dropped)
+        if names is None:
+            values = sorted({y for s in sides for y in s["label"]}, key=lambda y: (isinstance(y, str), y))
+            names = [str(y) for y in values]
+            for side in sides:
+                side["label"] = [values.index(y) for y in side["label"]]
+        classes = list(names)
+        train, val = sides[0], sides[1] if val is not None else None
+    return Columns(kind, train, val, classes)
+
+
+def _blocks(tokenizer, texts: list[str], seq_len: int):
+    """(N, seq_len) blocks of the texts' tokens, one stream with EOS between texts (as run_clm groups)."""
+    import torch  # here, not at the top: the sweep's compose-time check imports this module
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream = [t for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for t in ids + eos]
+    n = len(stream) // seq_len
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def encode(cols: Columns, tokenizer, seq_len: int, task: dict) -> dict:
+    """TaskData's fields (kind, train_ids, val_ids, train_labels, val_labels, classes) from both sides;
+    at most task.max_val validation examples or blocks."""
+    out = {"kind": cols.kind, "classes": cols.classes}
+    for side, c in (("train", cols.train), ("val", cols.val)):
+        if cols.kind == "classification":
+            pairs = c.get("pair")
+            ids = tokenizer(c["text"], pairs, truncation=True, max_length=seq_len)["input_ids"]
+            labels = c["label"]
+        elif cols.kind == "instruction":
+            ids, labels, kept = instruct.encode(tokenizer, c["prompt"], c["response"], seq_len,
+                                                task.get("chat_template"))  # fmt: skip
+            if len(kept) < len(c["prompt"]):
+                log.info("%s (%s): %d examples whose prompt fills seq_len=%d left out", task["dataset"], side,
+                         len(c["prompt"]) - len(kept), seq_len)  # fmt: skip
+        else:
+            ids, labels = _blocks(tokenizer, c["text"], seq_len), []
+        if len(ids) == 0:
+            raise LorascopeError(
+                f"task.dataset={task['dataset']}: no {side} example fits train.seq_len={seq_len}"
+            )
+        if side == "val" and task.get("max_val"):
+            ids, labels = ids[: task["max_val"]], labels[: task["max_val"]]
+        out[f"{side}_ids"], out[f"{side}_labels"] = ids, labels
+    return out
