@@ -2,7 +2,8 @@
 
 task.dataset is one of
     a dataset id in the local cache   nyu-mll/glue (task.subset=mnli): what `datasets.load_dataset` saved
-                                      on a machine online, read back from the datasets cache
+                                      on a machine online, read back from the datasets cache; else the
+                                      data set's files in the Hub cache (`hf download --repo-type dataset`)
     a save_to_disk folder             `Dataset.save_to_disk(DIR)` or `DatasetDict.save_to_disk(DIR)`
     a folder of data files            splits from the file names (train.jsonl, validation.jsonl), as
                                       `load_dataset(DIR)` infers them
@@ -132,8 +133,30 @@ def _reading(task: dict):
         ) from None
 
 
+def _snapshot(repo_id: str) -> str | None:
+    """The folder of a data set's files in the Hub cache (`hf download --repo-type dataset ID`), or None."""
+    from huggingface_hub import snapshot_download
+
+    with contextlib.suppress(Exception):  # not there, or not whole: not cached
+        return snapshot_download(repo_id, repo_type="dataset", local_files_only=True)
+    return None
+
+
+def _cached(src: Source) -> Source:
+    """A dataset id that the datasets cache lacks, read from its files in the Hub cache instead."""
+    folder = _snapshot(src.where)
+    if folder is None:
+        raise ConnectionError(src.where)  # _reading says: not cached
+    return Source("folder", folder)
+
+
 def _open(src: Source, subset: str | None, ds) -> dict:
     """{split: Dataset}, memory-mapped (data files are converted to Arrow in the datasets cache once)."""
+    if src.kind == "cache":
+        try:
+            return dict(ds.load_dataset(src.where, subset))
+        except ConnectionError:  # offline: datasets' own cache does not hold it
+            src = _cached(src)
     if src.kind == "disk":
         if subset:
             raise LorascopeError(f"task.subset={subset}: a save_to_disk folder has no subsets; unset it")
@@ -162,10 +185,19 @@ def _header(path: str) -> list[str] | None:
     return None
 
 
+def _described(splits) -> dict[str, tuple[list[str], dict]]:
+    return {str(s): (d.column_names, dict(d.features)) for s, d in dict(splits).items()}
+
+
 def _metadata(src: Source, subset: str | None, ds) -> dict[str, tuple[list[str] | None, dict]]:
     """{split: (columns or None where unknown, features)} without converting any data file."""
-    if src.kind in ("cache", "disk"):
-        return {s: (d.column_names, dict(d.features)) for s, d in _open(src, subset, ds).items()}
+    if src.kind == "cache":
+        try:
+            return _described(ds.load_dataset(src.where, subset))
+        except ConnectionError:  # offline: datasets' own cache does not hold it
+            src = _cached(src)
+    if src.kind == "disk":
+        return _described(_open(src, subset, ds))
     if src.kind == "folder":
         files = ds.load_dataset_builder(src.where, subset).config.data_files  # {split: [files]}
         return {str(s): (_header(f[0]) if f else None, {}) for s, f in files.items()}
@@ -260,7 +292,7 @@ def read(task: dict) -> Columns:
     ds = _datasets()
     with _quiet(ds), _reading(task):
         splits = _open(source(task), task.get("subset"), ds)
-    _check(task, {s: (d.column_names, dict(d.features)) for s, d in splits.items()})
+    _check(task, _described(splits))
     kind, split = task_kind(task), task.get("split", "train")
     val_name = _val_split(task, splits)
     log.info("%s: trains on split %s, validates on %s", task["dataset"], split,
@@ -316,9 +348,12 @@ def encode(cols: Columns, tokenizer, seq_len: int, task: dict) -> dict:
         else:
             ids, labels = _blocks(tokenizer, c["text"], seq_len), []
         if len(ids) == 0:
-            raise LorascopeError(
-                f"task.dataset={task['dataset']}: no {side} example fits train.seq_len={seq_len}"
-            )
+            why = {
+                "classification": f"the {side} side holds no labelled example",
+                "instruction": f"no {side} example keeps a response token within train.seq_len={seq_len}",
+                "lm": f"the {side} texts make no block of train.seq_len={seq_len} tokens",
+            }[cols.kind]
+            raise LorascopeError(f"task.dataset={task['dataset']}: {why}")
         if side == "val" and task.get("max_val"):
             ids, labels = ids[: task["max_val"]], labels[: task["max_val"]]
         out[f"{side}_ids"], out[f"{side}_labels"] = ids, labels

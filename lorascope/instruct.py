@@ -71,7 +71,7 @@ def encode(
     ids, labels, kept = [], [], []
     for i, (head, tail) in enumerate(zip(head_ids, tail_ids, strict=True)):
         tail = tail[: max(0, seq_len - len(head))]  # a negative bound would cut from the end instead
-        if not tail:
+        if len(head) + len(tail) < 2 or not tail:  # nothing to predict: the first token has no context
             continue
         ids.append(head + tail)
         labels.append([IGNORE] * len(head) + tail)

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import TOPICS, WORDS, sweep_cmd
+from conftest import ROOT, TOPICS, WORDS, sweep_cmd
 
 from lorascope import config, data, hf_data, instruct, models, runs
 from lorascope.errors import LorascopeError
@@ -47,8 +48,6 @@ def _words(rng, n: int) -> str:
 
 def _pairs(n: int, seed: int, label=None) -> dict:
     """premise / hypothesis / label rows: the label says whether the hypothesis shares the premise's topic."""
-    import random
-
     rng = random.Random(seed)
     rows = {"premise": [], "hypothesis": [], "label": []}
     topics = list(TOPICS)
@@ -77,8 +76,6 @@ def pairs_disk(tmp_path_factory):
 
 
 def _instructions(n: int, seed: int) -> dict:
-    import random
-
     rng = random.Random(seed)
     prompts = [_words(rng, 3 + i % 5) for i in range(n)]
     return {"prompt": prompts, "response": [_words(rng, 2 + i % 4) for i in range(n)]}
@@ -102,6 +99,20 @@ def _task(dataset, **fields) -> dict:
 
 def _tok(path):
     return models.load_tokenizer(str(path))
+
+
+def test_the_preset_composes_and_names_the_sweep_after_the_data_set():
+    from hydra import compose, initialize_config_dir
+
+    from lorascope import hydra_glue
+
+    hydra_glue.register()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["task=hf", "task.dataset=nyu-mll/glue", "task.subset=mnli", *[
+            f"task.{k}={v}" for k, v in PAIR.items()]])  # fmt: skip
+    plain = config.from_dict(hydra_glue.plain_config(cfg))
+    assert plain.name == "minilm-glue-mnli" and plain.task.source == "hf" and plain.task.val_split is None
+    assert config.dataset_name("/data/code.jsonl") == "code" and config.dataset_name("/d/x/*.parquet") == "x"
 
 
 def test_sentence_pairs_are_tokenized_together_and_named_by_their_classlabel(pairs_disk):
@@ -249,6 +260,52 @@ def test_a_dataset_id_is_read_from_the_datasets_cache_offline(tiny_bert, dataset
     assert (len(d.train_ids), len(d.val_ids)) == (30, 9) and d.classes == ["0", "1", "2"]
     with pytest.raises(LorascopeError, match=r"^task.dataset=tiny-org/glue cannot be read: .*'rte'.*mnli"):
         hf_data.check({**task, "subset": "rte"})
+
+
+def test_a_dataset_id_is_read_from_its_files_in_the_hub_cache(tiny_llama, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    # What `hf download --repo-type dataset tiny-org/code` leaves: refs/main and the snapshot's files.
+    repo, commit = tmp_path / "hub" / "datasets--tiny-org--code", "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    files = repo / "snapshots" / commit / "data"
+    files.mkdir(parents=True)
+    rows = _instructions(12, 1)
+    for split, part in (("train", slice(0, 8)), ("validation", slice(8, 12))):
+        lines = [
+            json.dumps({"prompt": p, "response": r})
+            for p, r in zip(rows["prompt"][part], rows["response"][part], strict=True)
+        ]
+        (files / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    task = _task("tiny-org/code", prompt_field="prompt", response_field="response")
+    hf_data.check(task)
+    tok = _tok(tiny_llama)
+    d = data.build_task(task, tok, seq_len=32)
+    assert (len(d.train_ids), len(d.val_ids)) == (8, 4)
+    assert d.val_labels[0] == _plain_labels(tok, rows["prompt"][8], rows["response"][8])[1]
+    with pytest.raises(LorascopeError, match="task.response_field=answer is not a column"):
+        hf_data.check({**task, "response_field": "answer"})
+
+
+def test_causal_lm_on_a_text_field_blocks_each_split(tiny_llama, tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rng = random.Random(0)
+    texts = {split: [_words(rng, 20) for _ in range(n)] for split, n in (("train", 12), ("validation", 4))}
+    for split, lines in texts.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in lines))
+    tok = _tok(tiny_llama)
+    d = data.build_task(_task(folder, text_field="body"), tok, seq_len=16)
+    assert d.kind == "lm" and d.train_ids.shape[1] == 16 and d.val_ids.shape[1] == 16
+    for side, blocks in (("train", d.train_ids), ("validation", d.val_ids)):
+        stream = [
+            t
+            for text in texts[side]
+            for t in tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ]
+        assert blocks.flatten().tolist() == stream[: blocks.numel()] and len(stream) - blocks.numel() < 16
 
 
 NOT_A_COLUMN = " is not a column of {ds} (train): its columns are {cols}"
