@@ -91,7 +91,7 @@ def source(task: dict) -> Source:
         files = tuple(sorted(glob.glob(str(path)))) if pattern else ((str(path),) if path.is_file() else ())
         if not files:
             raise LorascopeError(f"task.dataset={name}: no such file")
-        odd = sorted({Path(f).suffix for f in files} - set(FILE_BUILDERS))
+        odd = sorted({Path(f).suffix.lower() for f in files} - set(FILE_BUILDERS))
         if odd or len({FILE_BUILDERS[Path(f).suffix.lower()] for f in files}) != 1:
             raise LorascopeError(
                 f"task.dataset={name}: data files must be of one format ({', '.join(FILE_BUILDERS)}), "
@@ -150,13 +150,22 @@ def _cached(src: Source) -> Source:
     return Source("folder", folder)
 
 
+def _from_cache(src: Source, subset: str | None, ds) -> tuple[Source, dict | None]:
+    """(src, {split: Dataset}) for a dataset id in the datasets cache; (its Hub-cache folder, None) for
+    one that only the Hub cache holds; (src, None) for anything else."""
+    if src.kind != "cache":
+        return src, None
+    try:
+        return src, dict(ds.load_dataset(src.where, subset))
+    except ConnectionError:  # offline: datasets' own cache does not hold it
+        return _cached(src), None
+
+
 def _open(src: Source, subset: str | None, ds) -> dict:
     """{split: Dataset}, memory-mapped (data files are converted to Arrow in the datasets cache once)."""
-    if src.kind == "cache":
-        try:
-            return dict(ds.load_dataset(src.where, subset))
-        except ConnectionError:  # offline: datasets' own cache does not hold it
-            src = _cached(src)
+    src, splits = _from_cache(src, subset, ds)
+    if splits is not None:
+        return splits
     if src.kind == "disk":
         if subset:
             raise LorascopeError(f"task.subset={subset}: a save_to_disk folder has no subsets; unset it")
@@ -191,13 +200,9 @@ def _described(splits) -> dict[str, tuple[list[str], dict]]:
 
 def _metadata(src: Source, subset: str | None, ds) -> dict[str, tuple[list[str] | None, dict]]:
     """{split: (columns or None where unknown, features)} without converting any data file."""
-    if src.kind == "cache":
-        try:
-            return _described(ds.load_dataset(src.where, subset))
-        except ConnectionError:  # offline: datasets' own cache does not hold it
-            src = _cached(src)
-    if src.kind == "disk":
-        return _described(_open(src, subset, ds))
+    src, splits = _from_cache(src, subset, ds)
+    if splits is not None or src.kind == "disk":
+        return _described(splits if splits is not None else _open(src, subset, ds))
     if src.kind == "folder":
         files = ds.load_dataset_builder(src.where, subset).config.data_files  # {split: [files]}
         return {str(s): (_header(f[0]) if f else None, {}) for s, f in files.items()}
@@ -312,16 +317,16 @@ def read(task: dict) -> Columns:
             log.info("%s: %d rows without a label left out", task["dataset"], dropped)
         if names is None:
             values = sorted({y for s in sides for y in s["label"]}, key=lambda y: (isinstance(y, str), y))
-            names = [str(y) for y in values]
+            names, index = [str(y) for y in values], {y: i for i, y in enumerate(values)}
             for side in sides:
-                side["label"] = [values.index(y) for y in side["label"]]
+                side["label"] = [index[y] for y in side["label"]]
         classes = list(names)
         train, val = sides[0], sides[1] if val is not None else None
     return Columns(kind, train, val, classes)
 
 
 def _blocks(tokenizer, texts: list[str], seq_len: int):
-    """(N, seq_len) blocks of the texts' tokens, one stream with EOS between texts (as run_clm groups)."""
+    """(N, seq_len) blocks of the texts' tokens: one stream, EOS after each text, the tail dropped."""
     import torch  # here, not at the top: the sweep's compose-time check imports this module
 
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
