@@ -17,6 +17,7 @@ import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -39,11 +40,23 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = "bbc"  # short name, used in the sweep folder name
-    source: str = "bbc"  # bbc | plays | shakespeare | text
-    kind: str | None = None  # classification | lm; None: classification when the data has labels
+    source: str = "bbc"  # bbc | plays | shakespeare | text | hf (Hugging Face `datasets`, offline)
+    kind: str | None = None  # classification | lm | instruction; None: from the fields given
     path: str | None = None  # text source: a .jsonl, a .txt, or a folder of .txt files
-    text_field: str = "text"  # .jsonl: the field holding the text
-    label_field: str | None = None  # .jsonl: the field holding the class label (classification)
+    text_field: str = "text"  # .jsonl / hf: the field holding the text
+    label_field: str | None = None  # .jsonl / hf: the field holding the class label (classification)
+    # hf: a dataset id in the local HF cache (nyu-mll/glue), a save_to_disk folder, a folder of data
+    # files, or data files (.parquet, .csv, .json, .jsonl; a glob)
+    dataset: str | None = None
+    subset: str | None = None  # hf: the dataset's config name (GLUE: mnli, rte, ...)
+    split: str = "train"  # hf: the training split
+    # hf: the validation split; None: the first of validation, validation_matched, valid, val, dev that
+    # exists, else val_fraction of `split` held out by split_seed (as with val_split equal to split)
+    val_split: str | None = None
+    text_pair_field: str | None = None  # hf: the second text of a pair (MNLI: hypothesis), classification
+    prompt_field: str | None = None  # hf instruction tuning: the prompt (its tokens carry no loss)
+    response_field: str | None = None  # hf instruction tuning: the response (the loss is on its tokens)
+    chat_template: bool | None = None  # hf instruction: apply the tokenizer's chat template (None: if any)
     val_fraction: float = 0.2  # held-out fraction of examples (classification) or blocks (lm)
     split_seed: int = 0  # the train/validation split is fixed by this seed, not by `seed`
     max_val: int | None = None  # cap on validation examples/blocks, to keep evaluation fast
@@ -119,6 +132,21 @@ def run_folder(method: str, rank, seed) -> str:
 # `${run_folder:${method},${rank},${seed}}` in the schema and in conf/config.yaml's Hydra settings.
 if not OmegaConf.has_resolver("run_folder"):
     OmegaConf.register_new_resolver("run_folder", run_folder)
+
+
+def dataset_name(dataset, subset=None) -> str:
+    """task=hf's short name (the sweep folder's): the data set's last path part without its extension
+    (a glob's folder), then the subset: nyu-mll/glue and mnli -> glue-mnli; /data/code.jsonl -> code."""
+    path = PurePath(str(dataset or "hf").rstrip("/"))
+    while path.parent != path and re.search(r"[*?\[]", path.name):
+        path = path.parent
+    stem = path.name.split(".")[0] if path.suffix else path.name
+    return re.sub(r"[^\w.-]+", "_", "-".join(str(p) for p in (stem or "hf", subset) if p))
+
+
+# `${dataset_name:${.dataset},${.subset}}` in conf/task/hf.yaml.
+if not OmegaConf.has_resolver("dataset_name"):
+    OmegaConf.register_new_resolver("dataset_name", dataset_name)
 
 
 def _first_line(e: Exception) -> str:
@@ -215,6 +243,42 @@ def check(cfg: SweepConfig) -> None:
         ),
         ("lora.dropout", not lora or 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
         ("task.val_fraction", 0 < cfg.task.val_fraction < 1, "must be in (0, 1)"),
+        (
+            "task.kind",
+            cfg.task.kind in (None, "classification", "lm", "instruction"),
+            "must be classification, lm, instruction or null (from the fields given)",
+        ),
+        (
+            "task.dataset",
+            cfg.task.source != "hf" or cfg.task.dataset,
+            "must be given with task=hf: a dataset id in the local Hugging Face cache, a save_to_disk "
+            "folder, or data files (.parquet, .csv, .json, .jsonl, a glob)",
+        ),
+        (
+            "task.response_field",
+            not cfg.task.prompt_field or cfg.task.response_field,
+            "must be given with task.prompt_field: instruction tuning puts the loss on the response",
+        ),
+        (
+            "task.prompt_field",
+            not cfg.task.response_field or cfg.task.prompt_field,
+            "must be given with task.response_field",
+        ),
+        (
+            "task.label_field",
+            not (cfg.task.label_field and cfg.task.prompt_field),
+            "and task.prompt_field exclude each other: classification or instruction tuning",
+        ),
+        (
+            "task.text_pair_field",
+            not cfg.task.text_pair_field or cfg.task.label_field,
+            "needs task.label_field: sentence pairs are classified",
+        ),
+        (
+            "task.source",
+            cfg.task.source == "hf" or not (cfg.task.prompt_field or cfg.task.text_pair_field),
+            "reads no prompt_field or text_pair_field: use task=hf (a .jsonl file works as task.dataset)",
+        ),
     ]
     for key, ok, what in rules:
         if not ok:

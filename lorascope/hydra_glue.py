@@ -29,7 +29,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from lorascope.config import SweepConfig, from_dict
+from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,10 @@ class SweepReport(Callback):
             from lorascope.distributed import check_devices
 
             check_devices(cfg.train.devices, cfg.train.device, cfg.train.strategy)
+            if cfg.task.source == "hf":  # a split or field the data set lacks: one line now, not per job
+                from lorascope import hf_data
+
+                hf_data.check(to_dict(cfg)["task"])
         except LorascopeError as e:
             print(f"lorascope: error: {e}", file=sys.stderr)
             sys.exit(2)
