@@ -11,7 +11,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e ".[dev,launchers,gguf]"
+	$(PIP) install -c constraints.txt -e ".[dev,launchers,gguf,tensorboard,mlflow,wandb,notebook]"
 	$(PIP) install --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from lorascope import resume, runs
+from lorascope import resume, runs, trackers
 from lorascope.config import SweepConfig, comparable, from_dict, to_dict
 from lorascope.errors import LorascopeError
 from lorascope.train import RunFailed, train
@@ -128,4 +128,5 @@ def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
         summary = _failed(reason)
         with contextlib.suppress(Exception):
             runs.write_summary(out, summary)
+        trackers.fail_open(summary)  # each tracker records the run as failed
         return summary

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
-from lorascope import models, resume, runs
+from lorascope import models, resume, runs, trackers
 from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.errors import LorascopeError
 from lorascope.lora import count_trainable
@@ -139,6 +139,7 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.steps, tc.warmup))
 
     state = resume.load_state(out) if resume_run else None
+    tracking = trackers.start(cfg, out, resumed_at=state.step if state else None)  # mirrors metrics.jsonl
     if state is not None:
         resume.restore(state, model, opt, sched)
         runs.truncate_metrics(out, state.step)
@@ -151,6 +152,7 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
         first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
         _check_finite("evaluation", first, 0)
         runs.append_metrics(out, {"step": 0, **first})
+        tracking.log({"step": 0, **first}, 0)
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
                     "evals": first, "loss": None}  # fmt: skip
@@ -201,11 +203,14 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
             log.info("step %d: %s", step, _fmt(counters["evals"]))
         if record:
             runs.append_metrics(out, record)
+            tracking.log(record, step)
         if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps:
             update.save(runs.snapshot_dir(out, step) / update.file, {**meta, "step": step})
             resume.save_state(out, step, model, opt, sched, counters)
     bar.close()
-    return _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start)
+    summary = _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start)
+    trackers.finish(tracking, summary)
+    return summary
 
 
 def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: float) -> dict[str, Any]:
