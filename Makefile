@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup test test-fast test-slurm lint demo figures bench clean
+.PHONY: setup test test-fast test-slurm lint demo figures bench browser clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,14 @@ test-fast: setup
 # it again whatever the outcome (unless it was already running).
 test-slurm: setup
 	scripts/slurm_cluster.sh run $(BIN)/python -m pytest tests/test_launchers.py -k slurm
+
+# Debian's chromium, for the browser test of `lorascope report`'s page: installed with apt-get where this
+# runs as root, else said in one line (the test then skips with that reason).
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make browser: chromium is missing and cannot be installed here (needs root and apt-get)"; fi
 
 lint: setup
 	$(BIN)/ruff check .
