@@ -76,14 +76,14 @@ class Page:
         return out
 
 
-def open_page(path: Path, screenshot: Path | None = None, actions: str = "") -> dict:
+def open_page(path: Path, screenshot: Path | None = None, actions: str = "", size=(1400, 1000)) -> dict:
     """Load `path` in headless chromium, run `actions` (JavaScript), and return {"problems": [...],
     "images": [[alt, complete, naturalWidth], ...], "title": ...}; write a PNG screenshot if asked."""
     import websocket
 
     profile = Path(tempfile.mkdtemp(prefix="lorascope-chromium-"))
     proc = subprocess.Popen(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000", "about:blank"],
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
