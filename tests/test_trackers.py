@@ -164,3 +164,18 @@ def test_a_bad_tracker_value_stops_the_sweep_before_any_model_loads(tmp_path):
         "lorascope: error: logger.wandb.mode=bogus must be offline, online or disabled"
     )
     assert not any(tmp_path.rglob("config.yaml"))
+
+
+def test_a_failed_run_is_marked_failed_in_the_tracker(tiny_bert, topic_jsonl, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from lorascope.launch import launch
+
+    cfg = tiny_config(tiny_bert, topic_jsonl, steps=4, train={"fail_at_step": 2}, logger={"mlflow": {}})
+    summary = launch(cfg, tmp_path / "sweep" / "r2-s0")
+    assert summary["status"] == "failed"
+    client = MlflowClient(f"sqlite:///{tmp_path / 'sweep' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
+    assert trackers._open == []  # nothing left open for the next run of the process
