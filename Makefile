@@ -42,7 +42,7 @@ lint: setup
 
 # The default sweep (4 ranks with snapshots every 10 steps, full fine-tuning beside them, a second seed
 # at r = 64), then every figure and table of it. Two single-threaded jobs at a time use 2 cores better
-# than one job with two threads; the full fine-tuning run is trained once (its other jobs find it done).
+# than one job with two threads; the full fine-tuning run is launched once (rank does not apply to it).
 demo: setup
 	$(BIN)/python sweep.py method=lora,full rank=1,4,8,64 train.snapshot_every=10 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1

@@ -179,3 +179,26 @@ def test_a_failed_run_is_marked_failed_in_the_tracker(tiny_bert, topic_jsonl, tm
     (run,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id])
     assert run.info.status == "FAILED" and run.data.tags["status"] == "failed"
     assert trackers._open == []  # nothing left open for the next run of the process
+
+
+def test_a_resumed_run_keeps_one_tensorboard_value_per_step(tiny_bert, topic_jsonl, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lorascope.train import RunFailed, train
+
+    run_dir = tmp_path / "sweep" / "r2-s0"
+    train_keys = {"log_every": 1, "snapshot_every": 2}
+    killed = tiny_config(tiny_bert, topic_jsonl, steps=6, train={**train_keys, "fail_at_step": 4},
+                         logger={"tensorboard": {}})  # fmt: skip
+    with pytest.raises(RunFailed):
+        train(killed, run_dir)  # steps 1-3 logged, the snapshot at step 2
+    trackers.fail_open({"status": "failed"})
+    cfg = tiny_config(tiny_bert, topic_jsonl, steps=6, train=train_keys, logger={"tensorboard": {}})
+    train(cfg, run_dir, resume_run=True)  # logs step 3 again
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    got = [(e.step, e.value) for e in events.Scalars("loss")]
+    expected = _series(run_dir)["loss"]
+    assert [s for s, _ in got] == sorted(expected) == [1, 2, 3, 4, 5, 6]
+    assert dict(got) == pytest.approx(expected, rel=1e-6)
