@@ -4,6 +4,7 @@ page, which a real headless browser loads without an error, every image decoded.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -58,9 +59,11 @@ def reported(tiny_bert, tmp_path_factory):
     runs.write_summary(failed, {"status": "failed", "reason": "loss nan at step 3: the run diverged"})
     runs.write_config(sweep / "r16-s0", {"rank": 16, "seed": 0})  # killed before its summary
     out = sweep / "figures"
+    recipes = "fig3,fig6,spectrum,ranks,findings"
+    assert cli_main(["figures", str(sweep), "--out", str(out), "--only", recipes]) == 0
+    # The spectrum also as SVG: the page then shows the SVG (sharp at any zoom), the PNG as a file.
     assert (
-        cli_main(["figures", str(sweep), "--out", str(out), "--only", "fig3,fig6,spectrum,ranks,findings"])
-        == 0
+        cli_main(["figures", str(sweep), "--out", str(out), "--only", "spectrum", "--format", "svg,png"]) == 0
     )
     return sweep, out
 
@@ -82,6 +85,7 @@ def test_figures_writes_a_page_holding_every_file_it_wrote_and_every_run(reporte
     assert "loss nan at step 3: the run diverged" in text and "incomplete" in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "<script>alert(1)" not in text
     assert "<h1>Findings on" in text  # findings.md rendered, not quoted
+    assert re.search(r'id="fig_spectrum"><img id="img\d+" src="data:image/svg\+xml;base64,', text)
 
 
 def test_report_command_writes_where_asked_and_refuses_a_folder_without_runs(reported, tmp_path, capsys):
@@ -117,9 +121,9 @@ def test_the_page_loads_in_a_browser_without_errors_and_every_image_decodes(repo
     seen = open_page(out / "report.html", screenshot=shot, actions=clicks)
     assert seen["problems"] == [], seen["problems"]
     assert seen["title"] == "lorascope: tiny-bert-toy"
-    pngs = [p for p in out.glob("*.png")]
+    drawn = {p.stem for p in out.iterdir() if p.suffix in (".png", ".svg")}
     cards = [i for i in seen["images"] if i[0] != "zoomed figure"]
-    assert len(cards) == len(pngs) > 0
+    assert sorted(alt for alt, _, _ in cards) == sorted(drawn)
     assert all(complete and width > 0 for _, complete, width in cards), cards
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
     assert json.dumps(seen)  # plain data
