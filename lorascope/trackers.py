@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ class MlflowTracker(Tracker):
     BATCH = 100  # MLflow's limit of params (and of metrics: 1000) per log_batch call
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, run_dir: Path) -> None:
+        # MLflow sends usage telemetry by default; a local store asked for none (set it false to allow).
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri)

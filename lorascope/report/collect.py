@@ -104,7 +104,8 @@ class Report:
 def _items(folder: Path) -> dict[str, Item]:
     items: dict[str, Item] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name in (FINDINGS, REPORT) or path.name.startswith("."):
+        # Pages (this report, or one written there under another name) are not figures of the sweep.
+        if not path.is_file() or path.name == FINDINGS or path.suffix == ".html" or path.name.startswith("."):
             continue
         items.setdefault(path.stem, Item(path.stem)).files[path.suffix] = path
     return items
