@@ -19,6 +19,7 @@ MIME = {
     ".md": "text/markdown",
     ".tex": "application/x-tex",
 }
+LONG_TABLE = 20  # rows above which a table starts folded
 STATUS_CLASS = {"complete": "ok", "skipped": "ok", "failed": "bad"}
 
 CSS = """
@@ -146,7 +147,11 @@ def _card(item: Item, n: int) -> str:
     if image is not None:
         body = f'<img id="img{n}" src="{data_uri(image)}" alt="{_esc(item.stem)}">'
     elif table is not None:
-        body = markdown(table.read_text(errors="replace"))
+        text = table.read_text(errors="replace")
+        body = markdown(text)
+        rows = max(0, text.count("\n|") - 1)  # Markdown table lines less the header rule
+        if rows > LONG_TABLE:  # a table of every layer is there to look things up: folded
+            body = f"<details><summary>{rows} rows</summary>{body}</details>"
     for suffix, path in sorted(item.files.items()):
         kb = f"{path.stat().st_size / 1024:.0f} kB"
         if path == image:  # the image is in the page already: its link borrows the data: URI by script
