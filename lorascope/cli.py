@@ -9,6 +9,7 @@
     lorascope compare RUN... | SWEEP        N x N map of how alike many adapters are
     lorascope figures SWEEP                 every figure and table of the paper's Section 7
     lorascope export RUN OUT_DIR            write a run as a PEFT adapter folder
+    lorascope report SWEEP                  the sweep's runs, figures, tables and findings in one HTML page
 
 To add a command: write `_add_<name>(sub)` that registers its parser with
 `set_defaults(func=...)` and append it to COMMANDS. A user mistake raises LorascopeError,
@@ -416,6 +417,7 @@ def _add_export(sub) -> None:
 def cmd_figures(args) -> int:
     from lorascope.analysis.tables import parse_formats
     from lorascope.paper import FIGURE_FACTORS, default_out, make_figures
+    from lorascope.report import write_report
 
     out = args.out or default_out(args.sweep)
     written, skipped = make_figures(
@@ -433,6 +435,7 @@ def cmd_figures(args) -> int:
     _report(written)
     if (out / "findings.md").is_file():
         print(f"findings: {out / 'findings.md'}")
+    print(f"report: {write_report(args.sweep, out)}")  # the page of all of it
     return 0
 
 
@@ -597,6 +600,43 @@ COMMANDS = [
     _add_ls, _add_similarity, _add_amplification, _add_intruders, _add_spectrum, _add_trajectory,
     _add_compare, _add_figures, _add_export,
 ]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cmd_report(args) -> int:
+    from lorascope.report import write_report
+
+    print(f"report: {write_report(args.sweep, args.figures, args.out)}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser(
+        "report",
+        help="one self-contained HTML page of a sweep: runs, figures, tables, findings",
+        description=(
+            "Write one HTML page holding the runs table of SWEEP (status, rank, seed, method, metrics, "
+            "wall time, why a run failed, each run's config on demand), findings.md, and every figure "
+            "and table of `lorascope figures` with its files. Everything is inside the page (no server, "
+            "no network): open it from disk, mail it, attach it to a notebook."
+        ),
+    )
+    p.add_argument("sweep", metavar="SWEEP", type=Path, help="sweep folder, e.g. runs/minilm-bbc")
+    p.add_argument(
+        "--out", metavar="FILE", type=Path, help="the page to write (default: FIGURES/report.html)"
+    )
+    p.add_argument(
+        "--figures",
+        metavar="DIR",
+        type=Path,
+        help="the folder `lorascope figures` wrote (default: SWEEP/figures)",
+    )
+    p.set_defaults(func=cmd_report)
+
+
+COMMANDS.append(_add_report)
 
 
 def build_parser() -> argparse.ArgumentParser:

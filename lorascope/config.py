@@ -103,6 +103,46 @@ class TrainConfig:
 
 
 @dataclass
+class CsvLogger:
+    file: str = "metrics.csv"  # in the run folder: metrics.jsonl as one table (a column per key)
+
+
+@dataclass
+class TensorBoardLogger:
+    log_dir: str | None = None  # None: the run folder (`tensorboard --logdir runs/<sweep>` shows every run)
+
+
+@dataclass
+class MlflowLogger:
+    tracking_uri: str | None = None  # None: sqlite:///<sweep folder>/mlflow.db
+    experiment: str | None = None  # None: the sweep's name
+
+
+@dataclass
+class WandbLogger:
+    project: str = "lorascope"
+    entity: str | None = None
+    mode: str = "offline"  # offline (default: nothing leaves the machine; `wandb sync` later) | online
+    dir: str | None = None  # None: the sweep folder (W&B writes its wandb/ folder there)
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers that mirror metrics.jsonl (which stays the record every analysis reads).
+
+    conf/logger/ selects them: `logger=tensorboard`, `logger=[tensorboard,mlflow]`; null is off."""
+
+    csv: CsvLogger | None = None
+    tensorboard: TensorBoardLogger | None = None
+    mlflow: MlflowLogger | None = None
+    wandb: WandbLogger | None = None
+
+
+# The package each tracker imports, and the extra that installs it.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+@dataclass
 class SweepConfig:
     method: str = "lora"  # lora | full (full fine-tuning of the targets' W: one run per seed, no rank)
     rank: int | None = 8  # LoRA rank (null in a full fine-tuning run's saved config)
@@ -116,6 +156,7 @@ class SweepConfig:
     lora: LoraConfig | None = field(default_factory=LoraConfig)  # null for method=full
     full: FullConfig | None = field(default_factory=FullConfig)  # null for method=lora
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 METHODS = ("lora", "full")
@@ -286,16 +327,29 @@ def check(cfg: SweepConfig) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise LorascopeError(f"{key}={value} {what}")
+    check_trackers(cfg.logger)
+
+
+def check_trackers(logger: LoggerConfig) -> None:
+    """Each selected tracker's package is installed (looked up, not imported: imports are slow)."""
+    if logger.wandb is not None and logger.wandb.mode not in ("offline", "online", "disabled"):
+        raise LorascopeError(f"logger.wandb.mode={logger.wandb.mode} must be offline, online or disabled")
+    for name, package in TRACKER_PACKAGES.items():
+        if getattr(logger, name) is not None and importlib.util.find_spec(package) is None:
+            raise LorascopeError(
+                f"logger={name} needs the {package} package, which is not installed: "
+                f"pip install 'lorascope[{name}]'"
+            )
 
 
 def to_dict(cfg: SweepConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-# Keys that do not change what a run computes: where it runs and how often it reports. A complete run
+# Keys that do not change what a run computes: where it runs, how often and to what it reports. A complete run
 # whose saved config differs from a relaunch only in these is the same experiment, and is skipped.
 NOT_COMPUTED = ("runs_dir", "name", "run_name", "train.threads", "train.log_every", "train.eval_batch_size",
-                "train.device")  # fmt: skip
+                "train.device", "logger")  # fmt: skip
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from lorascope import distributed, resume, runs, spawned
+from lorascope import distributed, resume, runs, spawned, trackers
 from lorascope.config import SweepConfig, comparable, from_dict, to_dict
 from lorascope.distributed import World
 from lorascope.errors import LorascopeError
@@ -173,6 +173,7 @@ def _run(cfg: SweepConfig, out: Path, resuming: bool, world: World) -> dict[str,
         if world.is_main:
             with contextlib.suppress(Exception):
                 runs.write_summary(out, summary)
+            trackers.fail_open(summary)  # each tracker records the run as failed
         elif world.distributed:
             # The other ranks wait for this one in a collective: end the process so that torchrun (or
             # SLURM) stops them, and rank 0 records the run as failed.

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
-from lorascope import models, resume, runs
+from lorascope import models, resume, runs, trackers
 from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.distributed import World
 from lorascope.errors import LorascopeError
@@ -235,6 +235,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.steps, tc.warmup))
 
     state = resume.load_state(out) if resume_run else None
+    tracking = trackers.start(cfg, out, resumed_at=state.step if state else None)  # mirrors metrics.jsonl
     if state is not None:
         resume.restore(state, model, opt, sched)
         if main:
@@ -250,6 +251,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
         _check_finite("evaluation", first, 0)
         if main:
             runs.append_metrics(out, {"step": 0, **first})
+            tracking.log({"step": 0, **first}, 0)
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
                     "evals": first, "loss": None}  # fmt: skip
@@ -305,6 +307,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
             log.info("step %d: %s", step, _fmt(counters["evals"]))
         if record and main:
             runs.append_metrics(out, record)
+            tracking.log(record, step)
         if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps and main:
             update.save(runs.snapshot_dir(out, step) / update.file, {**meta, "step": step})
             resume.save_state(out, step, model, opt, sched, counters)
@@ -312,8 +315,10 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
     extra = {"base_dtype": dtype, "quantization": cfg.model.quantization, "processes": world.size,
              "strategy": tc.strategy if world.distributed else None,
              "grad_checkpointing": tc.grad_checkpointing}  # fmt: skip
-    return _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start,
-                   extra, main)  # fmt: skip
+    summary = _finish(cfg, out, update, model, head, meta, counters, device, time.perf_counter() - t_start,
+                      extra, main)  # fmt: skip
+    trackers.finish(tracking, summary)
+    return summary
 
 
 def _testing_kill(world: World, step: int) -> None:

@@ -292,6 +292,7 @@ def test_cli_figures(sweep, tmp_path, capsys):
         "table_ranks.csv",
         "table_ranks.md",
         "table_ranks.tex",
+        "report.html",  # all of the above in one page (lorascope.report)
     }
     assert cli_main(["figures", str(sweep), "--only", "fig99"]) == 2
     assert "unknown recipe(s) fig99" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""lorascope's Hydra sweeper (`hydra/sweeper=lorascope`, conf/config.yaml's default): see once_sweeper."""
