@@ -116,7 +116,11 @@ def _checkpointing(model) -> None:
     grad (as PEFT does) so that checkpointed blocks of a frozen base still pass gradients to LoRA."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise LorascopeError(f"train.grad_checkpointing: {type(model).__name__} does not support it")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x names it so
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.enable_input_require_grads()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # a KV cache is meaningless when activations are recomputed

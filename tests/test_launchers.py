@@ -166,3 +166,17 @@ def test_slurm_job_that_dies_ends_the_sweep(tmp_path):
     assert r.stderr.startswith("lorascope: a SLURM job ended without its result"), r.stderr
     assert "state: FAILED" in r.stderr and "Traceback" not in r.stderr
     assert not runs.list_runs(sweep)
+
+
+@needs_slurm
+def test_slurm_runs_one_run_as_two_tasks(tmp_path):
+    # hydra.launcher.tasks_per_node=2: the two tasks of one job train one run through torch.distributed
+    # (gloo), rank 0 writing it; the sweep reports it once.
+    r, sweep = _slurm_sweep(tmp_path, "rank=2", "hydra.launcher.tasks_per_node=2", "train.threads=1")
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    _assert_complete(sweep, ["r2-s0"])
+    assert runs.read_summary(sweep / "r2-s0")["processes"] == 2
+    assert "sweep done: 1 complete" in out
+    steps = [rec["step"] for rec in runs.read_metrics(sweep / "r2-s0").to_dict("records")]
+    assert steps == sorted(set(steps))  # one record per step: rank 0 alone wrote them

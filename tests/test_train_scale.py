@@ -130,9 +130,18 @@ def test_full_fine_tuning_on_bf16_keeps_fp32_masters_of_the_trained_w(bf16_llama
 # ----------------------------------------------------------------------------- gradient checkpointing
 
 
-def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, corpus_txt, tmp_path):
+def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, corpus_txt, tmp_path, monkeypatch):
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    forward = modeling_llama.LlamaMLP.forward
+    monkeypatch.setattr(modeling_llama.LlamaMLP, "forward",
+                        lambda self, *a, **kw: calls.append(torch.is_grad_enabled()) or forward(self, *a, **kw))  # fmt: skip
     plain = train(_lm_config(tiny_llama, corpus_txt, steps=4), tmp_path / "plain")
+    n_plain = len(calls)
     ckpt = train(_lm_config(tiny_llama, corpus_txt, steps=4, grad_checkpointing=True), tmp_path / "ckpt")
+    # Each training step runs each of the 2 layers once more, recomputing it in backward.
+    assert len(calls) - n_plain == n_plain + 4 * 2
     assert ckpt["grad_checkpointing"] is True and plain["grad_checkpointing"] is False
     a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
     assert len(a) == 4 and a == pytest.approx(b, abs=1e-5)
