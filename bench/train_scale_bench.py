@@ -224,7 +224,8 @@ def main() -> None:
         four = compare("4 layers, bf16", {"layers": 4}, args, scratch, report)
         per_layer = {k: (four["rss"][k] - two["rss"][k]) / 2 for k in ("lorascope", "peft")}
         report.say(
-            f"memory per added layer: lorascope {per_layer['lorascope']:.0f} MB, PEFT {per_layer['peft']:.0f} MB; "
+            f"memory per added layer: lorascope {per_layer['lorascope']:.0f} MB, "
+            f"PEFT {per_layer['peft']:.0f} MB; "
             f"one layer's bf16 weights are {layer_bytes() / 2**20:.0f} MB"
         )
         if not args.skip_variants:
