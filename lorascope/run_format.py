@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from lorascope import format_checks
 from lorascope.errors import LorascopeError
 
 FORMAT = "lorascope"
@@ -258,7 +259,7 @@ def adapter_metadata(
 
 def save_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write "<module>.lora_A"/"<module>.lora_B" tensors with `adapter_metadata(...)` as header."""
-    _split_factors(tensors, path)  # refuse to write what could not be read back
+    _split_factors(tensors, path, metadata)  # refuse to write what could not be read back
     save_tensors(path, tensors, metadata)
 
 
@@ -377,25 +378,39 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _split_factors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, tuple]:
+def _split_factors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> dict:
+    """{module: (A, B)}, each pair checked against the header `meta` (its rank, or `module_rank`'s)."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         module, _, part = key.rpartition(".")
         if part not in ("lora_A", "lora_B"):
             raise LorascopeError(f"{path}: unexpected tensor {key!r} (want <module>.lora_A / .lora_B)")
         pairs.setdefault(module, {})[part] = t
+    ranks = _header_ranks(path, meta) if meta is not None else None
     out = {}
     for module, p in pairs.items():
         if set(p) != {"lora_A", "lora_B"}:
             raise LorascopeError(f"{path}: module {module} has only {', '.join(p)}")
-        A, B = p["lora_A"], p["lora_B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise LorascopeError(
-                f"{path}: module {module} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
-                "want A (r, in) and B (out, r)"
-            )
-        out[module] = (A, B)
+        rank = None if ranks is None else ranks[1].get(module, ranks[0])
+        format_checks.check_factors(path, module, p["lora_A"], p["lora_B"], rank)
+        out[module] = (p["lora_A"], p["lora_B"])
     return out
+
+
+def _header_ranks(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """The header's rank and its per-module exceptions (`module_rank`, for adapters of mixed ranks)."""
+    rank = format_checks.positive_int(path, "header rank", meta.get("rank"))
+    per_module = _per_module(path, meta, "module_rank")
+    return rank, {
+        m: format_checks.positive_int(path, f"header module_rank[{m}]", r) for m, r in per_module.items()
+    }
+
+
+def _per_module(path: Path, meta: dict[str, Any], field: str) -> dict[str, Any]:
+    value = meta.get(field) or {}
+    if not isinstance(value, dict):
+        raise LorascopeError(f"{path}: header {field} is {value!r}; want a JSON object")
+    return value
 
 
 def check_finite(path: Path, module: str, name: str, tensor: torch.Tensor) -> None:
@@ -412,9 +427,10 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     tensors, meta = read_tensors(path)
     if not tensors:
         raise LorascopeError(f"{path}: holds no tensors")
+    meta = format_checks.header_dict(path, meta)
     if meta.get("format") != FORMAT:
         raise LorascopeError(f"{path}: not a lorascope adapter file (no format header)")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if format_checks.format_version(path, meta.get("format_version", 0)) > FORMAT_VERSION:
         raise LorascopeError(
             f"{path}: format version {meta['format_version']} is newer than this lorascope "
             f"reads ({FORMAT_VERSION}); upgrade lorascope"
@@ -425,13 +441,15 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     """Adapters by module name and the header metadata of one lorascope adapter file."""
     tensors, meta = _lorascope_file(path)
-    scaling = float(meta["scaling"])
-    per_module = meta.get("module_scaling") or {}
+    scaling = format_checks.positive_number(path, "header scaling", meta.get("scaling"))
+    per_module = _per_module(path, meta, "module_scaling")
     adapters = {}
-    for m, (A, B) in _split_factors(tensors, path).items():
+    for m, (A, B) in _split_factors(tensors, path, meta).items():
         check_finite(path, m, "lora_A", A)
         check_finite(path, m, "lora_B", B)
-        adapters[m] = Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
+        s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
+        format_checks.check_scale(path, m, A, B, s)
+        adapters[m] = Adapter(A.float(), B.float(), s)
     return adapters, meta
 
 
@@ -446,10 +464,11 @@ def read_delta(path: Path) -> tuple[dict[str, DenseDelta], dict[str, Any]]:
     deltas = {}
     for key, t in tensors.items():
         module, _, part = key.rpartition(".")
-        if part != "delta" or t.ndim != 2:
+        if part != "delta" or t.ndim != 2 or 0 in t.shape:
             raise LorascopeError(
                 f"{path}: unexpected tensor {key!r} {tuple(t.shape)} (want <module>.delta, 2-D)"
             )
+        format_checks.check_dtype(path, key, t)
         check_finite(path, module, "delta", t)
         deltas[module] = DenseDelta(t.float())
     return deltas, meta
