@@ -86,15 +86,21 @@ def _load(path: Path, args):
     from lorascope.runs import load_run
 
     run = load_run(path)
-    if run.status == "failed":
-        reason = run.summary.get("reason") or "no reason recorded"
+    _check_status(path, run.summary, args)
+    return run
+
+
+def _check_status(path: Path, summary: dict, args) -> None:
+    """Refuse a failed run whatever the flags, and an incomplete one unless --allow-incomplete."""
+    status = summary.get("status", "incomplete")
+    if status == "failed":
+        reason = summary.get("reason") or "no reason recorded"
         raise LorascopeError(f"{path}: the run failed ({reason}); it is not analysed")
-    if run.status != "complete" and not getattr(args, "allow_incomplete", False):
+    if status != "complete" and not getattr(args, "allow_incomplete", False):
         raise LorascopeError(
-            f"{path}: the run is {run.status} (its summary.json does not say complete: still training, "
+            f"{path}: the run is {status} (its summary.json does not say complete: still training, "
             "or killed); pass --allow-incomplete to analyse what it saved"
         )
-    return run
 
 
 def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
@@ -528,10 +534,8 @@ def cmd_compare(args) -> int:
 
     formats = parse_formats(args.format)
     for path in args.sources:  # the same door as every other command, before anything is loaded
-        if is_run_dir(path) and not args.allow_incomplete:
-            status = read_summary(path).get("status", "incomplete")
-            if status != "complete":
-                raise LorascopeError(f"{path}: the run is {status}; pass --allow-incomplete to compare it")
+        if is_run_dir(path):
+            _check_status(path, read_summary(path), args)
     amap = adapter_map(
         args.sources,
         factor=args.factor,
