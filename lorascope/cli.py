@@ -553,6 +553,8 @@ def cmd_compare(args) -> int:
     _print_table(amap.similarity if len(amap.names) <= 15 else amap.nearest(), title)
     if amap.skipped:
         print(f"note: {len(amap.skipped)} module(s) not shared by all adapters were skipped")
+    for name, why in amap.left_out.items():
+        print(f"run {name}: skipped: {why}")
     first = Path(args.sources[0])
     out = args.out or (first / "analysis" if len(args.sources) == 1 else _default_out(first, ""))
     out = out / f"compare_{amap.factor}" if args.out is None else out

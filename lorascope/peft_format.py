@@ -73,8 +73,8 @@ def read_peft_config(folder: Path) -> dict[str, Any]:
     """adapter_config.json as a dict; a clear error if it is not a JSON object."""
     path = Path(folder) / CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads(run_format.read_text(path))
+    except json.JSONDecodeError as e:
         raise _fail(path, f"not a readable JSON file ({e})") from None
     if not isinstance(config, dict):
         raise _fail(path, "holds no JSON object")

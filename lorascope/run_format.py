@@ -278,13 +278,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            break  # a line cut short by the kill ends the log
+    kept = [line for line, row in _records(read_text(path)) if row.get("step", 0) <= last_step]
     text = "".join(line + "\n" for line in kept)
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
@@ -312,14 +306,27 @@ def base_fingerprint(W: torch.Tensor, rows: int = 256) -> float:
 # ----------------------------------------------------------------------------- reading
 
 
+def read_text(path: Path) -> str:
+    """A run's text file (config, summary, metrics), or one line saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LorascopeError(f"{path}: not UTF-8 text (byte {e.start}): a damaged file?") from None
+    except OSError as e:
+        raise LorascopeError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        config = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise LorascopeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if config is not None and not isinstance(config, dict):
+        raise LorascopeError(f"{path}: holds a YAML {type(config).__name__}, not a mapping of config keys")
+    return config or {}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -330,9 +337,28 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             return {"status": "complete", "kind": "peft"}
         return {}
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise LorascopeError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(summary, dict):
+        raise LorascopeError(f"{path}: holds a JSON {type(summary).__name__}, not an object")
+    return summary
+
+
+def _records(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """metrics.jsonl's (line, record) pairs, up to the first line that is not a JSON object (cut short
+    by a kill, or damaged): that line ends the log."""
+    rows = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(row, dict):
+                break
+            rows.append((line, row))
+    return rows
 
 
 def read_metrics(run_dir: Path):
@@ -341,14 +367,7 @@ def read_metrics(run_dir: Path):
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return pd.DataFrame()
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by an interrupted run ends the log
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for _, row in _records(read_text(path))])
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
