@@ -130,6 +130,20 @@ def _same_experiment(out: Path, cfg: SweepConfig) -> bool:
     return comparable(runs.read_config(out)) == comparable(to_dict(cfg))
 
 
+def _thread_change(state: resume.ResumeState, cfg: SweepConfig) -> str | None:
+    """Why resuming would mix two CPU thread counts, or None. Float sums are ordered by the thread
+    count, so a run is bit-identical to an uninterrupted one only at the thread count it started with."""
+    was = state.counters.get("threads")
+    now = cfg.train.threads or torch.get_num_threads()
+    if was is None or was == now:
+        return None
+    return (
+        f"killed after step {state.step} while training on {was} CPU thread(s), relaunched with {now}: "
+        f"a resumed run is bit-identical only on the same count; relaunch with train.threads={was} "
+        "(or remove the run folder to start afresh)"
+    )
+
+
 def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
     if runs.is_complete(out):
         if _same_experiment(out, cfg):
@@ -148,6 +162,10 @@ def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
         state = resume.load_state(out)
         status = runs.read_summary(out).get("status") if (out / runs.SUMMARY_FILE).is_file() else None
         if state is not None and status is None and _same_experiment(out, cfg):
+            other_threads = _thread_change(state, cfg)
+            if other_threads:
+                log.error("%s", other_threads)
+                return _failed(other_threads)  # nothing written: the same thread count still resumes it
             removed = runs.remove_temporaries(out)
             log.info(
                 "%s: killed after step %d; resuming (%d partial file(s) removed)",

@@ -153,6 +153,7 @@ def train(cfg: SweepConfig | dict, out_dir: str | Path, resume_run: bool = False
         runs.append_metrics(out, {"step": 0, **first})
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
+                    "threads": torch.get_num_threads(),  # bit-identity holds per thread count
                     "evals": first, "loss": None}  # fmt: skip
 
     batches = task.train_batches(tc.batch_size, cfg.seed, start=counters["step"])
@@ -245,6 +246,7 @@ def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: f
         "update_params": update.n_params(),
         "device": str(device),
         "dtype": tc.dtype,
+        "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count only
     }
     runs.write_summary(out, summary)
     return summary
