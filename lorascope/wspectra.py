@@ -12,7 +12,9 @@ from any copy of a checkpoint finds its entry, and a different W can never be se
 
 remembers the key of a tensor under its file identity (path, inode, size, mtime and ctime, tensor
 key and byte range: `Checkpoint.identity`), the way git's index remembers file hashes by stat data:
-an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is. The
+an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is.
+Each record also holds a probe, a hash of its key and of a few rows of the tensor, checked on every
+read: a record naming another tensor's key is not trusted, and W is hashed again. The
 comparison layer (`lorascope.compare.base`) hashes the tensor as stored (bf16: half the bytes of
 a float32 copy) and analyses its exact float64 conversion under that key.
 `cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
@@ -63,6 +65,20 @@ def weight_key(W: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+PROBE_ROWS = 64
+
+
+def _probe(key: str, W: torch.Tensor) -> str:
+    """A cheap check that `key` is W's: sha256 of the key and of PROBE_ROWS evenly spaced rows of W
+    (512 KiB of a 4096² bf16 W, against 32 MiB to hash it whole). An index entry naming another
+    tensor's key fails it, so a damaged or crafted index can never serve another W's spectra."""
+    W = W.detach().cpu()
+    rows = torch.linspace(0, W.shape[0] - 1, min(PROBE_ROWS, W.shape[0])).round().long().unique()
+    h = hashlib.sha256(f"{key} {W.dtype} {tuple(W.shape)}\n".encode())
+    h.update(memoryview(W[rows].contiguous().view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def _is_key(value) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
@@ -98,15 +114,16 @@ class SpectraCache:
         path = self.root / f"v{VERSION}" / "index" / name[:2] / f"{name}.json"
         try:
             found = json.loads(path.read_text())
-            if found.get("identity") == identity and _is_key(found.get("key")):
+            key = found.get("key")
+            if found.get("identity") == identity and _is_key(key) and found.get("probe") == _probe(key, W):
                 STATS["index-hit"] += 1
-                return found["key"]
+                return key
         except (OSError, ValueError, AttributeError):
             pass
         STATS["hashed"] += 1
         key = weight_key(W)
         if still is None or still() == identity:
-            text = json.dumps({"identity": identity, "key": key}, sort_keys=True)
+            text = json.dumps({"identity": identity, "key": key, "probe": _probe(key, W)}, sort_keys=True)
             try:
                 run_format.atomic_write(path, lambda tmp: tmp.write_text(text))
             except OSError as e:

@@ -150,11 +150,19 @@ def test_the_key_index_remembers_a_hash_by_identity_and_never_trusts_a_bad_entry
     W, other = _W(), _W(seed=1)
     stats = wspectra.STATS.copy()
     assert cache.key("file-a", W) == wspectra.weight_key(W)
-    assert cache.key("file-a", other) == wspectra.weight_key(W)  # by identity: W is not read again
+    assert cache.key("file-a", W) == wspectra.weight_key(W)  # by identity: W is not hashed again
     assert wspectra.STATS - stats == {"hashed": 1, "index-hit": 1}
-    # An index file that does not parse, or names another identity, costs one hash and is rewritten.
+    # An index file that does not parse, names another identity, or names another tensor's key (a
+    # valid key, with or without that tensor's probe) costs one hash and is rewritten.
     (index,) = (tmp_path / "v1" / "index").rglob("*.json")
-    for bad in ("{not json", json.dumps({"identity": "file-b", "key": wspectra.weight_key(other)})):
+    good = json.loads(index.read_text())
+    key_b = wspectra.weight_key(other)
+    for bad in (
+        "{not json",
+        json.dumps({"identity": "file-b", "key": key_b}),
+        json.dumps({**good, "key": key_b}),
+        json.dumps({**good, "key": key_b, "probe": wspectra._probe(key_b, other)}),
+    ):
         index.write_text(bad)
         stats = wspectra.STATS.copy()
         assert cache.key("file-a", W) == wspectra.weight_key(W)
