@@ -176,9 +176,15 @@ def cmd_similarity(args) -> int:
     from lorascope.analysis.plots import plot_phi
     from lorascope.analysis.tables import parse_formats, write_figure
     from lorascope.compare import heatmap_pages, run_similarity
+    from lorascope.compare.inputs import SameBase
 
     formats = parse_formats(args.format)
     run_a, run_b = _load(args.run_a, args), _load(args.run_b, args)
+    same_base = (
+        SameBase()
+    )  # φ between adapters of two bases compares unrelated spaces: refused, as by compare
+    for run in (run_a, run_b):
+        same_base.add(run, str(run.path))
     layers = _layers(args, [m for m in run_a.adapters if m in run_b.adapters])
     pair = run_similarity(run_a, run_b, args.factor, args.modules, layers, progress=_progress())
     pages = heatmap_pages(pair, args.per_page)
@@ -619,6 +625,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args) -> None:
+    """What argparse checks only the type of: --k, --top and --per-page count directions or panels
+    (at least 1); --device cuda needs a CUDA device (else nothing could be computed where asked)."""
+    for name in ("k", "top", "per_page"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise LorascopeError(f"--{name.replace('_', '-')} {value}: want at least 1")
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LorascopeError("--device cuda: this machine has no CUDA device; use --device auto or cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lorascope` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -632,6 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        _check_args(args)
         return args.func(args)
     except (LorascopeError, OSError) as e:
         # A user mistake or an unreadable path: one line, no traceback.

@@ -284,7 +284,10 @@ def export_peft(
     if out_dir.exists() and not out_dir.is_dir():
         raise LorascopeError(f"{out_dir}: is a file; give a folder to write the PEFT adapter into")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise LorascopeError(f"{out_dir}: folder is not empty; choose another or pass overwrite=True")
+        raise LorascopeError(
+            f"{out_dir}: folder is not empty; choose another, or write into it with `lorascope export "
+            "--overwrite` (overwrite=True from Python)"
+        )
     rslora = bool(run.meta.get("rslora", False))
     if fan_in_fan_out is None:
         fan_in_fan_out = bool(run.meta.get("fan_in_fan_out", False))

@@ -127,6 +127,5 @@ class SameBase:
         elif name != self.name[0] and not agreed:
             raise LorascopeError(
                 f"{label} and {self.name[2]} were trained on different base models "
-                f"({run.meta['base_model']!r} vs {self.name[1]!r}); compare adapters of one base "
-                "(check_base=False compares them anyway)"
+                f"({run.meta['base_model']!r} vs {self.name[1]!r}); compare adapters of one base"
             )
