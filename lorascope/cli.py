@@ -23,7 +23,7 @@ import os
 import sys
 from pathlib import Path
 
-from lorascope.errors import LorascopeError
+from lorascope.errors import LorascopeError, one_line
 
 log = logging.getLogger("lorascope")
 
@@ -656,8 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (LorascopeError, OSError) as e:
         # A user mistake or an unreadable path: one line, no traceback.
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror and e.filename else e
-        print(f"lorascope: error: {text}", file=sys.stderr)
+        print(f"lorascope: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorascope: interrupted", file=sys.stderr)

@@ -29,7 +29,7 @@ import torch
 
 from lorascope import resume, runs
 from lorascope.config import SweepConfig, comparable, from_dict, to_dict
-from lorascope.errors import LorascopeError
+from lorascope.errors import LorascopeError, one_line
 from lorascope.train import RunFailed, train
 
 log = logging.getLogger(__name__)
@@ -118,12 +118,17 @@ def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
         cfg = from_dict(cfg)
     except LorascopeError as e:
         return _failed(str(e))
-    with run_lock(out) as holder:
-        if holder is not None:
-            reason = f"{out}: being trained by {holder}; not touched"
-            log.warning(reason)
-            return {"status": "busy", "reason": reason}
-        return _launch_locked(cfg, out)
+    try:
+        with run_lock(out) as holder:
+            if holder is not None:
+                reason = f"{out}: being trained by {holder}; not touched"
+                log.warning(reason)
+                return {"status": "busy", "reason": reason}
+            return _launch_locked(cfg, out)
+    except (LorascopeError, OSError) as e:  # a damaged folder, or one that cannot be written: a record
+        reason = one_line(e)
+        log.error("%s failed: %s", out, reason)
+        return _failed(reason)
 
 
 def _same_experiment(out: Path, cfg: SweepConfig) -> bool:
@@ -144,6 +149,18 @@ def _thread_change(state: resume.ResumeState, cfg: SweepConfig) -> str | None:
     )
 
 
+def _status(out: Path) -> str | None:
+    """The status its summary.json gives a run folder (None: no summary); "damaged" for a summary
+    that cannot be read, which proves nothing complete, so that the run is redone."""
+    if not (out / runs.SUMMARY_FILE).is_file():
+        return None
+    try:
+        return runs.read_summary(out).get("status") or "incomplete"
+    except LorascopeError as e:
+        log.warning("%s", e)
+        return "damaged"
+
+
 def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
     if runs.is_complete(out):
         if _same_experiment(out, cfg):
@@ -160,7 +177,7 @@ def _launch_locked(cfg: SweepConfig, out: Path) -> dict[str, Any]:
         if not runs.is_run_dir(out):
             return _failed(f"{out} holds files that are not a run; not touched")
         state = resume.load_state(out)
-        status = runs.read_summary(out).get("status") if (out / runs.SUMMARY_FILE).is_file() else None
+        status = _status(out)
         if state is not None and status is None and _same_experiment(out, cfg):
             other_threads = _thread_change(state, cfg)
             if other_threads:
