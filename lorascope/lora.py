@@ -193,6 +193,17 @@ def _check_rank(model: nn.Module, names: list[str], rank: int, allow: bool) -> N
     log.warning("%s: ΔW there has rank ≤ %d", what, width)
 
 
+def _check_not_trainable(model: nn.Module, names: list[str], trainable: list[str]) -> None:
+    """A target inside a module that trains whole (the head) would be trained twice, as W and as A, B."""
+    whole = [n for n, _ in model.named_modules() if n and trainable and matches(n, trainable)]
+    inside = [t for t in names if any(t == w or t.startswith(w + ".") for w in whole)]
+    if inside:
+        raise LorascopeError(
+            f"target {inside[0]} is in {_targets_text(trainable)}, which trains whole (the task's head); "
+            "choose targets in the base model (e.g. lora.targets=[query,value])"
+        )
+
+
 def add_lora(
     model: nn.Module,
     targets: str | Sequence[str],
@@ -238,6 +249,7 @@ def add_lora(
             f"{type(model).__name__}; its linear modules end in: {examples}"
         )
     _check_rank(model, names, rank, allow_rank_above_dim)
+    _check_not_trainable(model, names, list(trainable))
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = {}

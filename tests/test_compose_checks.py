@@ -35,3 +35,14 @@ def test_a_bad_override_is_one_line_before_anything_runs(tmp_path, overrides, li
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"lorascope: error: {line}"]
     assert not any(tmp_path.rglob("config.yaml"))  # no run was started
+
+
+def test_a_target_inside_the_trained_head_is_one_line(tiny_bert):
+    from transformers import BertForSequenceClassification
+
+    from lorascope.errors import LorascopeError
+    from lorascope.lora import add_lora
+
+    model = BertForSequenceClassification.from_pretrained(tiny_bert)
+    with pytest.raises(LorascopeError, match="target classifier is in .*classifier.*trains whole"):
+        add_lora(model, ["classifier"], rank=2, alpha=4, trainable=["classifier"])
