@@ -34,3 +34,20 @@ def test_a_runs_dir_that_is_a_file_is_one_line(tiny_bert, topic_jsonl, tmp_path)
     assert proc.stderr.strip().splitlines() == [
         f"lorascope: error: runs_dir={runs_dir}: cannot hold the sweep folder (Not a directory)"
     ]
+
+
+def test_training_refuses_a_base_with_pickle_weights_only(tiny_bert, topic_jsonl, tmp_path):
+    import shutil
+
+    import torch
+
+    base = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, base)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    cfg = tiny_config(base, topic_jsonl, steps=2)
+    failed = launch(cfg, tmp_path / "r2-s0")
+    assert failed["status"] == "failed" and "pickle weights" in failed["reason"]
+    assert "save_pretrained" in failed["reason"]  # the line that converts them
