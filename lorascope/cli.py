@@ -42,8 +42,9 @@ def _print_table(df, title: str | None = None) -> None:
 
 def _write_csv(df, path: Path, index: bool = True) -> Path:
     """The full-precision numbers behind what was printed or drawn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=index, float_format="%.10g")
+    from lorascope.run_format import atomic_write_text
+
+    atomic_write_text(path, df.to_csv(index=index, float_format="%.10g"))
     return path
 
 

@@ -195,6 +195,11 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """`text` written to `path` through `atomic_write`: a full disk leaves the old file, never half."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def remove_temporaries(folder: Path) -> list[Path]:
     """Delete the `.*.tmp` files that writes killed midway left under a folder; returns them."""
     found = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()] if Path(folder).is_dir() else []

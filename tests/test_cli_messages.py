@@ -70,3 +70,24 @@ def test_device_cuda_without_cuda_is_refused(two, tmp_path, capsys):
     sweep = two[0].parent
     err = _error(capsys, ["figures", str(sweep), "--device", "cuda", "--out", str(tmp_path / "f")])
     assert "no CUDA device" in err and not (tmp_path / "f").exists()
+
+
+def test_a_full_disk_during_an_analysis_leaves_no_cut_off_file(two, tmp_path, capsys, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    a = two[0]
+    out = tmp_path / "o"
+    assert main(["spectrum", str(a), "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kw):
+        write_text(self, text[: len(text) // 2], *args, **kw)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    capsys.readouterr()
+    assert "No space left on device" in _error(capsys, ["spectrum", str(a), "--out", str(out)])
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old files whole, no temporaries
