@@ -35,6 +35,7 @@ cold and a warm analysis give the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,7 +49,7 @@ import torch
 from lorascope import models, run_format
 from lorascope.analysis import truncated
 from lorascope.analysis.amplification import random_projection
-from lorascope.errors import LorascopeError
+from lorascope.errors import LorascopeError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Entry:
         """All min(out, in) left singular vectors of W, (out, m) by descending σ (stored in float32)."""
         path = self.folder / "left.safetensors"
         m = min(self.W.shape)
-        found = self._load(path, "left", m) if path.is_file() else None
+        found = self._load(path, "left", m) if _is_file(path) else None
         if found is not None:
             STATS["hit"] += 1
             return found["U"].double()
@@ -174,7 +175,7 @@ class Entry:
         """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
         W's data too, stored so that a warm Table 7 needs one product with W, not two."""
         path = self.folder / f"random-{int(k)}-{int(seed)}.safetensors"
-        found = self._load(path, "random", int(k), seed) if path.is_file() else None
+        found = self._load(path, "random", int(k), seed) if _is_file(path) else None
         if found is not None:
             STATS["hit"] += 1
             return float(found["proj"][0])
@@ -187,10 +188,13 @@ class Entry:
 
     def _stored_tops(self) -> list[tuple[int, Path]]:
         found = []
-        for path in self.folder.glob("top-*.safetensors") if self.folder.is_dir() else ():
-            k = path.name.removeprefix("top-").removesuffix(".safetensors")
-            if k.isdigit():
-                found.append((int(k), path))
+        try:
+            for path in self.folder.glob("top-*.safetensors") if self.folder.is_dir() else ():
+                k = path.name.removeprefix("top-").removesuffix(".safetensors")
+                if k.isdigit():
+                    found.append((int(k), path))
+        except OSError as e:  # a cache folder this user cannot look into: nothing stored, as for none
+            log.warning("cannot read the W-spectra cache %s (%s): computing", self.folder, e.strerror or e)
         return sorted(found)
 
     def _expected_shapes(self, kind: str, k: int) -> dict[str, tuple[int, ...]]:
@@ -218,10 +222,10 @@ class Entry:
         """The tensors of a stored entry, or None (logged, file removed) if it does not check out."""
         try:
             tensors, meta = run_format.read_tensors(path)
-        except LorascopeError as e:
-            if not path.exists():  # removed by another process between listing and reading
+        except (LorascopeError, OSError) as e:
+            if not _is_file(path):  # removed by another process between listing and reading, or unreadable
                 return None
-            return self._corrupt(path, str(e))
+            return self._corrupt(path, one_line(e))
         expected = self._header(kind, k, seed)
         wrong = [f for f, v in expected.items() if meta.get(f) != v]
         if wrong:
@@ -236,8 +240,17 @@ class Entry:
     def _corrupt(self, path: Path, why: str) -> None:  # returns None: "nothing usable stored"
         STATS["corrupt"] += 1
         log.warning("corrupt W-spectra cache entry %s (%s): recomputing it", path, why)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache keeps it; the new one is not stored either
+            path.unlink(missing_ok=True)
         return None
+
+
+def _is_file(path: Path) -> bool:
+    """path.is_file(), and False where the cache cannot even be looked into (a folder of mode 000)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
