@@ -380,8 +380,12 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise LorascopeError(f"{path}: no such file")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise LorascopeError(f"{path}: no such file") from None
+    except OSError as e:  # a permission refused is not a missing file: say which
+        raise LorascopeError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}

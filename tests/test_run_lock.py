@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 
+import pytest
 from conftest import ROOT, sweep_cmd, tiny_overrides
 
 from lorascope import runs
@@ -38,7 +39,10 @@ def _sweep(tmp_path, runs_dir, *extra, slow: bool = False) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def test_a_deleted_lock_never_lets_a_second_sweep_take_a_running_run(tiny_bert, topic_jsonl, tmp_path):
+@pytest.mark.parametrize("second_config", [["train.lr=0.01"], []], ids=["another config", "the same config"])
+def test_a_deleted_lock_never_lets_a_second_sweep_take_a_running_run(
+    tiny_bert, topic_jsonl, tmp_path, second_config
+):
     runs_dir = tmp_path / "runs"
     common = tiny_overrides(tiny_bert, topic_jsonl, runs_dir, "train.steps=30", "train.log_every=1")
     out = runs_dir / "tiny-topics" / "r2-s0"
@@ -50,7 +54,7 @@ def test_a_deleted_lock_never_lets_a_second_sweep_take_a_running_run(tiny_bert, 
             time.sleep(0.2)
         lock_path(out).unlink()  # a tidy-up while the run trains
         second = subprocess.run(
-            sweep_cmd("rank=2", *common, "train.lr=0.01"), cwd=tmp_path, capture_output=True, text=True,
+            sweep_cmd("rank=2", *common, *second_config), cwd=tmp_path, capture_output=True, text=True,
             timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
         assert first.poll() is None, "the first sweep ended before the second one arrived"
