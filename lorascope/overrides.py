@@ -64,8 +64,8 @@ def check_overrides(args: list[str]) -> None:
     swept: dict[str, list[Any]] = {}
     for o in overrides:
         key = o.key_or_group
-        if o.is_add() or o.is_delete() or key.split(".")[0] == "hydra" or key in groups:
-            continue
+        if o.is_add() or o.is_delete() or "/" in key or key.split(".")[0] == "hydra" or key in groups:
+            continue  # appended or deleted keys, group paths (hydra/launcher=joblib), Hydra's own, presets
         if key not in keys:
             close = difflib.get_close_matches(key, [*keys, *sorted(groups)], n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]}?" if close else " (the keys are in lorascope/config.py)"

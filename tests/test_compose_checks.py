@@ -46,3 +46,12 @@ def test_a_target_inside_the_trained_head_is_one_line(tiny_bert):
     model = BertForSequenceClassification.from_pretrained(tiny_bert)
     with pytest.raises(LorascopeError, match="target classifier is in .*classifier.*trains whole"):
         add_lora(model, ["classifier"], rank=2, alpha=4, trainable=["classifier"])
+
+
+def test_presets_launchers_and_hydra_settings_are_left_to_hydra():
+    from lorascope.overrides import check_overrides
+
+    check_overrides(
+        ["rank=1,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=hf", "model.name_or_path=x",
+         "experiment=smoke", "+extra=1", "~seed", "lora.targets=[query,value]", "seed=range(0,3)"]
+    )  # fmt: skip
