@@ -2,18 +2,23 @@
 
 Hydra reports a key typo (`rnak=8`) or a wrong type (`train.steps=ten`) in 4–12 lines, and a swept
 value (`rank=1,0`) reaches the check only in its own job, after the jobs before it have trained.
-`check_overrides` gives each of these one line first: the closest key for a typo, and every value of
-every swept key checked with the single-valued overrides beside it. Presets (`model=hf`), `hydra.*`
-and appended or deleted keys (`+key`, `~key`) are left to Hydra, which reports them well.
+`check_overrides` gives each of these one line first: the closest key for a typo, each value's type
+against the schema, and every value of every swept key checked (`config.check`) in the config that
+Hydra's compose API builds from conf/ and the single-valued overrides, presets included. Choosing a
+preset (`model=hf`), `hydra.*` and appended or deleted keys (`+key`, `~key`) are left to Hydra.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import typing
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from lorascope.config import SweepConfig, from_dict
 from lorascope.errors import LorascopeError
@@ -56,7 +61,8 @@ def check_overrides(args: list[str]) -> None:
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in args):
         return  # Hydra's own flags (--help, --cfg job, -cn NAME, ...): Hydra's business
     try:
-        overrides = OverridesParser.create().parse_overrides([a for a in args if not a.startswith("-")])
+        plain = [a for a in args if not a.startswith("-")]
+        overrides = OverridesParser.create().parse_overrides(plain)
     except Exception:  # a syntax error: Hydra names it with its position
         return
     keys, groups = schema_keys(), _groups()
@@ -74,9 +80,60 @@ def check_overrides(args: list[str]) -> None:
             swept[key] = list(o.sweep_iterator())
         else:
             fixed[key] = o.value()
-    if not any(isinstance(v, str) and "${" in v for v in fixed.values()):
-        from_dict(_nest(fixed))
+    for key, values in [*((k, [v]) for k, v in fixed.items()), *swept.items()]:
+        for value in values:
+            _check_type(key, value)
+    if not swept:
+        return  # the composed config is checked by SweepReport before any job starts
+    kept = [
+        a
+        for a, o in zip(plain, overrides, strict=True)
+        if not (o.is_sweep_override() or o.is_add() or o.is_delete())
+    ]
+    base = _composed(kept)  # appended or deleted keys are left to Hydra and the jobs, as above
     for key, values in swept.items():
         for value in values:
-            if not (isinstance(value, str) and "${" in value):  # interpolations resolve in the job
-                from_dict(_nest({**fixed, key: value}))
+            if base is not None and not _interpolation(value):  # interpolations resolve in the job
+                from_dict(_with(base, key, value))
+
+
+def _interpolation(value: Any) -> bool:
+    return isinstance(value, str) and "${" in value
+
+
+def _check_type(key: str, value: Any) -> None:
+    """One value against the schema's type for its key (`train.steps=ten`), in one line."""
+    if _interpolation(value):
+        return
+    try:
+        OmegaConf.merge(OmegaConf.structured(SweepConfig), _nest({key: value}))
+    except OmegaConfBaseException as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise LorascopeError(f"config key {key}: {first}") from None
+
+
+def _composed(args: list[str]) -> dict[str, Any] | None:
+    """The config as Hydra composes it from conf/ with the single-valued overrides (presets included),
+    without its hydra node; None if it does not compose (Hydra then reports why, as it always does)."""
+    from hydra import compose, initialize_config_dir
+
+    runs = [a for a in args if not a.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=runs)
+    except Exception:
+        return None
+    return {k: v for k, v in OmegaConf.to_container(cfg, resolve=False).items() if k != "hydra"}
+
+
+def _with(config: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """A copy of `config` with the dotted `key` set to `value`."""
+    out = copy.deepcopy(config)
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = value
+    return out

@@ -49,7 +49,11 @@ def test_a_target_inside_the_trained_head_is_one_line(tiny_bert):
 
 
 def test_presets_launchers_and_hydra_settings_are_left_to_hydra():
+    from lorascope import hydra_glue
     from lorascope.overrides import check_overrides
+
+    hydra_glue.register()  # as sweep.py does: the schema in Hydra's ConfigStore
+    check_overrides(["method=full", "rank=0,1"])  # swept values are checked in the composed config
 
     check_overrides(
         ["rank=1,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=hf", "model.name_or_path=x",
