@@ -12,6 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from lorascope import hydra_glue
+from lorascope.errors import LorascopeError
+from lorascope.overrides import check_overrides
 
 hydra_glue.register()
 
@@ -30,4 +32,9 @@ if __name__ == "__main__":
     # comma list as "ambiguous" instead of the real error. Saying --multirun up front keeps the error.
     if not {"-m", "--multirun"} & set(sys.argv[1:]):
         sys.argv.insert(1, "--multirun")
+    try:  # a key typo, a wrong type or a bad swept value: one line before Hydra composes anything
+        check_overrides(sys.argv[1:])
+    except LorascopeError as e:
+        print(f"lorascope: error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

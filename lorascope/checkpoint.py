@@ -41,6 +41,18 @@ CONV1D_LAYERS = {
 TENSORS_READ: Counter = Counter()
 
 
+def refuse_pickle_only(folder: Path) -> None:
+    """Refuse a model folder whose weights are pickle only: loading them would run arbitrary code."""
+    folder = Path(folder)
+    if (folder / SINGLE_FILE).is_file() or (folder / INDEX_FILE).is_file():
+        return
+    if any((folder / name).is_file() for name in PICKLE_FILES):
+        raise LorascopeError(
+            f"{folder}: holds only pickle weights (pytorch_model.bin), which lorascope never loads; convert "
+            "them to safetensors once (from_pretrained(folder).save_pretrained(out) writes model.safetensors)"
+        )
+
+
 def _shards(folder: Path) -> dict[str, Path]:
     """tensor key -> safetensors file, from the index of a sharded checkpoint or a single file."""
     index = folder / INDEX_FILE
@@ -56,11 +68,7 @@ def _shards(folder: Path) -> dict[str, Path]:
         return files
     if (folder / SINGLE_FILE).is_file():
         return {key: folder / SINGLE_FILE for key in _header(folder / SINGLE_FILE)}
-    if any((folder / name).is_file() for name in PICKLE_FILES):
-        raise LorascopeError(
-            f"{folder}: holds only pickle weights (pytorch_model.bin), which lorascope never loads; convert "
-            "them to safetensors once (from_pretrained(folder).save_pretrained(out) writes model.safetensors)"
-        )
+    refuse_pickle_only(folder)
     others = sorted(p.name for p in folder.glob("*.safetensors"))
     hint = f" ({', '.join(others[:3])} are not a model checkpoint's names)" if others else ""
     raise LorascopeError(f"{folder}: holds no model weights: no {SINGLE_FILE} or {INDEX_FILE}{hint}")

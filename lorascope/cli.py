@@ -24,7 +24,7 @@ import os
 import sys
 from pathlib import Path
 
-from lorascope.errors import LorascopeError
+from lorascope.errors import LorascopeError, one_line
 
 log = logging.getLogger("lorascope")
 
@@ -43,8 +43,9 @@ def _print_table(df, title: str | None = None) -> None:
 
 def _write_csv(df, path: Path, index: bool = True) -> Path:
     """The full-precision numbers behind what was printed or drawn."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, index=index, float_format="%.10g")
+    from lorascope.run_format import atomic_write_text
+
+    atomic_write_text(path, df.to_csv(index=index, float_format="%.10g"))
     return path
 
 
@@ -87,15 +88,21 @@ def _load(path: Path, args):
     from lorascope.runs import load_run
 
     run = load_run(path)
-    if run.status == "failed":
-        reason = run.summary.get("reason") or "no reason recorded"
+    _check_status(path, run.summary, args)
+    return run
+
+
+def _check_status(path: Path, summary: dict, args) -> None:
+    """Refuse a failed run whatever the flags, and an incomplete one unless --allow-incomplete."""
+    status = summary.get("status", "incomplete")
+    if status == "failed":
+        reason = summary.get("reason") or "no reason recorded"
         raise LorascopeError(f"{path}: the run failed ({reason}); it is not analysed")
-    if run.status != "complete" and not getattr(args, "allow_incomplete", False):
+    if status != "complete" and not getattr(args, "allow_incomplete", False):
         raise LorascopeError(
-            f"{path}: the run is {run.status} (its summary.json does not say complete: still training, "
+            f"{path}: the run is {status} (its summary.json does not say complete: still training, "
             "or killed); pass --allow-incomplete to analyse what it saved"
         )
-    return run
 
 
 def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
@@ -171,9 +178,15 @@ def cmd_similarity(args) -> int:
     from lorascope.analysis.plots import plot_phi
     from lorascope.analysis.tables import parse_formats, write_figure
     from lorascope.compare import heatmap_pages, run_similarity
+    from lorascope.compare.inputs import SameBase
 
     formats = parse_formats(args.format)
     run_a, run_b = _load(args.run_a, args), _load(args.run_b, args)
+    same_base = (
+        SameBase()
+    )  # φ between adapters of two bases compares unrelated spaces: refused, as by compare
+    for run in (run_a, run_b):
+        same_base.add(run, str(run.path))
     layers = _layers(args, [m for m in run_a.adapters if m in run_b.adapters])
     pair = run_similarity(run_a, run_b, args.factor, args.modules, layers, progress=_progress())
     pages = heatmap_pages(pair, args.per_page)
@@ -531,10 +544,8 @@ def cmd_compare(args) -> int:
 
     formats = parse_formats(args.format)
     for path in args.sources:  # the same door as every other command, before anything is loaded
-        if is_run_dir(path) and not args.allow_incomplete:
-            status = read_summary(path).get("status", "incomplete")
-            if status != "complete":
-                raise LorascopeError(f"{path}: the run is {status}; pass --allow-incomplete to compare it")
+        if is_run_dir(path):
+            _check_status(path, read_summary(path), args)
     amap = adapter_map(
         args.sources,
         factor=args.factor,
@@ -552,6 +563,8 @@ def cmd_compare(args) -> int:
     _print_table(amap.similarity if len(amap.names) <= 15 else amap.nearest(), title)
     if amap.skipped:
         print(f"note: {len(amap.skipped)} module(s) not shared by all adapters were skipped")
+    for name, why in amap.left_out.items():
+        print(f"run {name}: skipped: {why}")
     first = Path(args.sources[0])
     out = args.out or (first / "analysis" if len(args.sources) == 1 else _default_out(first, ""))
     out = out / f"compare_{amap.factor}" if args.out is None else out
@@ -653,6 +666,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args) -> None:
+    """What argparse checks only the type of: --k, --top and --per-page count directions or panels
+    (at least 1); --device cuda needs a CUDA device (else nothing could be computed where asked)."""
+    for name in ("k", "top", "per_page"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise LorascopeError(f"--{name.replace('_', '-')} {value}: want at least 1")
+    if getattr(args, "device", None) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise LorascopeError("--device cuda: this machine has no CUDA device; use --device auto or cpu")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lorascope` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -666,11 +693,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
+        _check_args(args)
         return args.func(args)
     except (LorascopeError, OSError) as e:
         # A user mistake or an unreadable path: one line, no traceback.
-        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.strerror and e.filename else e
-        print(f"lorascope: error: {text}", file=sys.stderr)
+        print(f"lorascope: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorascope: interrupted", file=sys.stderr)

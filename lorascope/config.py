@@ -71,6 +71,7 @@ class LoraConfig:
     lr_ratio: float = 1.0  # B's learning rate = lr_ratio × A's (LoRA+, Hayou et al. 2024, use ~16)
     train_A: bool = True  # false: A stays at its initialisation A0 (only B learns)
     train_B: bool = True  # false: B stays 0 ... so ΔW stays 0; for asymmetry studies with train_A
+    allow_rank_above_dim: bool = False  # a rank above a target's min(in, out) is refused unless true
 
 
 @dataclass
@@ -327,6 +328,9 @@ def check(cfg: SweepConfig) -> None:
             for part in key.split("."):
                 value = getattr(value, part)
             raise LorascopeError(f"{key}={value} {what}")
+    for key, ok, what in choice_rules(cfg):
+        if not ok:
+            raise LorascopeError(f"{key}={_value(cfg, key)} {what}")
     check_trackers(cfg.logger)
 
 
@@ -342,6 +346,59 @@ def check_trackers(logger: LoggerConfig) -> None:
             )
 
 
+LORA_INITS = ("kaiming", "gaussian")  # lorascope.lora.INITS
+TASK_SOURCES = ("bbc", "plays", "shakespeare", "text", "hf")  # lorascope.data's readers
+
+
+def _value(cfg: SweepConfig, key: str) -> Any:
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _regex_ok(targets: Any) -> bool:
+    """A string of targets is a regular expression: it must compile (a list holds suffixes)."""
+    if not isinstance(targets, str):
+        return True
+    try:
+        re.compile(targets)
+    except re.error:
+        return False
+    return True
+
+
+def choice_rules(cfg: SweepConfig) -> list[tuple[str, Any, str]]:
+    """Named choices and signs checked when the config is composed, so that a bad one is one line
+    before any model or data loads (not an error deep in training)."""
+    t, lora = cfg.train, cfg.method == "lora"
+    return [
+        ("lora.init", not lora or cfg.lora.init in LORA_INITS, f"is not one of {', '.join(LORA_INITS)}"),
+        (
+            "lora.targets",
+            not lora or _regex_ok(cfg.lora.targets),
+            "is a regular expression that does not compile",
+        ),
+        (
+            "full.targets",
+            lora or _regex_ok(cfg.full.targets),
+            "is a regular expression that does not compile",
+        ),
+        ("task.source", cfg.task.source in TASK_SOURCES, f"is not one of {', '.join(TASK_SOURCES)}"),
+        (
+            "task.max_val",
+            cfg.task.max_val is None or cfg.task.max_val >= 1,
+            "must be at least 1 (or null: all)",
+        ),
+        ("train.threads", t.threads >= 0, "must be 0 (torch's default) or positive"),
+        (
+            "train.weight_decay",
+            t.weight_decay >= 0 and math.isfinite(t.weight_decay),
+            "must be a finite number of at least 0",
+        ),
+    ]
+
+
 def to_dict(cfg: SweepConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
@@ -350,6 +407,7 @@ def to_dict(cfg: SweepConfig) -> dict[str, Any]:
 # whose saved config differs from a relaunch only in these is the same experiment, and is skipped.
 NOT_COMPUTED = ("runs_dir", "name", "run_name", "train.threads", "train.log_every", "train.eval_batch_size",
                 "train.device", "logger")  # fmt: skip
+NOT_COMPUTED += ("lora.allow_rank_above_dim",)  # it only permits a rank; what is computed stays the same
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:

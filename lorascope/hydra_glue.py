@@ -116,7 +116,12 @@ class SweepReport(Callback):
             print(f"lorascope: error: {e}", file=sys.stderr)
             sys.exit(2)
         folder = Path(config.hydra.sweep.dir) / LEDGER_DIR
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # runs_dir a file, or a folder this user cannot write
+            reason = f"runs_dir={config.runs_dir}: cannot hold the sweep folder ({e.strerror})"
+            print(f"lorascope: error: {reason}", file=sys.stderr)
+            sys.exit(2)
         name = f"{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}-{os.getpid()}.jsonl"
         self._ledger = folder / name
         self._fd = os.open(self._ledger, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)

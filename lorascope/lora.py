@@ -19,11 +19,12 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from lorascope.config import LORA_INITS
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
 
-INITS = ("kaiming", "gaussian")
+INITS = LORA_INITS  # kaiming, gaussian: named in the config schema, checked when it is composed
 
 
 def _conv1d_types() -> tuple[type, ...]:
@@ -203,6 +204,33 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _check_rank(model: nn.Module, names: list[str], rank: int, allow: bool) -> None:
+    """Refuse (or with `allow`, warn about) a rank above min(in, out) of a target, from W's shape."""
+    widths = {n: min(model.get_submodule(n).weight.shape) for n in names}
+    narrow = {n: w for n, w in widths.items() if isinstance(rank, int) and rank > w}
+    if not narrow:
+        return
+    name, width = next(iter(narrow.items()))
+    what = f"rank {rank} exceeds min(in, out) of {len(narrow)} target(s), e.g. {name} ({width})"
+    if not allow:
+        raise LorascopeError(
+            f"{what}: ΔW there has rank ≤ {width}; choose rank ≤ {min(narrow.values())}, or set "
+            "lora.allow_rank_above_dim=true"
+        )
+    log.warning("%s: ΔW there has rank ≤ %d", what, width)
+
+
+def _check_not_trainable(model: nn.Module, names: list[str], trainable: list[str]) -> None:
+    """A target inside a module that trains whole (the head) would be trained twice, as W and as A, B."""
+    whole = [n for n, _ in model.named_modules() if n and trainable and matches(n, trainable)]
+    inside = [t for t in names if any(t == w or t.startswith(w + ".") for w in whole)]
+    if inside:
+        raise LorascopeError(
+            f"target {inside[0]} is in {_targets_text(trainable)}, which trains whole (the task's head); "
+            "choose targets in the base model (e.g. lora.targets=[query,value])"
+        )
+
+
 def add_lora(
     model: nn.Module,
     targets: str | Sequence[str],
@@ -214,6 +242,7 @@ def add_lora(
     trainable: Iterable[str] = (),
     seed: int | None = None,
     zero: str = "B",
+    allow_rank_above_dim: bool = False,
 ) -> dict[str, LoRALinear]:
     """Wrap every linear module whose name matches `targets` in a LoRALinear.
 
@@ -223,7 +252,9 @@ def add_lora(
     (torch's global random stream is left untouched); without it, from the global stream in model
     order, as nn.init does. `zero` names the factor that starts at 0: "B" (the paper's, PEFT's), or
     "A" with B drawn instead (to train A against a frozen random B). Returns the wrappers by module
-    name, in model order.
+    name, in model order. A rank above a target's min(in, out) is refused before any factor is
+    allocated (ΔW there cannot have that rank, and rank=100000 would allocate gigabytes), unless
+    `allow_rank_above_dim`, which warns instead.
     """
     if isinstance(targets, str):
         try:
@@ -244,6 +275,8 @@ def add_lora(
             f"targets {_targets_text(targets)} match no linear module of "
             f"{type(model).__name__}; its linear modules end in: {examples}"
         )
+    _check_rank(model, names, rank, allow_rank_above_dim)
+    _check_not_trainable(model, names, list(trainable))
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = {}
@@ -252,12 +285,6 @@ def add_lora(
         layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora, generator, zero)
         _set_module(model, name, layer)
         wrapped[name] = layer
-    narrow = {n: min(w.in_features, w.out_features) for n, w in wrapped.items() if rank > w.in_features
-              or rank > w.out_features}  # fmt: skip
-    if narrow:
-        name, width = next(iter(narrow.items()))
-        log.warning("rank %d exceeds min(in, out) of %d target(s), e.g. %s (%d): ΔW there has rank ≤ %d",
-                    rank, len(narrow), name, width, width)  # fmt: skip
     trainable = list(trainable)
     if trainable:
         extra = [n for n, _ in model.named_modules() if n and matches(n, trainable)]

@@ -73,6 +73,7 @@ class LoRAUpdate:
         self.wrapped = add_lora(
             model, lc.targets, cfg.rank, cfg.alpha, lc.dropout, lc.init, lc.rslora,
             trainable=head, seed=cfg.seed, zero="B" if lc.train_B else "A",
+            allow_rank_above_dim=lc.allow_rank_above_dim,
         )  # fmt: skip
         for layer in self.wrapped.values():
             layer.A.requires_grad_(lc.train_A)

@@ -214,6 +214,11 @@ def load_model(
     verbosity = hf_logging.get_verbosity()
     if new_head:  # transformers reports the fresh head as "missing" weights: expected, not news
         hf_logging.set_verbosity_error()
+    where = resolve(name_or_path)[0]
+    if Path(where).is_dir():  # for training as for analysis, pickle weights are never loaded
+        from lorascope.checkpoint import refuse_pickle_only
+
+        refuse_pickle_only(Path(where))
     try:
         model = _from_pretrained(cls, name_or_path, **kw)
     finally:

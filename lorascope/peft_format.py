@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from lorascope import run_format
+from lorascope import format_checks, run_format
 from lorascope.errors import LorascopeError
 from lorascope.lora import lora_scaling
 
@@ -73,8 +73,8 @@ def read_peft_config(folder: Path) -> dict[str, Any]:
     """adapter_config.json as a dict; a clear error if it is not a JSON object."""
     path = Path(folder) / CONFIG_FILE
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads(run_format.read_text(path))
+    except json.JSONDecodeError as e:
         raise _fail(path, f"not a readable JSON file ({e})") from None
     if not isinstance(config, dict):
         raise _fail(path, "holds no JSON object")
@@ -113,6 +113,14 @@ def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
     return None
 
 
+def _pattern(config: dict[str, Any], field: str, path: Path) -> dict[str, Any]:
+    """rank_pattern / alpha_pattern: a JSON object (absent or null: none)."""
+    value = config.get(field) or {}
+    if not isinstance(value, dict):
+        raise _fail(path, f"{field} is {value!r}; want a JSON object of module pattern to value")
+    return value
+
+
 def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
     """{module: (A, B)} from PEFT key names, and the names of the other tensors (biases, saved modules)."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -144,6 +152,7 @@ def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
             raise _fail(
                 path, f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} differ in r"
             )
+        format_checks.check_factors(path, module, A, B, None)  # dtypes, rank 0; r against the config below
         run_format.check_finite(path, module, "lora_A", A)
         run_format.check_finite(path, module, "lora_B", B)
         out[module] = (A.float(), B.float())
@@ -166,22 +175,34 @@ def load_peft_run(path: str | Path) -> run_format.Run:
         raise _fail(path, f"has {CONFIG_FILE} but no {WEIGHTS_FILE}")
     factors, other = _split_keys(run_format.read_tensors(weights)[0], weights)
 
-    r0, alpha0 = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
+    config_path = path / CONFIG_FILE
+    r0 = format_checks.positive_int(config_path, "r", config.get("r", 8))  # PEFT's defaults when absent
+    alpha0 = format_checks.positive_number(config_path, "lora_alpha", config.get("lora_alpha", 8))
     rslora = bool(config.get("use_rslora", False))
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
+    rank_pattern = _pattern(config, "rank_pattern", config_path)
+    alpha_pattern = _pattern(config, "alpha_pattern", config_path)
     adapters, module_alpha = {}, {}
     for module, (A, B) in sorted(factors.items()):
         r = A.shape[0]
         r_key = pattern_key(rank_pattern, module)
-        r_config = int(rank_pattern[r_key]) if r_key is not None else r0
+        r_config = (
+            format_checks.positive_int(config_path, f"rank_pattern[{r_key!r}]", rank_pattern[r_key])
+            if r_key is not None
+            else r0
+        )
         if r != r_config:
             # PEFT itself would refuse to load this; a mismatch also means α may be resolved wrongly.
             raise _fail(weights, f"module {module} has rank {r} but {CONFIG_FILE} says r={r_config}")
         a_key = pattern_key(alpha_pattern, module)
-        alpha = float(alpha_pattern[a_key]) if a_key is not None else alpha0
+        alpha = (
+            format_checks.positive_number(config_path, f"alpha_pattern[{a_key!r}]", alpha_pattern[a_key])
+            if a_key is not None
+            else alpha0
+        )
         module_alpha[module] = alpha
-        adapters[module] = run_format.Adapter(A, B, lora_scaling(alpha, r, rslora))
+        scaling = lora_scaling(alpha, r, rslora)
+        format_checks.check_scale(weights, module, A, B, scaling)
+        adapters[module] = run_format.Adapter(A, B, scaling)
 
     bias = config.get("bias", "none")
     if bias != "none" or config.get("lora_bias"):
@@ -263,7 +284,10 @@ def export_peft(
     if out_dir.exists() and not out_dir.is_dir():
         raise LorascopeError(f"{out_dir}: is a file; give a folder to write the PEFT adapter into")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise LorascopeError(f"{out_dir}: folder is not empty; choose another or pass overwrite=True")
+        raise LorascopeError(
+            f"{out_dir}: folder is not empty; choose another, or write into it with `lorascope export "
+            "--overwrite` (overwrite=True from Python)"
+        )
     rslora = bool(run.meta.get("rslora", False))
     if fan_in_fan_out is None:
         fan_in_fan_out = bool(run.meta.get("fan_in_fan_out", False))

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import yaml
 
+from lorascope import format_checks
 from lorascope.errors import LorascopeError
 
 FORMAT = "lorascope"
@@ -194,6 +195,11 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """`text` written to `path` through `atomic_write`: a full disk leaves the old file, never half."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def remove_temporaries(folder: Path) -> list[Path]:
     """Delete the `.*.tmp` files that writes killed midway left under a folder; returns them."""
     found = [p for p in Path(folder).rglob(f".*{TMP_SUFFIX}") if p.is_file()] if Path(folder).is_dir() else []
@@ -258,7 +264,7 @@ def adapter_metadata(
 
 def save_adapter(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Write "<module>.lora_A"/"<module>.lora_B" tensors with `adapter_metadata(...)` as header."""
-    _split_factors(tensors, path)  # refuse to write what could not be read back
+    _split_factors(tensors, path, metadata)  # refuse to write what could not be read back
     save_tensors(path, tensors, metadata)
 
 
@@ -277,13 +283,7 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= last_step:
-                kept.append(line)
-        except json.JSONDecodeError:
-            break  # a line cut short by the kill ends the log
+    kept = [line for line, row in _records(read_text(path)) if row.get("step", 0) <= last_step]
     text = "".join(line + "\n" for line in kept)
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
@@ -311,14 +311,27 @@ def base_fingerprint(W: torch.Tensor, rows: int = 256) -> float:
 # ----------------------------------------------------------------------------- reading
 
 
+def read_text(path: Path) -> str:
+    """A run's text file (config, summary, metrics), or one line saying why it cannot be read."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LorascopeError(f"{path}: not UTF-8 text (byte {e.start}): a damaged file?") from None
+    except OSError as e:
+        raise LorascopeError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return {}
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        config = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise LorascopeError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if config is not None and not isinstance(config, dict):
+        raise LorascopeError(f"{path}: holds a YAML {type(config).__name__}, not a mapping of config keys")
+    return config or {}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
@@ -329,9 +342,28 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
             return {"status": "complete", "kind": "peft"}
         return {}
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise LorascopeError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(summary, dict):
+        raise LorascopeError(f"{path}: holds a JSON {type(summary).__name__}, not an object")
+    return summary
+
+
+def _records(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """metrics.jsonl's (line, record) pairs, up to the first line that is not a JSON object (cut short
+    by a kill, or damaged): that line ends the log."""
+    rows = []
+    for line in text.splitlines():
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if not isinstance(row, dict):
+                break
+            rows.append((line, row))
+    return rows
 
 
 def read_metrics(run_dir: Path):
@@ -340,14 +372,7 @@ def read_metrics(run_dir: Path):
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return pd.DataFrame()
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut short by an interrupted run ends the log
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for _, row in _records(read_text(path))])
 
 
 def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -355,8 +380,12 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
-    if not path.is_file():
-        raise LorascopeError(f"{path}: no such file")
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise LorascopeError(f"{path}: no such file") from None
+    except OSError as e:  # a permission refused is not a missing file: say which
+        raise LorascopeError(f"{path}: cannot be read ({e.strerror or e})") from None
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -377,25 +406,39 @@ def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def _split_factors(tensors: dict[str, torch.Tensor], path: Path) -> dict[str, tuple]:
+def _split_factors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, Any] | None = None) -> dict:
+    """{module: (A, B)}, each pair checked against the header `meta` (its rank, or `module_rank`'s)."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         module, _, part = key.rpartition(".")
         if part not in ("lora_A", "lora_B"):
             raise LorascopeError(f"{path}: unexpected tensor {key!r} (want <module>.lora_A / .lora_B)")
         pairs.setdefault(module, {})[part] = t
+    ranks = _header_ranks(path, meta) if meta is not None else None
     out = {}
     for module, p in pairs.items():
         if set(p) != {"lora_A", "lora_B"}:
             raise LorascopeError(f"{path}: module {module} has only {', '.join(p)}")
-        A, B = p["lora_A"], p["lora_B"]
-        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
-            raise LorascopeError(
-                f"{path}: module {module} has A {tuple(A.shape)} and B {tuple(B.shape)}; "
-                "want A (r, in) and B (out, r)"
-            )
-        out[module] = (A, B)
+        rank = None if ranks is None else ranks[1].get(module, ranks[0])
+        format_checks.check_factors(path, module, p["lora_A"], p["lora_B"], rank)
+        out[module] = (p["lora_A"], p["lora_B"])
     return out
+
+
+def _header_ranks(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """The header's rank and its per-module exceptions (`module_rank`, for adapters of mixed ranks)."""
+    rank = format_checks.positive_int(path, "header rank", meta.get("rank"))
+    per_module = _per_module(path, meta, "module_rank")
+    return rank, {
+        m: format_checks.positive_int(path, f"header module_rank[{m}]", r) for m, r in per_module.items()
+    }
+
+
+def _per_module(path: Path, meta: dict[str, Any], field: str) -> dict[str, Any]:
+    value = meta.get(field) or {}
+    if not isinstance(value, dict):
+        raise LorascopeError(f"{path}: header {field} is {value!r}; want a JSON object")
+    return value
 
 
 def check_finite(path: Path, module: str, name: str, tensor: torch.Tensor) -> None:
@@ -412,9 +455,10 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     tensors, meta = read_tensors(path)
     if not tensors:
         raise LorascopeError(f"{path}: holds no tensors")
+    meta = format_checks.header_dict(path, meta)
     if meta.get("format") != FORMAT:
         raise LorascopeError(f"{path}: not a lorascope adapter file (no format header)")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if format_checks.format_version(path, meta.get("format_version", 0)) > FORMAT_VERSION:
         raise LorascopeError(
             f"{path}: format version {meta['format_version']} is newer than this lorascope "
             f"reads ({FORMAT_VERSION}); upgrade lorascope"
@@ -425,13 +469,15 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     """Adapters by module name and the header metadata of one lorascope adapter file."""
     tensors, meta = _lorascope_file(path)
-    scaling = float(meta["scaling"])
-    per_module = meta.get("module_scaling") or {}
+    scaling = format_checks.positive_number(path, "header scaling", meta.get("scaling"))
+    per_module = _per_module(path, meta, "module_scaling")
     adapters = {}
-    for m, (A, B) in _split_factors(tensors, path).items():
+    for m, (A, B) in _split_factors(tensors, path, meta).items():
         check_finite(path, m, "lora_A", A)
         check_finite(path, m, "lora_B", B)
-        adapters[m] = Adapter(A.float(), B.float(), float(per_module.get(m, scaling)))
+        s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
+        format_checks.check_scale(path, m, A, B, s)
+        adapters[m] = Adapter(A.float(), B.float(), s)
     return adapters, meta
 
 
@@ -446,10 +492,11 @@ def read_delta(path: Path) -> tuple[dict[str, DenseDelta], dict[str, Any]]:
     deltas = {}
     for key, t in tensors.items():
         module, _, part = key.rpartition(".")
-        if part != "delta" or t.ndim != 2:
+        if part != "delta" or t.ndim != 2 or 0 in t.shape:
             raise LorascopeError(
                 f"{path}: unexpected tensor {key!r} {tuple(t.shape)} (want <module>.delta, 2-D)"
             )
+        format_checks.check_dtype(path, key, t)
         check_finite(path, module, "delta", t)
         deltas[module] = DenseDelta(t.float())
     return deltas, meta

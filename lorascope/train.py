@@ -258,6 +258,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
             tracking.log({"step": 0, **first}, 0)
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
+                    "threads": torch.get_num_threads(),  # bit-identity holds per thread count
                     "evals": first, "loss": None}  # fmt: skip
 
     batches = task.train_batches(tc.batch_size, cfg.seed, start=counters["step"])
@@ -380,5 +381,6 @@ def _summary(cfg, update, model, counters, device, wall: float, extra: dict) -> 
         "update_params": update.n_params(),
         "device": str(device),
         "dtype": tc.dtype,
+        "threads": torch.get_num_threads(),  # CPU results are bit-identical for one thread count only
         **extra,
     }

@@ -12,7 +12,9 @@ from any copy of a checkpoint finds its entry, and a different W can never be se
 
 remembers the key of a tensor under its file identity (path, inode, size, mtime and ctime, tensor
 key and byte range: `Checkpoint.identity`), the way git's index remembers file hashes by stat data:
-an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is. The
+an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is.
+Each record also holds a probe, a hash of its key and of a few rows of the tensor, checked on every
+read: a record naming another tensor's key is not trusted, and W is hashed again. The
 comparison layer (`lorascope.compare.base`) hashes the tensor as stored (bf16: half the bytes of
 a float32 copy) and analyses its exact float64 conversion under that key.
 `cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
@@ -33,6 +35,7 @@ cold and a warm analysis give the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -46,7 +49,7 @@ import torch
 from lorascope import models, run_format
 from lorascope.analysis import truncated
 from lorascope.analysis.amplification import random_projection
-from lorascope.errors import LorascopeError
+from lorascope.errors import LorascopeError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,20 @@ def weight_key(W: torch.Tensor) -> str:
     W = W.detach().cpu().contiguous()
     h = hashlib.sha256(f"{FORMAT}-{VERSION} {W.dtype} {tuple(W.shape)}\n".encode())
     h.update(memoryview(W.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+PROBE_ROWS = 64
+
+
+def _probe(key: str, W: torch.Tensor) -> str:
+    """A cheap check that `key` is W's: sha256 of the key and of PROBE_ROWS evenly spaced rows of W
+    (512 KiB of a 4096² bf16 W, against 32 MiB to hash it whole). An index entry naming another
+    tensor's key fails it, so a damaged or crafted index can never serve another W's spectra."""
+    W = W.detach().cpu()
+    rows = torch.linspace(0, W.shape[0] - 1, min(PROBE_ROWS, W.shape[0])).round().long().unique()
+    h = hashlib.sha256(f"{key} {W.dtype} {tuple(W.shape)}\n".encode())
+    h.update(memoryview(W[rows].contiguous().view(torch.uint8).numpy()))
     return h.hexdigest()
 
 
@@ -98,15 +115,16 @@ class SpectraCache:
         path = self.root / f"v{VERSION}" / "index" / name[:2] / f"{name}.json"
         try:
             found = json.loads(path.read_text())
-            if found.get("identity") == identity and _is_key(found.get("key")):
+            key = found.get("key")
+            if found.get("identity") == identity and _is_key(key) and found.get("probe") == _probe(key, W):
                 STATS["index-hit"] += 1
-                return found["key"]
+                return key
         except (OSError, ValueError, AttributeError):
             pass
         STATS["hashed"] += 1
         key = weight_key(W)
         if still is None or still() == identity:
-            text = json.dumps({"identity": identity, "key": key}, sort_keys=True)
+            text = json.dumps({"identity": identity, "key": key, "probe": _probe(key, W)}, sort_keys=True)
             try:
                 run_format.atomic_write(path, lambda tmp: tmp.write_text(text))
             except OSError as e:
@@ -144,7 +162,7 @@ class Entry:
         """All min(out, in) left singular vectors of W, (out, m) by descending σ (stored in float32)."""
         path = self.folder / "left.safetensors"
         m = min(self.W.shape)
-        found = self._load(path, "left", m) if path.is_file() else None
+        found = self._load(path, "left", m) if _is_file(path) else None
         if found is not None:
             STATS["hit"] += 1
             return found["U"].double()
@@ -157,7 +175,7 @@ class Entry:
         """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
         W's data too, stored so that a warm Table 7 needs one product with W, not two."""
         path = self.folder / f"random-{int(k)}-{int(seed)}.safetensors"
-        found = self._load(path, "random", int(k), seed) if path.is_file() else None
+        found = self._load(path, "random", int(k), seed) if _is_file(path) else None
         if found is not None:
             STATS["hit"] += 1
             return float(found["proj"][0])
@@ -170,10 +188,13 @@ class Entry:
 
     def _stored_tops(self) -> list[tuple[int, Path]]:
         found = []
-        for path in self.folder.glob("top-*.safetensors") if self.folder.is_dir() else ():
-            k = path.name.removeprefix("top-").removesuffix(".safetensors")
-            if k.isdigit():
-                found.append((int(k), path))
+        try:
+            for path in self.folder.glob("top-*.safetensors") if self.folder.is_dir() else ():
+                k = path.name.removeprefix("top-").removesuffix(".safetensors")
+                if k.isdigit():
+                    found.append((int(k), path))
+        except OSError as e:  # a cache folder this user cannot look into: nothing stored, as for none
+            log.warning("cannot read the W-spectra cache %s (%s): computing", self.folder, e.strerror or e)
         return sorted(found)
 
     def _expected_shapes(self, kind: str, k: int) -> dict[str, tuple[int, ...]]:
@@ -201,10 +222,10 @@ class Entry:
         """The tensors of a stored entry, or None (logged, file removed) if it does not check out."""
         try:
             tensors, meta = run_format.read_tensors(path)
-        except LorascopeError as e:
-            if not path.exists():  # removed by another process between listing and reading
+        except (LorascopeError, OSError) as e:
+            if not _is_file(path):  # removed by another process between listing and reading, or unreadable
                 return None
-            return self._corrupt(path, str(e))
+            return self._corrupt(path, one_line(e))
         expected = self._header(kind, k, seed)
         wrong = [f for f, v in expected.items() if meta.get(f) != v]
         if wrong:
@@ -219,8 +240,17 @@ class Entry:
     def _corrupt(self, path: Path, why: str) -> None:  # returns None: "nothing usable stored"
         STATS["corrupt"] += 1
         log.warning("corrupt W-spectra cache entry %s (%s): recomputing it", path, why)
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only cache keeps it; the new one is not stored either
+            path.unlink(missing_ok=True)
         return None
+
+
+def _is_file(path: Path) -> bool:
+    """path.is_file(), and False where the cache cannot even be looked into (a folder of mode 000)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -219,6 +219,10 @@ def test_failed_and_incomplete_runs_are_refused_unless_asked(sweep, tmp_path, ca
     assert "--allow-incomplete" in _error(capsys, ["spectrum", str(killed)])
     assert main(["spectrum", str(killed), "--allow-incomplete", "--out", str(tmp_path / "o")]) == 0
     assert "--allow-incomplete" in _error(capsys, ["similarity", str(sweep / "r4-s0"), str(killed)])
+    # a failed run is never analysed, whatever the flags (its refusal suggests none)
+    for argv in (["spectrum", str(failed)], ["compare", str(sweep / "r4-s0"), str(failed)]):
+        err = _error(capsys, [*argv, "--allow-incomplete"])
+        assert "the run failed" in err and "--allow-incomplete" not in err, argv
 
 
 def test_layer_ranges_are_cut_to_the_model(sweep, tmp_path, capsys):

@@ -8,6 +8,7 @@ from torch import nn
 from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
+from lorascope.errors import LorascopeError
 from lorascope.lora import LoRALinear, add_lora, count_trainable, factors, load_factors, lora_layers
 
 
@@ -262,10 +263,15 @@ def test_seeded_init_leaves_the_global_random_stream_alone():
     assert torch.equal(torch.get_rng_state(), state)  # the head's init and dropout draw as before
 
 
-def test_a_rank_above_a_targets_width_is_warned(caplog):
+def test_a_rank_above_a_targets_width_is_refused_unless_allowed(caplog):
     model, _ = tiny_llama()  # v_proj maps 32 -> 16
-    with caplog.at_level("WARNING", logger="lorascope.lora"):
+    with pytest.raises(
+        LorascopeError, match=r"rank 24 exceeds min\(in, out\) of 2 target.*allow_rank_above_dim"
+    ):
         add_lora(model, ["q_proj", "v_proj"], rank=24, alpha=8, seed=0)
+    assert not lora_layers(model)  # refused before any factor was allocated
+    with caplog.at_level("WARNING", logger="lorascope.lora"):
+        add_lora(model, ["q_proj", "v_proj"], rank=24, alpha=8, seed=0, allow_rank_above_dim=True)
     assert "rank 24 exceeds min(in, out) of 2 target(s)" in caplog.text and "(16)" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="lorascope.lora"):

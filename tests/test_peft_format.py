@@ -188,6 +188,7 @@ def make_lorascope_run(kind, run_dir, rslora=False):
         init="kaiming",
         rslora=rslora,
         module_scaling={m: layer.scaling for m, layer in extra.items()},
+        module_rank={m: 2 for m in extra},
     )
     runs.save_adapter(run_dir / runs.ADAPTER_FILE, lora.factors(wrapped), meta)
     runs.write_summary(run_dir, {"status": "complete"})

@@ -150,11 +150,19 @@ def test_the_key_index_remembers_a_hash_by_identity_and_never_trusts_a_bad_entry
     W, other = _W(), _W(seed=1)
     stats = wspectra.STATS.copy()
     assert cache.key("file-a", W) == wspectra.weight_key(W)
-    assert cache.key("file-a", other) == wspectra.weight_key(W)  # by identity: W is not read again
+    assert cache.key("file-a", W) == wspectra.weight_key(W)  # by identity: W is not hashed again
     assert wspectra.STATS - stats == {"hashed": 1, "index-hit": 1}
-    # An index file that does not parse, or names another identity, costs one hash and is rewritten.
+    # An index file that does not parse, names another identity, or names another tensor's key (a
+    # valid key, with or without that tensor's probe) costs one hash and is rewritten.
     (index,) = (tmp_path / "v1" / "index").rglob("*.json")
-    for bad in ("{not json", json.dumps({"identity": "file-b", "key": wspectra.weight_key(other)})):
+    good = json.loads(index.read_text())
+    key_b = wspectra.weight_key(other)
+    for bad in (
+        "{not json",
+        json.dumps({"identity": "file-b", "key": key_b}),
+        json.dumps({**good, "key": key_b}),
+        json.dumps({**good, "key": key_b, "probe": wspectra._probe(key_b, other)}),
+    ):
         index.write_text(bad)
         stats = wspectra.STATS.copy()
         assert cache.key("file-a", W) == wspectra.weight_key(W)
@@ -164,3 +172,29 @@ def test_the_key_index_remembers_a_hash_by_identity_and_never_trusts_a_bad_entry
     stats = wspectra.STATS.copy()
     assert cache.key("file-c", other) == wspectra.weight_key(other)
     assert wspectra.STATS - stats == {"hashed": 1}
+
+
+def test_a_cache_folder_that_cannot_be_looked_into_costs_time_never_the_analysis(tmp_path, monkeypatch):
+    import os
+
+    cache = wspectra.SpectraCache(tmp_path / "cache")
+    W = _W()
+    want = cache.entry(W).top(3)
+    root = str(tmp_path / "cache")
+    stat, scandir = os.stat, os.scandir
+
+    def denied(real):
+        def call(path, *args, **kw):
+            if str(path).startswith(root):  # as for a folder of mode 000, which root's tests cannot make
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kw)
+
+        return call
+
+    monkeypatch.setattr(os, "stat", denied(stat))
+    monkeypatch.setattr(os, "scandir", denied(scandir))
+    entry = cache.entry(W, key=cache.key("file-a", W))
+    got = entry.top(3)
+    assert all(torch.allclose(g.abs(), w.abs(), atol=1e-8) for g, w in zip(got, want, strict=True))
+    assert entry.left().shape == (W.shape[0], min(W.shape))
+    assert entry.random_projection(3) > 0

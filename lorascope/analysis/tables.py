@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from lorascope.errors import LorascopeError
+from lorascope.run_format import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def write_table(
         if fmt not in TABLE_FORMATS:
             raise LorascopeError(f"unknown table format {fmt!r}: choose from {', '.join(TABLE_FORMATS)}")
         path = stem.with_name(stem.name + TABLE_FORMATS[fmt])
-        path.write_text(render[fmt](df))
+        atomic_write_text(path, render[fmt](df))  # every output whole or absent, as run files are
         paths.append(path)
     log.info("wrote %s", ", ".join(map(str, paths)))
     return paths
@@ -143,12 +144,12 @@ def write_figure(
         if fmt not in FIGURE_FORMATS:
             raise LorascopeError(f"unknown figure format {fmt!r}: choose from {', '.join(FIGURE_FORMATS)}")
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        atomic_write(path, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
         paths.append(path)
     plt.close(fig)
     if data is not None:
         path = stem.with_name(stem.name + ".csv")
-        data.to_csv(path, index=False, float_format="%.10g")
+        atomic_write_text(path, data.to_csv(index=False, float_format="%.10g"))
         paths.append(path)
     log.info("wrote %s", ", ".join(map(str, paths)))
     return paths

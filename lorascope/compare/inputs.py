@@ -13,28 +13,38 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, is_complete, is_run_dir, list_runs, load_run
+from lorascope.runs import Run, is_run_dir, list_runs, load_run, read_summary
 
 log = logging.getLogger(__name__)
 
 
-def resolve_sources(sources: Sequence) -> list:
+def resolve_sources(sources: Sequence) -> tuple[list, dict[str, str] | None]:
     """Run folders, PEFT folders or loaded `Run`s, in order; a single sweep folder becomes its
-    complete runs (incomplete ones are skipped with a warning). At least 2, no path twice."""
+    complete runs. At least 2, no path twice.
+
+    Returns (sources, left out): for a sweep, {run name: why} of the runs that are not complete or
+    cannot be read (the caller also leaves out, and adds, those whose tensors turn out unreadable);
+    None for sources given one by one, where any bad one is an error."""
     sources = [s if isinstance(s, Run) else Path(s) for s in sources]
     if len(sources) == 1 and isinstance(sources[0], Path) and _is_sweep(sources[0]):
         sweep = sources[0]
-        folders = list_runs(sweep)
-        done = [f for f in folders if is_complete(f)]
-        if len(done) < len(folders):
-            left = [f.name for f in folders if f not in done]
-            log.warning("%s: %d incomplete run(s) skipped: %s", sweep, len(left), ", ".join(left))
+        done, left_out = [], {}
+        for folder in list_runs(sweep):
+            try:
+                status = read_summary(folder).get("status", "incomplete")
+            except LorascopeError as e:  # one unreadable run is reported and left out
+                left_out[folder.name] = str(e)
+                continue
+            if status == "complete":
+                done.append(folder)
+            else:
+                left_out[folder.name] = f"status {status}"
         if len(done) < 2:
             raise LorascopeError(
                 f"{sweep}: {len(done)} complete run(s); an adapter map needs at least 2 "
                 "(train more, e.g. `python sweep.py rank=8 seed=0,1,2`)"
             )
-        return done
+        return done, left_out
     if len(sources) < 2:
         raise LorascopeError(
             f"an adapter map compares at least 2 adapters, got {len(sources)}: give several run or "
@@ -49,7 +59,7 @@ def resolve_sources(sources: Sequence) -> list:
             if key in seen:
                 raise LorascopeError(f"{s}: given twice; give each adapter once")
             seen[key] = s
-    return sources
+    return sources, None
 
 
 def _is_sweep(path: Path) -> bool:
@@ -117,6 +127,5 @@ class SameBase:
         elif name != self.name[0] and not agreed:
             raise LorascopeError(
                 f"{label} and {self.name[2]} were trained on different base models "
-                f"({run.meta['base_model']!r} vs {self.name[1]!r}); compare adapters of one base "
-                "(check_base=False compares them anyway)"
+                f"({run.meta['base_model']!r} vs {self.name[1]!r}); compare adapters of one base"
             )

@@ -58,6 +58,7 @@ class AdapterMap:
     by_kind: pd.DataFrame  # run_a, run_b, kind, similarity, random_floor, k, modules
     modules: list[str]  # the modules all N adapters share, averaged over
     skipped: list[str] = field(default_factory=list)  # modules some adapters lack
+    left_out: dict[str, str] = field(default_factory=dict)  # runs of a sweep not compared, and why
     dims: dict[str, int] = field(default_factory=dict)  # n of each module's bases
 
     def floor_range(self) -> tuple[float, float]:
@@ -117,16 +118,18 @@ def adapter_map(
     if int(k) < 1:
         raise LorascopeError(f"k must be at least 1, got {k}")
     k = int(k)
-    sources = resolve_sources(sources)
+    sources, left_out = resolve_sources(sources)
     paths = [s.path if isinstance(s, Run) else s for s in sources]
     names = unique_names(paths)
     t0 = time.perf_counter()
     with one_thread():
-        kept, skipped, bases = _collect_bases(
-            sources, names, factor, k, modules, layers, check_base, progress
+        kept, skipped, bases, loaded = _collect_bases(
+            sources, names, factor, k, modules, layers, check_base, progress, left_out
         )
     t1 = time.perf_counter()
+    names, paths = [names[i] for i in loaded], [paths[i] for i in loaded]
     amap = _assemble(factor, k, names, paths, kept, skipped, bases)
+    amap.left_out = left_out or {}
     log.info(
         "adapter map of %d adapters, %d modules, %s, k=%d: loading and bases %.1f s, scores %.1f s",
         len(names), len(kept), factor, k, t1 - t0, time.perf_counter() - t1,
@@ -137,12 +140,13 @@ def adapter_map(
 _WHAT = {"dW-right": "ΔW", "dW-left": "ΔW", "A": "A", "B": "B"}
 
 
-def _collect_bases(sources, names, factor, k, modules, layers, check_base, progress):
+def _collect_bases(sources, names, factor, k, modules, layers, check_base, progress, left_out=None):
     """Load the adapters one at a time; keep each shared module's top-k basis (float32, (n, k_a)).
 
-    Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)})
-    with Z (n, N·k) the stacked bases (`stack_bases` layout), filled in place: one allocation per
-    module instead of N small ones that would fragment the heap."""
+    Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)};
+    the indexes of the adapters loaded) with Z (n, N·k) the stacked bases (`stack_bases` layout),
+    filled in place: one allocation per module instead of N small ones that would fragment the heap.
+    With `left_out` (a sweep's runs), an adapter that cannot be loaded is added to it and left out."""
     from tqdm.auto import tqdm
 
     N = len(names)
@@ -152,10 +156,19 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
     kept: list[str] = []
     every: dict[str, None] = {}  # every module some adapter has, in first-seen order
     thin = 0  # (adapter, module) pairs whose basis a rank-deficient matrix cuts short
-    for i, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
-        run = source if isinstance(source, Run) else load_run(source)
+    loaded: list[int] = []
+    for idx, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
+        try:
+            run = source if isinstance(source, Run) else load_run(source)
+        except LorascopeError as e:
+            if left_out is None:
+                raise
+            left_out[names[idx]] = str(e)  # one bad run of a sweep never sinks the map of the others
+            continue
+        i, name = len(loaded), names[idx]  # i: the adapter's place among those loaded (its columns in Z)
+        loaded.append(idx)
         if check_base:
-            same_base.add(run, names[i])
+            same_base.add(run, name)
         chosen = layers
         if isinstance(layers, str):  # "0,2-5", cut to the layers this run has
             chosen = parse_layers(
@@ -165,9 +178,9 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
         every.update(dict.fromkeys(mine))
         shared = mine if i == 0 else [m for m in kept if m in set(mine)]
         if not shared:
-            before = names[0] if i == 1 else f"the {i} adapters before it"
+            before = names[loaded[0]] if i == 1 else f"the {i} adapters before it"
             raise LorascopeError(
-                f"{names[i]} shares no module with {before} ({mine[0] if mine else '-'} vs {kept[0]}): "
+                f"{name} shares no module with {before} ({mine[0] if mine else '-'} vs {kept[0]}): "
                 "compare adapters of the same base model and targets"
             )
         kept = shared
@@ -175,22 +188,22 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
             del bases[m]  # not shared by all: free its bases now
         for m in kept:
             a = run.adapters[m]
-            U, S = spec.basis(a, k=k)  # factored for LoRA, truncated for a dense ΔW (full fine-tuning)
+            # k cut to the rank: a basis never has more columns, and a huge --k must allocate nothing
+            U, S = spec.basis(a, k=min(k, a.rank))  # factored for LoRA, truncated for a dense ΔW
             U = U[:, : numerical_rank(S)]
             if U.shape[1] == 0:
-                raise LorascopeError(
-                    f"{names[i]}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)"
-                )
+                raise LorascopeError(f"{name}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)")
             thin += U.shape[1] < min(k, a.rank)
-            if i == 0:
-                bases[m] = (torch.zeros(U.shape[0], N * k, dtype=torch.float32), [])
+            if i == 0:  # n columns at most per basis in R^n, whatever k asks
+                bases[m] = (torch.zeros(U.shape[0], N * min(k, U.shape[0]), dtype=torch.float32), [])
             Z, widths = bases[m]
             if Z.shape[0] != U.shape[0]:
                 raise LorascopeError(
-                    f"module {m}: n = {U.shape[0]} in {names[i]} but {Z.shape[0]} in {names[0]} "
+                    f"module {m}: n = {U.shape[0]} in {name} but {Z.shape[0]} in {names[loaded[0]]} "
                     "(different base models?)"
                 )
-            Z[:, i * k : i * k + U.shape[1]] = U
+            stride = Z.shape[1] // N
+            Z[:, i * stride : i * stride + U.shape[1]] = U
             widths.append(U.shape[1])
         del run  # drop the factors: only the (n, k) bases stay
     skipped = [m for m in every if m not in set(kept)]
@@ -206,7 +219,11 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
             thin,
             _WHAT[factor],
         )
-    return kept, skipped, bases
+    if len(loaded) < 2:
+        raise LorascopeError(f"{len(loaded)} adapter(s) could be read; an adapter map needs at least 2")
+    # Z's columns of the adapters left out are empty: cut them (a view, no copy).
+    bases = {m: (Z[:, : len(loaded) * (Z.shape[1] // N)], w) for m, (Z, w) in bases.items()}
+    return kept, skipped, bases, loaded
 
 
 def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
@@ -217,8 +234,8 @@ def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
     for m in kept:
         Z, widths = bases.pop(m)  # freed module by module
         dims[m] = int(Z.shape[0])
-        with one_thread() if dims[m] * (N * k) ** 2 < SMALL_GRAM else nullcontext():
-            score, k_pair = gram_scores(Z, widths, k)
+        with one_thread() if dims[m] * Z.shape[1] ** 2 < SMALL_GRAM else nullcontext():
+            score, k_pair = gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
         del Z
         floor = random_floor(k_pair, dims[m])
         for kind in (ALL, module_kind(m)):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lorascope.analysis.tables import write_figure, write_table
+from lorascope.run_format import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,7 @@ class Artifact:
     def write(self, out: Path, formats=("png", "pdf")) -> list[Path]:
         if self.text is not None:
             path = out / f"{self.stem}.md"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(self.text)
+            atomic_write_text(path, self.text)
             log.info("wrote %s", path)
             return [path]
         if self.fig is not None:

@@ -79,7 +79,7 @@ def init_section(fig3s: dict, fig4s: dict) -> list[str]:
         "| comparison | module | φ(1,1) of A0 | floor 1/n | above the floor |",
         "|---|---|---|---|---|",
     ]
-    rows = 0
+    rows, compared = 0, False
     describe = {
         "Fig. 3": lambda f: f"r = {f['small']} vs {f['large']}, layer {f['layer']}",
         "Fig. 4": lambda f: "seeds {} vs {}, r = {}, layer {}".format(*f["seeds"], f["rank"], f["layer"]),
@@ -88,6 +88,7 @@ def init_section(fig3s: dict, fig4s: dict) -> list[str]:
         art = next((a for a in arts.values() if isinstance(a, Artifact)), None)
         if art is None:
             continue
+        compared = True
         for kind, c in art.facts["init"].items():
             above = c["phi_11"] >= ABOVE_FLOOR / c["n"]
             rows += 1
@@ -95,6 +96,11 @@ def init_section(fig3s: dict, fig4s: dict) -> list[str]:
                 f"| {label}: {describe[label](art.facts)} | {kind_label(kind)} | {_fmt(c['phi_11'])} | "
                 f"{_fmt(1 / c['n'])} | {'**yes**' if above else 'no'} |"
             )
+    if not compared:
+        return out[:2] + [
+            "Not testable: Fig. 3 and Fig. 4, the comparisons it controls, were not made (below).",
+            "",
+        ]
     if not rows:
         return out[:2] + ["Not available: the runs have no adapter_init.safetensors.", ""]
     return out + [""]
@@ -211,14 +217,24 @@ def table7_section(art: Artifact | Skipped, sweep: Sweep) -> list[str]:
                 + f" | {_fmt(r['amplification'])} |"
             )
         between = [r["proj_random"] < r["proj_dw"] < r["proj_w"] for r in by_rank.values()]
-        larger_low = by_rank[small]["amplification"] > by_rank[large]["amplification"]
         verdict.append(
-            f"- {kind}: random < ΔW < W for every rank: {_verdict(between)}; amplification at r = {small} "
-            f"({_fmt(by_rank[small]['amplification'])}) larger than at r = {large} "
-            f"({_fmt(by_rank[large]['amplification'])}): {'yes' if larger_low else 'no'}."
+            f"- {kind}: random < ΔW < W for every rank: {_verdict(between)}; "
+            f"{_by_rank(by_rank, small, large)}."
         )
     note = [f"_{QUANTIZED_NOTE}_", ""] if quantized(sweep) else []
     return out + ["", *verdict, "", *note]
+
+
+def _by_rank(by_rank: dict, small: int, large: int) -> str:
+    """The amplification test between the smallest and the largest rank, or why it cannot be made."""
+    if small == large or small not in by_rank or large not in by_rank:
+        return (
+            "amplification at a smaller rank than another: not testable (one rank in the sweep: run "
+            "`python sweep.py rank=4,64`)"
+        )
+    a, b = by_rank[small]["amplification"], by_rank[large]["amplification"]
+    verdict = "yes" if a > b else "no"
+    return f"amplification at r = {small} ({_fmt(a)}) larger than at r = {large} ({_fmt(b)}): {verdict}"
 
 
 def findings_markdown(

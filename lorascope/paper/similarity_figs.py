@@ -36,7 +36,9 @@ def rank_pair(sweep: Sweep, small: int | None = None, large: int | None = None) 
     large = large or ranks[-1]
     if small is None:
         below = [r for r in ranks if r < large]
-        small = 8 if 8 in below else max([r for r in below if r > 1] or below or [0])
+        if not below:  # one rank (or none below the one asked for): nothing to compare it with
+            return f"needs two ranks (has {ranks}): run `python sweep.py rank=8,64`"
+        small = 8 if 8 in below else max([r for r in below if r > 1] or below)
     for r in (small, large):
         if r not in ranks:
             return f"rank {r} is not in the sweep (ranks: {ranks})"
