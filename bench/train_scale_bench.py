@@ -4,7 +4,8 @@ Random Llamas with Llama-2-7B's layer shapes (hidden 4096, MLP 11008, 32 heads, 
 MiniLM's tokenizer, which ships with lorascope) in bf16, with 2 and 4 layers, are built once under
 the lorascope cache ($LORASCOPE_CACHE/bench; 1.3 and 2.1 GB; never in the repository or in CI). Each
 variant trains LoRA r = 8 on q_proj and v_proj for the same steps of the same batches (causal LM on
-the embedded Shakespeare, bf16 autocast) in a fresh process, so that its peak RSS is its own:
+200,000 characters of the embedded Shakespeare, bf16 autocast) in a fresh process, so that its peak
+RSS is its own:
 
     lorascope   lorascope.train.train, the function `python sweep.py` runs (model.dtype=auto: bf16)
     peft        PEFT's get_peft_model on the base loaded in bf16, the same AdamW loop
@@ -74,13 +75,25 @@ def base_dir(layers: int) -> Path:
     return path
 
 
+def corpus() -> Path:
+    """The first 200,000 characters of the embedded plays: enough batches, and a tokenization whose
+    memory is small beside the model's (the whole corpus would dominate the peak RSS)."""
+    from lorascope import data, models
+
+    path = models.cache_dir() / "bench" / "shakespeare-200k.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data.shakespeare_text()[:200_000])
+    return path
+
+
 def run_config(base: Path, args, variant: dict) -> dict:
     return {
         "rank": 8,
         "model": {"name": "p7b", "name_or_path": str(base), "targets": TARGETS, "dtype": "auto",
                   "quantization": variant.get("quantization")},
-        "task": {"name": "shakespeare", "source": "shakespeare", "kind": "lm", "val_fraction": 0.05,
-                 "max_val": args.batch},
+        "task": {"name": "shakespeare", "source": "text", "kind": "lm", "path": str(corpus()),
+                 "val_fraction": 0.05, "max_val": args.batch},
         "train": {"steps": args.steps, "batch_size": args.batch, "seq_len": args.seq_len, "dtype": "bf16",
                   "eval_batch_size": args.batch, "log_every": 10**6, "threads": args.threads,
                   "grad_checkpointing": bool(variant.get("checkpointing"))},
@@ -211,6 +224,7 @@ def main() -> None:
 
     for layers in (2, 4):
         base_dir(layers)
+    corpus()
     report = Report("train scale", threads=args.threads, torch_version=torch.__version__)
     report.say(
         f"LoRA r = 8 on q_proj, v_proj of random Llamas with 7B-shaped layers (hidden {HIDDEN}, MLP {MLP}, "

@@ -167,7 +167,10 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        h = self.dropout(x).to(self.A.dtype) @ self.A.T  # (..., r)
+        x = self.dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmul picks its dtype
+            x = x.to(self.A.dtype)
+        h = x @ self.A.T  # (..., r)
         return y + (self.scaling * (h @ self.B.T)).to(y.dtype)
 
     def extra_repr(self) -> str:
@@ -204,9 +207,17 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a linear module, from its attributes where it has them: a bitsandbytes 4-bit
+    weight is stored packed, (n, 1)."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    return tuple(module.weight.shape)
+
+
 def _check_rank(model: nn.Module, names: list[str], rank: int, allow: bool) -> None:
     """Refuse (or with `allow`, warn about) a rank above min(in, out) of a target, from W's shape."""
-    widths = {n: min(model.get_submodule(n).weight.shape) for n in names}
+    widths = {n: min(_shape(model.get_submodule(n))) for n in names}
     narrow = {n: w for n, w in widths.items() if isinstance(rank, int) and rank > w}
     if not narrow:
         return

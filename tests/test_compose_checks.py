@@ -19,7 +19,7 @@ from conftest import sweep_cmd
                               "Integer"),
         (["rank=1,0"], "rank=0 must be at least 1"),
         (["lora.init=bogus"], "lora.init=bogus is not one of kaiming, gaussian"),
-        (["task.source=bogus"], "task.source=bogus is not one of bbc, plays, shakespeare, text"),
+        (["task.source=bogus"], "task.source=bogus is not one of bbc, plays, shakespeare, text, hf"),
         (["train.threads=-1"], "train.threads=-1 must be 0 (torch's default) or positive"),
         (["train.weight_decay=-1"], "train.weight_decay=-1.0 must be a finite number of at least 0"),
         (["lora.targets='(query'"], "lora.targets=(query is a regular expression that does not compile"),
