@@ -18,9 +18,10 @@ from lorascope.runs import Run, is_complete, is_run_dir, list_runs, load_run
 log = logging.getLogger(__name__)
 
 
-def resolve_sources(sources: Sequence) -> list:
+def resolve_sources(sources: Sequence, what: str = "an adapter map compares") -> list:
     """Run folders, PEFT folders or loaded `Run`s, in order; a single sweep folder becomes its
-    complete runs (incomplete ones are skipped with a warning). At least 2, no path twice."""
+    complete runs (incomplete ones are skipped with a warning). At least 2, no path twice.
+    `what` begins the error for fewer ("a merge needs", ...)."""
     sources = [s if isinstance(s, Run) else Path(s) for s in sources]
     if len(sources) == 1 and isinstance(sources[0], Path) and _is_sweep(sources[0]):
         sweep = sources[0]
@@ -31,13 +32,13 @@ def resolve_sources(sources: Sequence) -> list:
             log.warning("%s: %d incomplete run(s) skipped: %s", sweep, len(left), ", ".join(left))
         if len(done) < 2:
             raise LorascopeError(
-                f"{sweep}: {len(done)} complete run(s); an adapter map needs at least 2 "
+                f"{sweep}: {len(done)} complete run(s); {what} at least 2 "
                 "(train more, e.g. `python sweep.py rank=8 seed=0,1,2`)"
             )
         return done
     if len(sources) < 2:
         raise LorascopeError(
-            f"an adapter map compares at least 2 adapters, got {len(sources)}: give several run or "
+            f"{what} at least 2 adapters, got {len(sources)}: give several run or "
             "PEFT folders, or one sweep folder"
         )
     seen: dict[Path, object] = {}
