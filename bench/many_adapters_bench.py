@@ -125,9 +125,9 @@ def child(mode: str, folders: list[Path], opts: dict) -> dict:
             del merged
         out["form"] = time.perf_counter() - t1
     elif mode == "subspace":
-        import lorascope.compare.many as many
+        import lorascope.compare.subspaces as many
         from lorascope.analysis.similarity import phi_grid
-        from lorascope.compare.many import run_subspace
+        from lorascope.compare.subspaces import run_subspace
 
         timed = {"floor": 0.0}
         original = many._floors
@@ -160,7 +160,7 @@ def child(mode: str, folders: list[Path], opts: dict) -> dict:
             floor_hi=float(table.floor_hi.median()),
         )
     elif mode.startswith("merge:"):
-        from lorascope.compare.many import run_merge
+        from lorascope.compare.merges import run_merge
 
         method = mode.split(":", 1)[1]
         layers = opts.get("merge_layers")

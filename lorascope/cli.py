@@ -740,8 +740,6 @@ def _add_subspace(sub) -> None:
 
 
 def cmd_merge(args) -> int:
-    import pandas as pd
-
     from lorascope.analysis.many_plots import plot_interference, plot_retention
     from lorascope.analysis.merging import merge_utils
     from lorascope.analysis.tables import parse_formats, write_figure, write_table
@@ -782,17 +780,11 @@ def cmd_merge(args) -> int:
     written = write_table(retention, out / "retention")
     written += write_table(rep.modules, out / "merge_modules")
     written.append(_write_csv(rep.adapters, out / "retention_modules.csv", index=False))
-    data = []
-    for side in ("left", "right"):
-        frame = rep.interference_frame(side).stack().rename("interference").reset_index()
-        frame.insert(0, "side", side)
-        frame["floor"] = rep.interference_floor[side].ravel()
-        data.append(frame)
     floors = (s["interference_left_floor"], s["interference_right_floor"])
     title = f"{len(rep.names)} adapters: interference of their singular bases (TSV), mean over modules"
     fig, _ = plot_interference(rep.interference_frame("left"), rep.interference_frame("right"), floors,
                                title=title)  # fmt: skip
-    written += write_figure(fig, out / "interference", pd.concat(data, ignore_index=True), formats)
+    written += write_figure(fig, out / "interference", rep.interference_long(), formats)
     fig, _ = plot_retention(retention, title=f"what {rep.method} keeps of each adapter")
     written += write_figure(fig, out / "retention_plot", retention.reset_index(), formats)
     if args.save_adapter:

@@ -154,10 +154,8 @@ def test_the_gram_and_the_n_by_n_routes_agree(monkeypatch):
 def test_projection_floor_is_the_exact_mean_coverage_of_random_adapters():
     Q = planted_basis(N_IN, 5, seed=9)
     g = _g(4)
-    curves = [
-        ss.project(Q, torch.linalg.qr(torch.randn(N_IN, 4, generator=g, dtype=torch.float64))[0], torch.full((4,), 0.25))
-        for _ in range(2000)
-    ]  # fmt: skip
+    frames = [torch.linalg.qr(torch.randn(N_IN, 4, generator=g, dtype=torch.float64))[0] for _ in range(2000)]
+    curves = [ss.project(Q, U, torch.full((4,), 0.25)) for U in frames]
     np.testing.assert_allclose(np.mean(curves, 0), ss.projection_floor(N_IN, 5), rtol=0.05)
 
 

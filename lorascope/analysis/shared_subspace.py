@@ -28,7 +28,7 @@ E(m) = 1 from m = min(n, K) on. Read against the floor:
     shared_dims  how many leading λ_t lie above the band's top of the floor's λ_t (directions shared
                  beyond chance)
 
-Pure tensors in, dataclasses out; `lorascope.compare.many` loads the runs.
+Pure tensors in, dataclasses out; `lorascope.compare.subspaces` loads the runs.
 """
 
 from __future__ import annotations

@@ -8,17 +8,10 @@ analysis, and returns tidy DataFrames that the CLI prints and writes.
     from lorascope.compare import run_subspace, project_adapter, run_merge     # many adapters at once
 """
 
-from lorascope.compare.many import (
-    MergeReport,
-    SubspaceReport,
-    load_shared_basis,
-    merge_summary,
-    project_adapter,
-    run_merge,
-    run_subspace,
-)
+from lorascope.compare.merges import MergeReport, merge_summary, run_merge
 from lorascope.compare.pairs import HeatmapPage, PairSimilarity, gaussian_floor, heatmap_pages, run_similarity
 from lorascope.compare.spectra import spectrum_frames, with_top_sigmas
+from lorascope.compare.subspaces import SubspaceReport, load_shared_basis, project_adapter, run_subspace
 from lorascope.compare.sweeps import sweep_table
 
 __all__ = [

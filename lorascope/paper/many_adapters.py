@@ -28,7 +28,8 @@ import pandas as pd
 
 from lorascope.analysis.many_plots import plot_energy_curves, plot_interference
 from lorascope.analysis.modules import kind_label
-from lorascope.compare.many import merge_summary, run_merge, run_subspace
+from lorascope.compare.merges import merge_summary, run_merge
+from lorascope.compare.subspaces import run_subspace
 from lorascope.errors import LorascopeError
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.cross_task import other_tasks
@@ -102,12 +103,6 @@ def fig_merge(sweep: Sweep, group=None) -> list[Artifact | Skipped]:
         first.interference_frame("left"), first.interference_frame("right"), floors,
         title=f"{sweep.name}: {len(runs)} adapters at r = {rank}: interference of their singular bases",
     )  # fmt: skip
-    data = []
-    for side in ("left", "right"):
-        frame = first.interference_frame(side).stack().rename("interference").reset_index()
-        frame.insert(0, "side", side)
-        frame["floor"] = first.interference_floor[side].ravel()
-        data.append(frame)
     table = pd.concat(
         [rep.retention().reset_index().assign(method=m) for m, rep in reports.items()], ignore_index=True
     ).set_index(["method", "adapter"])
@@ -118,7 +113,7 @@ def fig_merge(sweep: Sweep, group=None) -> list[Artifact | Skipped]:
         "density": reports["ties"].density,
     }
     return [
-        Artifact("fig_merge_interference", pd.concat(data, ignore_index=True), fig=fig, facts=facts),
+        Artifact("fig_merge_interference", first.interference_long(), fig=fig, facts=facts),
         Artifact("table_merge_retention", table=table),
     ]
 
