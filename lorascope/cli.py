@@ -7,6 +7,8 @@
     lorascope spectrum RUN                  singular values of ΔW and effective ranks
     lorascope trajectory RUN                how ΔW formed during training, from snapshots
     lorascope compare RUN... | SWEEP        N x N map of how alike many adapters are
+    lorascope subspace RUN... | SWEEP       the directions N adapters share, against random adapters
+    lorascope merge RUN... --method M       merge adapters with PEFT's utilities; what each keeps
     lorascope figures SWEEP                 every figure and table of the paper's Section 7
     lorascope export RUN OUT_DIR            write a run as a PEFT adapter folder
     lorascope report SWEEP                  the sweep's runs, figures, tables and findings in one HTML page
@@ -607,11 +609,267 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+# ----------------------------------------------------------------------------- subspace, merge
+
+
+def _complete_sources(sources, args) -> None:
+    """Run folders must be complete unless --allow-incomplete, checked before anything is loaded."""
+    from lorascope.runs import is_run_dir, read_summary
+
+    for path in sources:
+        if is_run_dir(path) and not args.allow_incomplete:
+            status = read_summary(path).get("status", "incomplete")
+            if status != "complete":
+                raise LorascopeError(f"{path}: the run is {status}; pass --allow-incomplete to use it")
+
+
+def _many_out(args, name: str) -> Path:
+    """--out, else <sweep>/analysis/<name> beside the adapters (a sweep's own analysis/ for one sweep)."""
+    if args.out is not None:
+        return args.out
+    first = Path(args.sources[0])
+    return (first / "analysis" if len(args.sources) == 1 else _default_out(first, "")) / name
+
+
+def _numbers(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise LorascopeError(f"{option} {text!r}: want numbers separated by commas, e.g. 1,0.5,0.5") from None
+
+
+def _number(text: str | None, option: str) -> float | None:
+    values = _numbers(text, option)
+    if values is not None and len(values) != 1:
+        raise LorascopeError(f"{option} {text!r}: want one number")
+    return values[0] if values else None
+
+
+def cmd_subspace(args) -> int:
+    from lorascope.analysis.many_plots import plot_energy_curves, plot_layer_profile
+    from lorascope.analysis.tables import parse_formats, write_figure, write_table
+    from lorascope.compare import project_adapter, run_subspace
+
+    formats = parse_formats(args.format)
+    if args.basis is not None:  # reuse a saved basis: project a new adapter onto it, nothing else
+        if args.sources or args.project is None:
+            raise LorascopeError(
+                "--basis FILE reads a saved shared basis: give --project NEW_ADAPTER, no adapters"
+            )
+        table = project_adapter(args.project, args.basis, k=args.k, modules=args.modules, layers=args.layers)
+        _print_projection(table, Path(args.project).name, args.basis.name)
+        out = args.out or _default_out(Path(args.project), f"projection_{Path(args.project).name}")
+        _report(write_table(table, out / "projection"))
+        return 0
+    if not args.sources:
+        raise LorascopeError(
+            "give the adapters (run or PEFT folders, or one sweep), or --basis FILE --project NEW"
+        )
+    _complete_sources(args.sources, args)
+    rep = run_subspace(
+        args.sources, side=args.side, k=args.k, weighted=args.weighted, m=args.m, keep=args.keep,
+        trials=args.trials, seed=args.seed, modules=args.modules, layers=args.layers, progress=_progress(),
+    )  # fmt: skip
+    N, weighting = len(rep.names), "σ²-weighted" if rep.weighted else "unweighted"
+    _print_table(
+        rep.kind_summary(),
+        f"shared subspace of {N} adapters, {rep.side} side ({weighting}), {len(rep.modules)} modules, median "
+        "over layers: energy = share of the adapters' energy in the top-m shared directions; floor / "
+        f"floor_hi = the same for {N} independent random adapters (Monte Carlo mean / mean + 3 sd, "
+        f"{rep.meta['trials']} trials); knee = the first m with 95% of the largest excess of energy over "
+        "the floor; shared_dims = leading eigenvalues above the floor's band",
+    )
+    coverage = rep.coverage()
+    shown = coverage if N <= 15 else coverage.sort_values("coverage").head(10)
+    _print_table(
+        shown,
+        "coverage of each adapter by the top-m shared directions, mean over modules"
+        + ("" if N <= 15 else " (the 10 lowest)")
+        + f"; outlier: closer to the floor than to the median; {int(coverage.outlier.sum())} outlier(s)",
+    )
+    if rep.skipped:
+        print(f"note: {len(rep.skipped)} module(s) not shared by all adapters were skipped")
+    out = _many_out(args, f"subspace_{rep.side}")
+    table, curve = rep.table(), rep.curve()
+    title = f"{N} adapters, {rep.side} side ({weighting}): energy in the top-m shared directions"
+    fig, _ = plot_energy_curves(curve, table, title=title)
+    written = write_figure(fig, out / "energy_curve", curve, formats)
+    fig, _ = plot_layer_profile(table, title=f"{N} adapters, {rep.side} side: per layer")
+    written += write_figure(fig, out / "layers", table.reset_index(), formats)
+    written += write_table(table, out / "subspace")
+    written += write_table(coverage, out / "coverage")
+    written.append(_write_csv(rep.coverage_long(), out / "coverage_modules.csv", index=False))
+    written.append(rep.save_basis(out / "shared_basis.safetensors"))
+    if args.project is not None:
+        projection = project_adapter(args.project, rep, k=args.k, modules=args.modules, layers=args.layers)
+        _print_projection(projection, Path(args.project).name, "the shared basis")
+        written += write_table(projection, out / "projection")
+    _report(written)
+    return 0
+
+
+def _print_projection(table, name: str, basis: str) -> None:
+    _print_table(
+        table,
+        f"{name} projected on {basis}: coverage = its share inside the top-m (and all `keep`) shared "
+        "directions; floor = m/n, exact for an adapter independent of the basis",
+    )
+    print(f"mean coverage {table.coverage.mean():.3g} against the floor {table.floor.mean():.3g}")
+
+
+def _add_subspace(sub) -> None:
+    p = sub.add_parser(
+        "subspace",
+        help="the directions N adapters share, against N random adapters",
+        description=(
+            "Per module, the top eigenvectors of the sum of the adapters' ΔW projectors on one side "
+            "(each adapter's orthonormal top-k basis from the factored SVD, weighted 1/k or σ²/Σσ², so "
+            "every adapter brings one unit of energy; no ΔW is formed): the share of the energy the top-m "
+            "shared directions hold for every m, the same curve for N independent random adapters of the "
+            "same sizes (Monte Carlo floor with its band), each adapter's coverage by the shared "
+            "directions (outliers flagged), per-layer figures and tables, and the shared basis as "
+            "safetensors. --project NEW_ADAPTER measures how much of a new adapter lies inside it (floor "
+            "m/n, exact); --basis FILE --project NEW reuses a saved basis."
+        ),
+    )
+    p.add_argument(
+        "sources", metavar="RUN_OR_PEFT", type=Path, nargs="*", help="run or PEFT folders, or one sweep"
+    )
+    p.add_argument("--side", default="right", help="right (ΔW's input space, default) or left (output)")
+    p.add_argument("--k", type=int, help="directions per adapter (default: all of its rank)")
+    p.add_argument("--weighted", action="store_true", help="weight each direction by σ²/Σσ² (default 1/k)")
+    p.add_argument("--m", type=int, help="shared directions the tables read (default: the largest k)")
+    p.add_argument(
+        "--keep", type=int, help="shared directions saved and used for coverage (default: 4 × the largest k)"
+    )
+    p.add_argument("--trials", type=int, default=16, help="Monte Carlo trials of the floor (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the floor's random adapters (default 0)")
+    p.add_argument("--project", metavar="NEW_ADAPTER", type=Path, help="a run or PEFT folder to project")
+    p.add_argument("--basis", metavar="FILE", type=Path, help="a shared_basis.safetensors to project onto")
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/subspace_<side>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=cmd_subspace)
+
+
+def cmd_merge(args) -> int:
+    from lorascope.analysis.many_plots import plot_interference, plot_retention
+    from lorascope.analysis.merging import merge_utils
+    from lorascope.analysis.tables import parse_formats, write_figure, write_table
+    from lorascope.compare import merge_summary, run_merge
+
+    merge_utils()  # PEFT first: without it, one line before anything is read
+    formats = parse_formats(args.format)
+    _complete_sources(args.sources, args)
+    rep = run_merge(
+        args.sources, args.method, weights=_numbers(args.weights, "--weights"),
+        density=_number(args.density, "--density"), rank=args.rank, k=args.k,
+        majority_sign_method=args.majority_sign, seed=args.seed, modules=args.modules, layers=args.layers,
+        keep_factors=args.save_adapter, progress=_progress(),
+    )  # fmt: skip
+    retention = rep.retention()
+    density = f", density {rep.density:g}" if rep.density is not None else ""
+    shown = [c for c in retention if c not in ("retention_left", "retention_right", "against_energy")]
+    _print_table(
+        retention[shown],
+        f"merge of {len(rep.names)} adapters by {rep.method}{density} (PEFT's merge_utils; "
+        f"add_weighted_adapter's {rep.meta['peft_combination']!r}), mean over {len(rep.modules)} modules: "
+        "retention = ‖U Uᵀ ΔW_i V Vᵀ‖²/‖ΔW_i‖² with U, V the merged ΔW's top-k; phi_* = φ of ΔW_i's "
+        "top directions with the merged top-k; kept / against_sign = the entries pruning keeps / of "
+        "those, against the elected sign",
+    )
+    s = merge_summary(rep)
+    line = (
+        f"interference ‖U_iᵀU_j‖²/min(k): output side {s['interference_left']:.3g} (floor "
+        f"{s['interference_left_floor']:.3g}), input side {s['interference_right']:.3g} (floor "
+        f"{s['interference_right_floor']:.3g})"
+    )
+    if "sign_conflict" in s:
+        line += f"; sign conflict {s['sign_conflict']:.3g} (floor {s['sign_conflict_floor']:.3g})"
+    print(line)
+    if rep.skipped:
+        print(f"note: {len(rep.skipped)} module(s) not shared by all adapters were skipped")
+    out = _many_out(args, f"merge_{rep.method}")
+    written = write_table(retention, out / "retention")
+    written += write_table(rep.modules, out / "merge_modules")
+    written.append(_write_csv(rep.adapters, out / "retention_modules.csv", index=False))
+    floors = (s["interference_left_floor"], s["interference_right_floor"])
+    title = f"{len(rep.names)} adapters: interference of their singular bases (TSV), mean over modules"
+    fig, _ = plot_interference(rep.interference_frame("left"), rep.interference_frame("right"), floors,
+                               title=title)  # fmt: skip
+    written += write_figure(fig, out / "interference", rep.interference_long(), formats)
+    fig, _ = plot_retention(retention, title=f"what {rep.method} keeps of each adapter")
+    written += write_figure(fig, out / "retention_plot", retention.reset_index(), formats)
+    if args.save_adapter:
+        folder = rep.save_adapter(out / "adapter", overwrite=args.overwrite)
+        written.append(folder / "adapter_model.safetensors")
+        print(
+            f"merged adapter (PEFT, r = {rep.rank}) in {folder}: PeftModel.from_pretrained(base, '{folder}')"
+        )
+    _report(written)
+    return 0
+
+
+def _add_merge(sub) -> None:
+    from lorascope.analysis.merging import DEFAULT_DENSITY, METHODS
+
+    p = sub.add_parser(
+        "merge",
+        help="merge adapters with PEFT's utilities, and measure what each keeps",
+        description=(
+            "Merge N adapters module by module with PEFT's merge utilities (peft.utils.merge_utils: "
+            "task arithmetic, TIES, DARE; 'svd' is add_weighted_adapter's SVD merge) on their dense ΔW, "
+            "then measure per module and adapter the share of ΔW_i's energy the merged ΔW's top-k "
+            "singular subspaces keep, φ of ΔW_i's top directions with the merged ones, the cosine, TIES' "
+            "sign conflicts among the entries pruning keeps, and the Task-Singular-Vectors interference "
+            "between adapters' bases, each with its random floor. --save-adapter writes the merge as a "
+            "PEFT adapter (an SVD re-factorisation at --rank). Needs PEFT: pip install 'lorascope[merge]'."
+        ),
+    )
+    p.add_argument(
+        "sources", metavar="RUN_OR_PEFT", type=Path, nargs="+", help="run or PEFT folders, or one sweep"
+    )
+    p.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    p.add_argument(
+        "--weights", metavar="LIST", help="one weight per adapter, e.g. 1,0.5,0.5 (default 1 each)"
+    )
+    p.add_argument(
+        "--density",
+        help=f"fraction of entries the pruning methods keep, in (0, 1] (default {DEFAULT_DENSITY})",
+    )
+    p.add_argument(
+        "--rank",
+        type=int,
+        help="rank of the svd merge and of the saved adapter (default: the largest adapter rank; "
+        "task_arithmetic: the sum of the ranks, exact)",
+    )
+    p.add_argument(
+        "--k", type=int, help="top directions of the merged ΔW the measures use (default: Σ ranks)"
+    )
+    p.add_argument(
+        "--majority-sign", default="total", help="TIES' sign election: total (default) or frequency"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of DARE's random pruning (default 0)")
+    p.add_argument(
+        "--save-adapter", action="store_true", help="write the merge as a PEFT adapter in OUT/adapter"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT/adapter")
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/merge_<method>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=cmd_merge)
+
+
 # ----------------------------------------------------------------------------- main
 
 COMMANDS = [
     _add_ls, _add_similarity, _add_amplification, _add_intruders, _add_spectrum, _add_trajectory,
     _add_compare, _add_figures, _add_export,
+    _add_subspace, _add_merge,
 ]  # fmt: skip
 
 

@@ -18,9 +18,11 @@ from lorascope.runs import Run, is_run_dir, list_runs, load_run, read_summary
 log = logging.getLogger(__name__)
 
 
-def resolve_sources(sources: Sequence) -> tuple[list, dict[str, str] | None]:
+def resolve_sources(
+    sources: Sequence, what: str = "an adapter map compares"
+) -> tuple[list, dict[str, str] | None]:
     """Run folders, PEFT folders or loaded `Run`s, in order; a single sweep folder becomes its
-    complete runs. At least 2, no path twice.
+    complete runs. At least 2, no path twice; `what` begins the error for fewer ("a merge needs").
 
     Returns (sources, left out): for a sweep, {run name: why} of the runs that are not complete or
     cannot be read (the caller also leaves out, and adds, those whose tensors turn out unreadable);
@@ -41,13 +43,13 @@ def resolve_sources(sources: Sequence) -> tuple[list, dict[str, str] | None]:
                 left_out[folder.name] = f"status {status}"
         if len(done) < 2:
             raise LorascopeError(
-                f"{sweep}: {len(done)} complete run(s); an adapter map needs at least 2 "
+                f"{sweep}: {len(done)} complete run(s); {what} at least 2 "
                 "(train more, e.g. `python sweep.py rank=8 seed=0,1,2`)"
             )
         return done, left_out
     if len(sources) < 2:
         raise LorascopeError(
-            f"an adapter map compares at least 2 adapters, got {len(sources)}: give several run or "
+            f"{what} at least 2 adapters, got {len(sources)}: give several run or "
             "PEFT folders, or one sweep folder"
         )
     seen: dict[Path, object] = {}

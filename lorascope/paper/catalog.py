@@ -20,5 +20,7 @@ DESCRIPTIONS = {
     "cross_task": "φ between adapters of two tasks on one model (a sibling sweep), beside seeds and chance",
     "trajectory": "how each run's ΔW formed over its snapshots (train.snapshot_every=N)",
     "ranks": "the rank table: held-out metric, parameters and cost per run",
+    "subspace": "the directions ≥ 3 adapters of one rank (seeds, tasks) share, against random adapters",
+    "merge": "what task arithmetic and TIES keep of ≥ 3 adapters, and how their bases interfere",
     "findings": "findings.md: whether each of the paper's findings holds on this sweep, with numbers",
 }

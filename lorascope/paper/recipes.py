@@ -20,6 +20,13 @@ from lorascope.paper.findings_beyond import (
     trajectory_section,
 )
 from lorascope.paper.lora_vs_full import fig_intruders, fig_lora_vs_full, fig_spectrum
+from lorascope.paper.many_adapters import (
+    fig_merge,
+    fig_shared_subspace,
+    group_of,
+    merge_section,
+    subspace_section,
+)
 from lorascope.paper.rank_table import rank_table
 from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
 from lorascope.paper.sweep import Sweep
@@ -73,6 +80,8 @@ RECIPES: dict[str, Callable] = {
     "cross_task": _per_factor("fig_cross_task", lambda s, f, o: fig_cross_task(s, f, layer=o.layer)),
     "trajectory": lambda sweep, opts: trajectories(sweep),
     "ranks": lambda sweep, opts: [rank_table(sweep)],
+    "subspace": lambda sweep, opts: fig_shared_subspace(sweep, group_of(sweep, opts)),
+    "merge": lambda sweep, opts: fig_merge(sweep, group_of(sweep, opts)),
 }
 
 
@@ -101,6 +110,8 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
         "intruders",
         "trajectory",
         "cross_task",
+        "subspace",
+        "merge",
     ):
         fresh = name not in done
         parts[name] = run_recipe(name, sweep, opts, done)
@@ -114,6 +125,8 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
         *intruders_section(parts["intruders"]),
         *trajectory_section(parts["trajectory"]),
         *cross_task_section(parts["cross_task"]),
+        *subspace_section(parts["subspace"]),
+        *merge_section(parts["merge"]),
     ]
     text = findings_markdown(sweep, by_factor["fig3"], by_factor["fig4"], parts["table7"][0], beyond)
     return [Artifact("findings", text=text)]

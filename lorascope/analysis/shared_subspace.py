@@ -1,0 +1,312 @@
+"""The directions N adapters share, per module: the top eigenvectors of the sum of their ΔW projectors.
+
+Per module and side (right: the input space R^in, left: the output space R^out) adapter i brings its
+orthonormal top-k_i basis U_i (n, k_i) of ΔW_i, columns by descending σ (from the factored SVD
+`delta_svd`: ΔW_i is never formed), and weights w_i (k_i,) with Σ_t w_it = 1:
+
+    unweighted    w_it = 1 / k_i                     every direction of an adapter counts the same
+    σ-weighted    w_it = σ_it² / Σ_t σ_it²           ΔW_i ΔW_iᵀ / ‖ΔW_i‖²_F on its top-k_i
+
+    M = Σ_i U_i diag(w_i) U_iᵀ = Z Zᵀ,     Z = [U_1 diag(√w_1) | … | U_N diag(√w_N)]   (n, K = Σ_i k_i)
+
+so trace M = N: every adapter brings one unit of energy. The eigenvalues λ_1 ≥ λ_2 ≥ … of M are the
+squared singular values of Z and come from the smaller of ZᵀZ (K × K) and Z Zᵀ (n × n); no
+out × in matrix is formed, and memory is the n × K of Z (linear in N). The shared basis Q (n, keep)
+holds the top eigenvectors. For m = 1 … min(n, K) (beyond, the share is 1):
+
+    energy share      E(m)   = Σ_{t ≤ m} λ_t / N                      (the "universal subspace" curve)
+    coverage          c_i(m) = ‖Q_mᵀ U_i diag(√w_i)‖²_F ∈ [0, 1]      (adapter i inside the top-m)
+
+and the mean of c_i(m) over the adapters is E(m). The floor is the same curve for N independent
+uniformly random subspaces of the same sizes k_i and weights (`random_floor`: seeded Monte Carlo, the
+mean and the band mean ± 3 sd over the trials). Exact: a fixed m-dimensional subspace covers an
+adapter drawn independently of it by E[c(m)] = m / n, for any weights (the floor of `project`); and
+E(m) = 1 from m = min(n, K) on. Read against the floor:
+
+    knee         the first m where E(m) − F̄(m) reaches 95 % of its largest value (the planted dimension,
+                 for planted adapters)
+    shared_dims  how many leading λ_t lie above the band's top of the floor's λ_t (directions shared
+                 beyond chance)
+
+Pure tensors in, dataclasses out; `lorascope.compare.subspaces` loads the runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lorascope.analysis.linalg import RANK_RTOL, numerical_rank, one_thread
+from lorascope.errors import LorascopeError
+
+BAND_SD = 3.0  # the Monte Carlo band: mean ± BAND_SD standard deviations over the trials
+TRIALS = 16  # Monte Carlo trials of the floor unless asked
+KEEP_FACTOR = 4  # shared directions kept (basis, coverage) unless asked: 4 × the largest k_i
+GRAM_FLOAT32 = 2**34  # n · K · min(n, K) above which the Gram product is taken in float32 (3× faster on
+# the CPU; entries good to ~1e-6 relative, which the energy shares do not notice), below it in float64
+EIGH_MAX = 2048  # an n × n eigenproblem up to this size is solved whole (vectors too); above, the
+# eigenvalues come from eigvalsh and the top eigenvectors from a block Krylov method on M's products
+
+
+def adapter_weights(S: torch.Tensor, weighted: bool) -> torch.Tensor:
+    """w (k,) of one adapter's top-k directions from its singular values S (k,): 1/k each, or σ²/Σσ²."""
+    S = torch.as_tensor(S, dtype=torch.float64)
+    k = int(S.shape[0])
+    if k == 0:
+        raise LorascopeError("an adapter with no direction (ΔW = 0) has no subspace to share")
+    if not weighted:
+        return torch.full((k,), 1.0 / k, dtype=torch.float64)
+    energy = S.square()
+    total = float(energy.sum())
+    if not total > 0:
+        raise LorascopeError("σ-weighting an adapter whose ΔW is zero")
+    return energy / total
+
+
+def stack(bases: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Z = [U_1 diag(√w_1) | … | U_N diag(√w_N)] (n, Σ k_i), float64."""
+    if not len(bases):
+        raise LorascopeError("no adapter bases to stack")
+    n = int(bases[0].shape[0])
+    blocks = []
+    for i, (U, w) in enumerate(zip(bases, weights, strict=True)):
+        U = torch.as_tensor(U)
+        w = torch.as_tensor(w, dtype=torch.float64)
+        if U.ndim != 2 or U.shape[0] != n or U.shape[1] != w.shape[0] or U.shape[1] == 0:
+            raise LorascopeError(
+                f"basis {i} has shape {tuple(U.shape)} and {w.shape[0]} weights; want (n={n}, k ≥ 1) and k"
+            )
+        blocks.append(U.to(torch.float64) * w.sqrt()[None, :])
+    return torch.cat(blocks, dim=1)
+
+
+@dataclass
+class SharedSubspace:
+    """The directions N adapters of one module share (see the module docstring)."""
+
+    n: int  # the dimension of the space (in for the right side, out for the left)
+    widths: list[int]  # k_i, the directions each adapter brings
+    eigenvalues: np.ndarray  # λ (min(n, K),), descending, Σ = N
+    basis: torch.Tensor  # Q (n, keep), float64, the top `keep` shared directions
+    coverage: np.ndarray  # (N, keep): c_i(m) for m = 1 … keep
+
+    @property
+    def adapters(self) -> int:
+        return len(self.widths)
+
+    @property
+    def energy(self) -> np.ndarray:
+        """E(m) for m = 1 … len(eigenvalues)."""
+        return np.cumsum(self.eigenvalues) / self.adapters
+
+    def energy_at(self, m: int) -> float:
+        e = self.energy
+        return float(e[min(m, len(e)) - 1]) if m >= 1 else 0.0
+
+
+def shared_subspace(
+    bases: Sequence[torch.Tensor], weights: Sequence[torch.Tensor], keep: int | None = None
+) -> SharedSubspace:
+    """The shared subspace of N adapters' bases U_i (n, k_i) with weights w_i (k_i,), Σ w_i = 1 each.
+
+    keep: the shared directions returned in `basis` and `coverage` (default KEEP_FACTOR × the largest
+    k_i); never more than M's numerical rank (λ_t > 1e-5 λ_1). The eigenvalues are always all of them."""
+    if len(bases) < 1:
+        raise LorascopeError("a shared subspace needs at least one adapter")
+    Z = stack(bases, weights)
+    widths = [int(U.shape[1]) for U in bases]
+    keep = KEEP_FACTOR * max(widths) if keep is None else keep
+    lam, Q = spectrum(Z, keep)
+    keep = Q.shape[1]
+    C = (Q.T @ Z).square()  # (keep, K): the energy of each weighted column inside each shared direction
+    C = C.cumsum(0)  # over m
+    edges = np.cumsum([0, *widths])
+    coverage = np.stack([C[:, a:b].sum(1).numpy() for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    return SharedSubspace(int(Z.shape[0]), widths, lam, Q, coverage.reshape(len(widths), keep))
+
+
+def spectrum(Z: torch.Tensor, keep: int | None = None, eigenvalues_only: bool = False):
+    """(λ (min(n, K),) descending as numpy, Q (n, keep) top eigenvectors of Z Zᵀ) for Z (n, K).
+
+    K ≤ n: from ZᵀZ (K × K); Q = Z v / √λ. K > n: from Z Zᵀ (n × n): a whole eigh up to EIGH_MAX,
+    above it eigvalsh for the values and a block Krylov method on M's products for the top vectors.
+    keep is capped at the numerical rank of M. eigenvalues_only: Q is None (the floor's trials)."""
+    Z = torch.as_tensor(Z).to(torch.float64)
+    n, K = Z.shape
+    flops = n * K * min(n, K)
+    small = flops < 5e7  # threads cost more than they give
+    low = Z.to(torch.float32) if flops > GRAM_FLOAT32 else Z
+    # Products on the threads torch has; every eigendecomposition on one: LAPACK's tridiagonal reduction
+    # gains little from a second thread and loses up to 10× when another process shares the cores
+    # (measured on 2 cores: eigh of a 1600² matrix 0.9 s on one thread, 7-8 s on two).
+    with one_thread() if small else nullcontext():
+        if K <= n:
+            G = (low.T @ low).to(torch.float64)
+            with one_thread():
+                if eigenvalues_only:
+                    return _descending(torch.linalg.eigvalsh(G)), None
+                lam, V = torch.linalg.eigh(G)
+            lam, V = lam.flip(0).clamp_min(0.0), V.flip(1)
+            keep = _keep(lam, keep)
+            Q = (Z @ V[:, :keep]) / lam[:keep].sqrt()[None, :]
+            return lam.numpy(), _reorthonormalise(Q)
+        M = (low @ low.T).to(torch.float64)
+        del low
+        with one_thread():
+            if eigenvalues_only:
+                return _descending(torch.linalg.eigvalsh(M)), None
+            if n <= EIGH_MAX:
+                lam, V = torch.linalg.eigh(M)
+                lam, V = lam.flip(0).clamp_min(0.0), V.flip(1)
+                return lam.numpy(), V[:, : _keep(lam, keep)].contiguous()
+            lam = torch.linalg.eigvalsh(M).flip(0).clamp_min(0.0)
+        keep = _keep(lam, keep)
+        from lorascope.analysis.truncated import block_krylov_svd
+
+        # M is symmetric positive semi-definite: its top singular vectors are its top eigenvectors.
+        Q, _, _ = block_krylov_svd(lambda X: M @ X, lambda Y: M @ Y, (n, n), keep, device=torch.device("cpu"))
+        return lam.numpy(), Q
+
+
+def _descending(lam: torch.Tensor) -> np.ndarray:
+    return lam.flip(0).clamp_min(0.0).numpy()
+
+
+def _keep(lam: torch.Tensor, keep: int | None) -> int:
+    rank = numerical_rank(lam, RANK_RTOL)
+    if rank == 0:
+        raise LorascopeError("the adapters' bases are all zero: nothing is shared")
+    return rank if keep is None else max(1, min(int(keep), rank))
+
+
+def _reorthonormalise(Q: torch.Tensor) -> torch.Tensor:
+    """Q from Z v / √λ is orthonormal up to rounding that grows as λ shrinks: one QR, signs kept."""
+    q, r = torch.linalg.qr(Q)
+    return q * torch.sign(torch.diagonal(r)).where(torch.diagonal(r) != 0, torch.ones(()))[None, :]
+
+
+@dataclass
+class SubspaceFloor:
+    """E(m) and λ_t for N independent uniformly random subspaces of the sizes and weights of the real
+    adapters: mean, standard deviation and the band mean ± BAND_SD sd over `trials` seeded draws."""
+
+    n: int
+    widths: list[int]
+    trials: int
+    seed: int
+    energy_mean: np.ndarray  # (L,) with L = min(n, K)
+    energy_sd: np.ndarray
+    eig_mean: np.ndarray
+    eig_sd: np.ndarray
+
+    @property
+    def energy_lo(self) -> np.ndarray:
+        return np.clip(self.energy_mean - BAND_SD * self.energy_sd, 0.0, 1.0)
+
+    @property
+    def energy_hi(self) -> np.ndarray:
+        return np.clip(self.energy_mean + BAND_SD * self.energy_sd, 0.0, 1.0)
+
+    @property
+    def eig_hi(self) -> np.ndarray:
+        return self.eig_mean + BAND_SD * self.eig_sd
+
+    def contains(self, energy, atol: float = 1e-9) -> bool:
+        """Whether a curve E(m) lies inside the band at every m the floor has (rounding allowed)."""
+        e = np.asarray(energy)[: len(self.energy_mean)]
+        L = len(e)
+        return bool(np.all(e >= self.energy_lo[:L] - atol) and np.all(e <= self.energy_hi[:L] + atol))
+
+    def at(self, m: int) -> tuple[float, float, float]:
+        """(mean, lo, hi) of E(m)."""
+        i = min(m, len(self.energy_mean)) - 1
+        return float(self.energy_mean[i]), float(self.energy_lo[i]), float(self.energy_hi[i])
+
+
+def random_floor(
+    n: int, weights: Sequence[torch.Tensor], trials: int = TRIALS, seed: int = 0
+) -> SubspaceFloor:
+    """The floor of the energy curve: N independent uniformly random subspaces of R^n, adapter i of
+    dimension k_i = len(weights[i]) with weights weights[i], `trials` draws seeded by seed, seed + 1, …
+
+    A uniformly random k-dimensional subspace is the span of an n × k Gaussian matrix (its Q factor);
+    the order of its columns is arbitrary, so any weight profile applies to it."""
+    if trials < 2:
+        raise LorascopeError(f"the Monte Carlo floor needs at least 2 trials, got {trials}")
+    widths = [int(len(w)) for w in weights]
+    if any(k > n for k in widths):
+        raise LorascopeError(f"an adapter brings more directions ({max(widths)}) than the space has ({n})")
+    sqrt_w = torch.cat([torch.as_tensor(w, dtype=torch.float64).sqrt() for w in weights])
+    energies, eigs = [], []
+    for t in range(trials):
+        g = torch.Generator().manual_seed(seed + t)
+        Z = torch.empty(n, sum(widths), dtype=torch.float64)
+        col = 0
+        for k, count in _runs(widths):  # one batched QR per run of equal widths
+            X = torch.randn(count, n, k, generator=g, dtype=torch.float64)
+            with one_thread():
+                Q = torch.linalg.qr(X)[0]  # (count, n, k)
+            Z[:, col : col + count * k] = Q.permute(1, 0, 2).reshape(n, count * k)
+            col += count * k
+        lam, _ = spectrum(Z * sqrt_w[None, :], eigenvalues_only=True)
+        eigs.append(lam)
+        energies.append(np.cumsum(lam) / len(widths))
+    E, L = np.stack(energies), np.stack(eigs)
+    return SubspaceFloor(n, widths, trials, seed, E.mean(0), E.std(0, ddof=1), L.mean(0), L.std(0, ddof=1))
+
+
+def _runs(widths: Sequence[int]) -> list[tuple[int, int]]:
+    """[(k, count)] for consecutive equal widths: [16, 16, 8] -> [(16, 2), (8, 1)]."""
+    out: list[list[int]] = []
+    for k in widths:
+        if out and out[-1][0] == k:
+            out[-1][1] += 1
+        else:
+            out.append([k, 1])
+    return [(k, c) for k, c in out]
+
+
+KNEE_SHARE = 0.95  # the knee: the first m whose excess over the floor reaches this share of the largest
+
+
+def knee(result: SharedSubspace, floor: SubspaceFloor) -> int:
+    """The first m (from 1) at which E(m) − F̄(m), the excess over chance, reaches KNEE_SHARE of its
+    largest value: where the curve stops gaining on the floor. (argmax alone would wander along the
+    plateau that follows a planted subspace, where the remaining directions are as random as the floor's.)"""
+    e = result.energy
+    L = min(len(e), len(floor.energy_mean))
+    excess = e[:L] - floor.energy_mean[:L]
+    top = float(excess.max())
+    if not top > 0:
+        return int(np.argmax(excess)) + 1
+    return int(np.argmax(excess >= KNEE_SHARE * top)) + 1
+
+
+def shared_dims(result: SharedSubspace, floor: SubspaceFloor) -> int:
+    """How many leading eigenvalues λ_1 … λ_d lie above the top of the floor's band at the same t."""
+    lam = result.eigenvalues
+    hi = floor.eig_hi[: len(lam)]
+    above = lam[: len(hi)] > hi
+    return int(len(above) if above.all() else np.argmin(above))
+
+
+def project(basis: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> np.ndarray:
+    """c(m), m = 1 … keep: how much of an adapter (basis U (n, k), weights w, Σ w = 1) lies inside the
+    top-m shared directions Q = basis (n, keep). For an adapter drawn independently of Q,
+    E[c(m)] = m / n exactly (`projection_floor`)."""
+    Q = torch.as_tensor(basis).to(torch.float64)
+    U = torch.as_tensor(U).to(torch.float64)
+    if Q.shape[0] != U.shape[0]:
+        raise LorascopeError(f"the shared basis lives in R^{Q.shape[0]}, the adapter's in R^{U.shape[0]}")
+    w = torch.as_tensor(w, dtype=torch.float64)
+    C = (Q.T @ (U * w.sqrt()[None, :])).square().sum(1)
+    return C.cumsum(0).numpy()
+
+
+def projection_floor(n: int, keep: int) -> np.ndarray:
+    """m / n for m = 1 … keep: the exact mean coverage of an independent random adapter."""
+    return np.arange(1, keep + 1, dtype=np.float64) / n
