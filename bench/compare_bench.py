@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import Report  # bench/report.py: run as a script, bench/ is on sys.path
+from report import Report, save_peft_adapter  # bench/report.py: run as a script, bench/ is on sys.path
 
 OUT, IN, RANK, LAYERS, GROUPS, SHARED = 4096, 4096, 16, 32, 5, 4
 PROJ = ("q_proj", "v_proj")
@@ -41,7 +41,6 @@ def modules() -> list[str]:
 def write_adapters(root: Path, n: int) -> list[Path]:
     """n PEFT folders root/a{i:03d}/adapter (all named "adapter", as downloads often are)."""
     import torch
-    from safetensors.torch import save_file
 
     folders = []
     for i in range(n):
@@ -55,14 +54,7 @@ def write_adapters(root: Path, n: int) -> list[Path]:
             tensors[f"base_model.model.{m}.lora_A.weight"] = A
             tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(OUT, RANK, generator=g) * 0.01
         folder = root / f"a{i:03d}" / "adapter"
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config = {
-            "peft_type": "LORA", "r": RANK, "lora_alpha": 2 * RANK, "target_modules": list(PROJ),
-            "base_model_name_or_path": "meta-llama/Llama-2-7b-hf", "bias": "none",
-        }  # fmt: skip
-        (folder / "adapter_config.json").write_text(json.dumps(config))
-        folders.append(folder)
+        folders.append(save_peft_adapter(folder, tensors, RANK, PROJ))
     return folders
 
 

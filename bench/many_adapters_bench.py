@@ -37,7 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import Report, drop_page_cache  # bench/report.py: run as a script, bench/ is on sys.path
+from report import (  # bench/report.py: run as a script, bench/ is on sys.path
+    Report,
+    drop_page_cache,
+    save_peft_adapter,
+)
 
 OUT, IN, RANK, LAYERS, PLANTED = 4096, 4096, 16, 32, 4
 PROJ = ("q_proj", "v_proj")
@@ -62,7 +66,6 @@ def planted(module_index: int):
 def write_adapters(root: Path, n: int, layers: int) -> list[Path]:
     """n PEFT folders root/a{i:03d}/adapter: A (16, 4096) = planted rows (strong) + noise rows, B alike."""
     import torch
-    from safetensors.torch import save_file
 
     bases = [planted(j) for j in range(len(modules(layers)))]
     folders = []
@@ -78,14 +81,7 @@ def write_adapters(root: Path, n: int, layers: int) -> list[Path]:
             tensors[f"base_model.model.{m}.lora_A.weight"] = A.contiguous()
             tensors[f"base_model.model.{m}.lora_B.weight"] = (0.01 * B).contiguous()
         folder = root / f"a{i:03d}" / "adapter"
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config = {
-            "peft_type": "LORA", "r": RANK, "lora_alpha": 2 * RANK, "target_modules": list(PROJ),
-            "base_model_name_or_path": "meta-llama/Llama-2-7b-hf", "bias": "none",
-        }  # fmt: skip
-        (folder / "adapter_config.json").write_text(json.dumps(config))
-        folders.append(folder)
+        folders.append(save_peft_adapter(folder, tensors, RANK, PROJ))
     return folders
 
 

@@ -42,3 +42,20 @@ def drop_page_cache(paths) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def save_peft_adapter(folder: Path, tensors: dict, rank: int, targets) -> Path:
+    """A PEFT LoRA folder (adapter_model.safetensors + adapter_config.json, α = 2r) of a synthetic
+    7B-shaped adapter, as the many-adapter benches write them."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank, "target_modules": list(targets),
+        "base_model_name_or_path": "meta-llama/Llama-2-7b-hf", "bias": "none",
+    }  # fmt: skip
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder

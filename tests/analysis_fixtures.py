@@ -64,3 +64,24 @@ def shared_directions(n_in: int = 32, s: int = 2, seed: int = 123) -> torch.Tens
     """(n_in, s) orthonormal directions to plant in two runs."""
     g = torch.Generator().manual_seed(seed)
     return torch.linalg.qr(torch.randn(n_in, s, generator=g))[0]
+
+
+def write_adapter(
+    root, name, factors, *, base="synthetic", fingerprint=None, alpha=16.0, targets=("query", "value")
+):
+    """A complete lorascope run folder from {module: (A (r, in), B (out, r))}; s = α / r of the first
+    module's rank."""
+    from lorascope.runs import adapter_metadata, save_adapter, write_summary
+
+    rank = next(iter(factors.values()))[0].shape[0]
+    tensors = {}
+    for m, (A, B) in factors.items():
+        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = A.float().contiguous(), B.float().contiguous()
+    meta = adapter_metadata(
+        rank=rank, alpha=alpha, scaling=alpha / rank, base_model=base, targets=list(targets),
+        init="gaussian", rslora=False, base_fingerprint=fingerprint,
+    )  # fmt: skip
+    run = root / name
+    save_adapter(run / "adapter.safetensors", tensors, meta)
+    write_summary(run, {"status": "complete"})
+    return run

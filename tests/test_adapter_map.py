@@ -3,6 +3,7 @@ flattened A‖B comparison lacks), planted clusters found again, and one-line er
 
 import logging
 
+import analysis_fixtures
 import numpy as np
 import pytest
 import torch
@@ -16,7 +17,7 @@ from lorascope.compare.inputs import unique_names
 from lorascope.compare.maps import adapter_map
 from lorascope.errors import LorascopeError
 from lorascope.peft_format import export_peft
-from lorascope.runs import adapter_metadata, load_run, save_adapter, write_summary
+from lorascope.runs import load_run
 
 N_IN, N_OUT = 32, 24
 
@@ -26,19 +27,9 @@ def _rand(*shape, seed=0):
 
 
 def write_adapter(root, name, factors, *, base="synthetic", fingerprint=None, alpha=16.0):
-    """A complete run folder from {module: (A, B)}; scaling α / r per the first module's rank."""
-    rank = next(iter(factors.values()))[0].shape[0]
-    tensors = {}
-    for m, (A, B) in factors.items():
-        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = A.contiguous(), B.contiguous()
-    meta = adapter_metadata(
-        rank=rank, alpha=alpha, scaling=alpha / rank, base_model=base, targets=["query", "value"],
-        init="gaussian", rslora=False, base_fingerprint=fingerprint,
-    )  # fmt: skip
-    run = root / name
-    save_adapter(run / "adapter.safetensors", tensors, meta)
-    write_summary(run, {"status": "complete"})
-    return run
+    return analysis_fixtures.write_adapter(
+        root, name, factors, base=base, fingerprint=fingerprint, alpha=alpha
+    )
 
 
 def random_factors(rank, seed, modules=MODULES):

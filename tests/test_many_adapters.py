@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 
+import analysis_fixtures
 import numpy as np
 import pandas as pd
 import pytest
@@ -21,7 +22,7 @@ from lorascope.analysis import shared_subspace as ss
 from lorascope.cli import main
 from lorascope.compare import load_shared_basis, project_adapter, run_merge, run_subspace
 from lorascope.errors import LorascopeError
-from lorascope.runs import adapter_metadata, load_run, save_adapter, write_summary
+from lorascope.runs import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,19 +35,9 @@ def _g(seed: int) -> torch.Generator:
 
 
 def write_adapter(root, name, factors, *, base="synthetic", fingerprint=None, alpha=8.0):
-    """A complete lorascope run folder from {module: (A (r, in), B (out, r))}, s = α / r."""
-    rank = next(iter(factors.values()))[0].shape[0]
-    tensors = {}
-    for m, (A, B) in factors.items():
-        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = A.float().contiguous(), B.float().contiguous()
-    meta = adapter_metadata(
-        rank=rank, alpha=alpha, scaling=alpha / rank, base_model=base, targets=["q_proj", "v_proj"],
-        init="gaussian", rslora=False, base_fingerprint=fingerprint,
-    )  # fmt: skip
-    run = root / name
-    save_adapter(run / "adapter.safetensors", tensors, meta)
-    write_summary(run, {"status": "complete"})
-    return run
+    return analysis_fixtures.write_adapter(
+        root, name, factors, base=base, fingerprint=fingerprint, alpha=alpha, targets=("q_proj", "v_proj")
+    )
 
 
 def planted_basis(n: int, k: int, seed: int = 123) -> torch.Tensor:
