@@ -91,3 +91,27 @@ def test_a_full_disk_during_an_analysis_leaves_no_cut_off_file(two, tmp_path, ca
     assert "No space left on device" in _error(capsys, ["spectrum", str(a), "--out", str(out)])
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old files whole, no temporaries
+
+
+def test_a_refused_permission_is_not_reported_as_a_missing_file(tmp_path, monkeypatch):
+    # Tests run as root, where chmod cannot refuse a read: the refusal is made where it arrives.
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    from lorascope.errors import LorascopeError
+    from lorascope.run_format import read_tensors
+
+    target = tmp_path / "adapter.safetensors"
+    target.write_bytes(b"")
+    real_stat = Path.stat
+
+    def stat(self, *a, **kw):
+        if self == target:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    with pytest.raises(LorascopeError, match=r"cannot be read \(Permission denied\)"):
+        read_tensors(target)
