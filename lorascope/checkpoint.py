@@ -276,12 +276,17 @@ def run_weights(
         yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
 
 
-def open_for_run(run, resolve) -> Checkpoint:
-    """The checkpoint of a run's base model. resolve: name -> (folder or hub id, is_local), as
+def open_named(name: str, resolve) -> Checkpoint:
+    """The checkpoint of a base model by name. resolve: name -> (folder or hub id, is_local), as
     `models.resolve` (presets, local folders, hub ids); a hub id is looked up in the local cache."""
+    where, local = resolve(name)
+    return Checkpoint(where if local else hub_folder(where))
+
+
+def open_for_run(run, resolve) -> Checkpoint:
+    """The checkpoint of a run's base model (`open_named` of its `base_name`)."""
     try:
-        where, local = resolve(base_name(run))
-        return Checkpoint(where if local else hub_folder(where))
+        return open_named(base_name(run), resolve)
     except LorascopeError as e:
         raise LorascopeError(f"{run.path}: base model not available offline: {e}") from None
 

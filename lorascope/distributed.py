@@ -3,7 +3,7 @@ training needs.
 
     world = World.from_env()          # rank, size: torchrun's RANK/WORLD_SIZE, SLURM's tasks, or 1 process
     world.init(device)                # the process group (gloo on CPU, nccl on CUDA), once per process
-    world.mean(loss)                  # the global batch's loss on every rank
+    world.sums(loss, tokens)          # sums over the ranks, on every rank, in one collective
     world.broadcast(obj)              # rank 0's decision (train, resume, skip) reaches every rank
 
 Three ways to get N processes for one run:
@@ -21,11 +21,12 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import LorascopeError
+
+if TYPE_CHECKING:  # imported where used: the sweep's callback asks `env_rank` before anything loads
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
     return int(value) if value not in (None, "") else None
+
+
+def env_rank() -> int:
+    """This process's rank as its launcher set it (torchrun's RANK, a SLURM task's SLURM_PROCID), else 0."""
+    return _env_int("RANK") or _env_int("SLURM_PROCID") or 0
 
 
 @dataclass(frozen=True)
@@ -64,14 +70,24 @@ class World:
             return cls(_env_int("SLURM_PROCID") or 0, ntasks, _env_int("SLURM_LOCALID") or 0)
         return cls()
 
+    def device(self, device: torch.device) -> torch.device:
+        """This rank's device: a bare "cuda" means the GPU of its local rank (one GPU per process)."""
+        import torch
+
+        if device.type == "cuda" and self.distributed and device.index is None:
+            return torch.device("cuda", self.local_rank)
+        return device
+
     # ------------------------------------------------------------------ the process group
 
     def init(self, device: torch.device) -> None:
         """Join the run's process group (env:// rendezvous: MASTER_ADDR, MASTER_PORT), once."""
+        import torch
         import torch.distributed as dist
 
         if not self.distributed or dist.is_initialized():
             return
+        device = self.device(device)
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -81,18 +97,16 @@ class World:
         dist.init_process_group(backend, rank=self.rank, world_size=self.size)
         log.info("rank %d of %d joined the process group (%s)", self.rank, self.size, backend)
 
-    def mean(self, value: float) -> float:
-        """The mean of a float over the ranks (every rank gets it)."""
-        return self.sum(value) / self.size
-
-    def sum(self, value: float) -> float:
+    def sums(self, *values: float) -> list[float]:
+        """Each value summed over the ranks (every rank gets the sums), in one all-reduce."""
         if not self.distributed:
-            return value
+            return [float(v) for v in values]
+        import torch
         import torch.distributed as dist
 
-        t = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device())
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
         dist.all_reduce(t)
-        return float(t.item())
+        return t.tolist()
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank (a picklable Python value: decisions, summaries)."""
@@ -127,6 +141,7 @@ class World:
 
 
 def _collective_device() -> torch.device:
+    import torch
     import torch.distributed as dist
 
     return (
@@ -160,6 +175,8 @@ def free_port() -> int:
 
 def check_devices(devices: int, device: str, strategy: str) -> None:
     """Refuse a process count the machine cannot give, or FSDP on one process (one line each)."""
+    import torch
+
     world = int(os.environ.get("WORLD_SIZE") or 1)
     if strategy == "fsdp" and devices == 1 and world == 1:
         raise LorascopeError(

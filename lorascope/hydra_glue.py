@@ -30,6 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from lorascope.config import SweepConfig, from_dict, to_dict
+from lorascope.distributed import check_devices, env_rank
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def remove_stale_ledgers(folder: Path, keep: Path | None = None) -> list[Path]:
 def record_outcome(run_dir: str | Path, summary: dict[str, Any]) -> None:
     """Append one job's outcome to the sweep's ledger (a no-op outside a sweep)."""
     ledger = os.environ.get(LEDGER_ENV)
-    if int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) > 0:
+    if env_rank() > 0:
         return  # one run trained by several processes is one outcome, rank 0's
     if not ledger or not Path(ledger).parent.is_dir():
         return
@@ -101,12 +102,10 @@ class SweepReport(Callback):
     def on_multirun_start(self, config: DictConfig, **kw: Any) -> None:
         # The base config holds every single-valued override: a bad one (train.lr=-1) is reported
         # here, once, before any job loads a model. Swept values are checked by each job.
-        if int(os.environ.get("RANK") or 0) > 0:
+        if env_rank() > 0:
             return  # under torchrun every rank runs the sweep; rank 0 alone checks and reports it
         try:
             cfg = from_dict(plain_config(config))
-            from lorascope.distributed import check_devices
-
             check_devices(cfg.train.devices, cfg.train.device, cfg.train.strategy)
             if cfg.task.source == "hf":  # a split or field the data set lacks: one line now, not per job
                 from lorascope import hf_data

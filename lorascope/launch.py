@@ -123,33 +123,11 @@ def launch(cfg: SweepConfig | dict, out_dir: str | Path) -> dict[str, Any]:
         return _failed(str(e))
     world = World.from_env()
     if world.distributed:
-        return _launch_rank(cfg, out, world)
-    try:
-        with run_lock(out) as holder:
-            if holder is not None:
-                return _busy(out, holder)
-            decision = _decide(cfg, out)
-            return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
-    except (LorascopeError, OSError) as e:  # a damaged folder, or one that cannot be written: a record
-        reason = one_line(e)
-        log.error("%s failed: %s", out, reason)
-        return _failed(reason)
-
-
-def _busy(out: Path, holder: str) -> dict[str, Any]:
-    reason = f"{out}: being trained by {holder}; not touched"
-    log.warning(reason)
-    return {"status": "busy", "reason": reason}
-
-
-def _launch_rank(cfg: SweepConfig, out: Path, world: World) -> dict[str, Any]:
-    """One rank of a run started by torchrun or SLURM: rank 0 takes the lock and decides (train,
-    resume, or a summary such as skipped/busy), every rank follows that decision."""
-    try:
-        world.init(pick_device(cfg.train.device))
-    except Exception as e:
-        return _failed(f"rank {world.rank}: cannot join the process group: {e}".splitlines()[0])
-    if not world.is_main:
+        try:
+            world.init(pick_device(cfg.train.device))
+        except Exception as e:
+            return _failed(f"rank {world.rank}: cannot join the process group: {e}".splitlines()[0])
+    if not world.is_main:  # another rank of this run decides under the lock; this one follows
         decision = world.broadcast(None)
         return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
     decided = False
@@ -157,16 +135,24 @@ def _launch_rank(cfg: SweepConfig, out: Path, world: World) -> dict[str, Any]:
         with run_lock(out) as holder:
             try:
                 decision = _busy(out, holder) if holder is not None else _decide(cfg, out)
-            except (LorascopeError, OSError) as e:  # a damaged folder: a record, for every rank
+            except (LorascopeError, OSError) as e:  # a damaged folder, or one that cannot be written
                 decision = _failed(one_line(e))
-            world.broadcast(decision)
+                log.error("%s failed: %s", out, decision["reason"])
+            world.broadcast(decision)  # the other ranks of the run, if any, do as rank 0 does
             decided = True
             return decision if isinstance(decision, dict) else _run(cfg, out, decision, world)
-    except (LorascopeError, OSError) as e:  # the lock could not be taken: tell the other ranks too
+    except (LorascopeError, OSError) as e:  # the lock could not be taken: a record, for every rank
         failed = _failed(one_line(e))
+        log.error("%s failed: %s", out, failed["reason"])
         if not decided:
             world.broadcast(failed)
         return failed
+
+
+def _busy(out: Path, holder: str) -> dict[str, Any]:
+    reason = f"{out}: being trained by {holder}; not touched"
+    log.warning(reason)
+    return {"status": "busy", "reason": reason}
 
 
 def _same_experiment(out: Path, cfg: SweepConfig) -> bool:

@@ -41,6 +41,15 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, *_conv1d_types()))
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int]:
+    """(out, in) of a module LoRA wraps: Conv1D stores its weight (in, out); nn.Linear's from its
+    attributes, not its weight, which bitsandbytes stores packed ((n, 1) for 4 bits)."""
+    if isinstance(module, _conv1d_types()):
+        n_in, n_out = module.weight.shape
+        return n_out, n_in
+    return module.out_features, module.in_features
+
+
 def is_quantized_linear(module: nn.Module) -> bool:
     """A bitsandbytes Linear4bit / Linear8bitLt (subclasses of nn.Linear with a packed weight)."""
     return type(module).__module__.startswith("bitsandbytes") and isinstance(module, nn.Linear)
@@ -91,13 +100,9 @@ class LoRALinear(nn.Module):
             raise LorascopeError(f"zero must name the factor that starts at 0, A or B, got {zero!r}")
         self.base = base
         self.fan_in_fan_out = isinstance(base, _conv1d_types())
-        if self.fan_in_fan_out:
-            self.in_features, self.out_features = base.weight.shape
-        elif isinstance(base, nn.Linear):
-            # From the attributes, not the weight: a bitsandbytes 4-bit weight is stored packed (n, 1).
-            self.out_features, self.in_features = base.out_features, base.in_features
-        else:
+        if not is_linear(base):
             raise LorascopeError(f"LoRA wraps nn.Linear or Conv1D, not {type(base).__name__}")
+        self.out_features, self.in_features = linear_shape(base)
         self.rank = rank
         self.alpha = float(alpha)
         self.rslora = rslora
@@ -207,17 +212,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def _shape(module: nn.Module) -> tuple[int, int]:
-    """(out, in) of a linear module, from its attributes where it has them: a bitsandbytes 4-bit
-    weight is stored packed, (n, 1)."""
-    if isinstance(module, nn.Linear):
-        return module.out_features, module.in_features
-    return tuple(module.weight.shape)
-
-
 def _check_rank(model: nn.Module, names: list[str], rank: int, allow: bool) -> None:
-    """Refuse (or with `allow`, warn about) a rank above min(in, out) of a target, from W's shape."""
-    widths = {n: min(_shape(model.get_submodule(n))) for n in names}
+    """Refuse (or with `allow`, warn about) a rank above min(in, out) of a target (`linear_shape`)."""
+    widths = {n: min(linear_shape(model.get_submodule(n))) for n in names}
     narrow = {n: w for n, w in widths.items() if isinstance(rank, int) and rank > w}
     if not narrow:
         return

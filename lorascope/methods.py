@@ -142,10 +142,6 @@ class FullUpdate:
 
     def __init__(self, model: nn.Module, cfg, head: list[str]):
         targets = cfg.full.targets
-        if cfg.model.quantization:
-            raise LorascopeError(
-                "method=full trains W itself: it needs an unquantized base (model.quantization=null)"
-            )
         names = [n for n, m in model.named_modules() if n and is_linear(m) and matches(n, targets)]
         if not names:
             raise LorascopeError(f"full.targets {targets!r} match no linear module of {type(model).__name__}")
@@ -159,7 +155,11 @@ class FullUpdate:
             for p in model.get_submodule(h).parameters():
                 p.requires_grad_(True)
         self.lr = cfg.full.lr
-        self.W0 = {n: w.detach().clone() for n, w in self._weights().items()}
+        self.W0 = {n: w.detach().clone() for n, w in self._weights().items()}  # in the base's precision
+        for m in self.modules.values():
+            if m.weight.dtype != torch.float32:
+                # An fp32 master of W: steps below the stored precision's resolution of W accumulate.
+                keep_fp32(m, cast_back=True)  # the next layer still sees the base's own precision
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """W per module in nn.Linear's (out, in) layout (Conv1D's stored (in, out) transposed: a view)."""

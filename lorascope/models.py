@@ -248,8 +248,8 @@ def base_dtype(model: nn.Module) -> str:
             return str(q.get("bnb_4bit_quant_type", "4bit"))
         if q.get("load_in_8bit"):
             return "int8"
-    names = {v: k for k, v in TORCH_DTYPES.items()}
-    return names.get(next(model.parameters()).dtype, str(next(model.parameters()).dtype))
+    stored = next(model.parameters()).dtype
+    return next((name for name, d in TORCH_DTYPES.items() if d == stored), str(stored))
 
 
 def head_modules(model: nn.Module) -> list[str]:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorascope.config import SweepConfig, from_dict, to_dict
+from lorascope.config import SweepConfig, to_dict
 from lorascope.distributed import World, free_port
 from lorascope.errors import LorascopeError
 
@@ -61,7 +61,7 @@ def train_on_devices(cfg: SweepConfig, out: Path, resuming: bool) -> dict[str, A
     saved = {k: os.environ.get(k) for k in RENDEZVOUS}
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     ctx = mp.get_context("spawn")
-    plain = to_dict(from_dict(cfg))
+    plain = to_dict(cfg)
     procs = [
         ctx.Process(target=_rank_main, args=(r, size, plain, str(out), resuming)) for r in range(1, size)
     ]

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
 from lorascope import models, resume, runs, trackers
+from lorascope.checkpoint import open_named
 from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.distributed import World
 from lorascope.errors import LorascopeError
@@ -100,15 +101,14 @@ def _check_finite(what: str, values: dict[str, float], step: int) -> None:
         raise RunFailed(f"{what} {bad[0]} is {values[bad[0]]} at step {step}: the run diverged")
 
 
-def _precision(model, update, head: list[str]) -> None:
-    """On a base stored below fp32, keep what is trained in fp32: the head, and full fine-tuning's W
-    (its master copy). LoRA's factors are fp32 already. Nothing changes on an fp32 base."""
-    if next(model.parameters()).dtype == torch.float32 and models.base_dtype(model) == "fp32":
+def _precision(model, head: list[str], dtype: str) -> None:
+    """On a base stored below fp32 (`dtype`, as `models.base_dtype` names it), keep the head trained
+    in fp32, its logits too (for the loss). LoRA's factors are fp32 already, and full fine-tuning keeps
+    fp32 masters of its W itself (`methods.FullUpdate`). Nothing changes on an fp32 base."""
+    if dtype == "fp32":
         return
     for h in head:
-        keep_fp32(model.get_submodule(h), cast_back=False)  # logits in fp32 for the loss
-    for m in getattr(update, "modules", {}).values():
-        keep_fp32(m, cast_back=True)  # the next layer sees the base's own precision
+        keep_fp32(model.get_submodule(h), cast_back=False)
 
 
 def _checkpointing(model) -> None:
@@ -131,12 +131,7 @@ def _fingerprints(cfg, update, quantized: bool) -> dict[str, float]:
     base's W is read from the checkpoint (the model holds only its quantized form)."""
     if not quantized:
         return {n: runs.base_fingerprint(W) for n, W in update.base_weights().items()}
-    from lorascope.checkpoint import Checkpoint
-
-    where, local = models.resolve(cfg.model.name_or_path)
-    if not local:
-        raise LorascopeError("model.quantization needs a local base folder to fingerprint W (give its path)")
-    ckpt = Checkpoint(where)
+    ckpt = open_named(cfg.model.name_or_path, models.resolve)
     return {n: runs.base_fingerprint(ckpt.weight(n, dtype=None)) for n in update.names()}
 
 
@@ -181,9 +176,7 @@ def train(
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    if device.type == "cuda" and world.distributed and device.index is None:
-        device = torch.device("cuda", world.local_rank)
+    device = world.device(pick_device(tc.device))
     autocast = autocast_for(tc.dtype, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -212,7 +205,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
     dtype = models.base_dtype(model)
     head = models.head_modules(model) if classify else []
     update = build_update(model, cfg, head)
-    _precision(model, update, head)
+    _precision(model, head, dtype)
     if tc.grad_checkpointing:
         _checkpointing(model)
     if not quantized:  # bitsandbytes placed a quantized base on its device while loading
@@ -270,8 +263,9 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
         batch = {k: v.to(device) for k, v in world.share(next(batches)).items()}
         with autocast() if autocast else contextlib.nullcontext():
             loss = net(**batch).loss
-        # The global batch's loss: every rank takes the same decisions below.
-        loss_val = world.mean(loss.item())
+        # The global batch's loss (every rank takes the same decisions below) and tokens, in one collective.
+        loss_sum, tokens = world.sums(loss.item(), int(batch["attention_mask"].sum()))
+        loss_val = loss_sum / world.size
         if tc.fail_at_step is not None and step == tc.fail_at_step:
             raise RunFailed(f"failed at step {step} as train.fail_at_step asked")
         _testing_kill(world, step)
@@ -295,7 +289,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
         sched.step()
         opt.zero_grad(set_to_none=True)
         counters["train_time"] += time.perf_counter() - t0
-        counters["tokens"] += int(world.sum(int(batch["attention_mask"].sum())))
+        counters["tokens"] += int(tokens)
         counters["step"], counters["loss"] = step, loss_val
         bar.set_postfix(loss=f"{loss_val:.3f}")
         record: dict[str, Any] = {}
