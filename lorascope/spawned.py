@@ -85,13 +85,13 @@ def train_on_devices(cfg: SweepConfig, out: Path, resuming: bool) -> dict[str, A
         if p.is_alive():
             p.kill()
             p.join()
+    if isinstance(error, LorascopeError | RunFailed | KeyboardInterrupt):
+        raise error  # a decision every rank took alike (divergence, bad input): its own words
     dead = [(r, p.exitcode) for r, p in enumerate(procs, 1) if p.exitcode != 0]
-    if dead:
+    if dead:  # rank 0's error, if any, is then the broken collective: the dead rank is the cause
         rank, code = dead[0]
         raise RunFailed(f"rank {rank} of {size} {_exit_text(code)}; the run is not complete") from error
     if error is not None:
-        if isinstance(error, LorascopeError | RunFailed | KeyboardInterrupt):
-            raise error
         raise RunFailed(f"rank 0 of {size}: {type(error).__name__}: {error}".splitlines()[0]) from error
     log.info("%s: trained by %d processes (%s)", out, size, cfg.train.strategy)
     return summary

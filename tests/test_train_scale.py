@@ -231,6 +231,12 @@ def test_a_killed_rank_fails_the_run_and_a_relaunch_redoes_it(
     assert launch(cfg, tmp_path / "r")["status"] == "complete"
 
 
+def test_a_failure_every_rank_takes_keeps_its_reason(dropless_bert, topic_jsonl, tmp_path):
+    cfg = tiny_config(dropless_bert, topic_jsonl, steps=4, train={"devices": 2, "fail_at_step": 2})
+    s = launch(cfg, tmp_path / "r")
+    assert s["status"] == "failed" and "failed at step 2 as train.fail_at_step asked" in s["reason"]
+
+
 def test_torchrun_trains_one_run_over_two_processes(dropless_bert, topic_jsonl, tmp_path):
     ref = launch(tiny_config(dropless_bert, topic_jsonl, steps=4), tmp_path / "ref")
     assert ref["status"] == "complete"
