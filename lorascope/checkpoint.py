@@ -6,9 +6,12 @@
 
 A folder, or a hub id found in the local Hugging Face cache: never a network call. Pickle
 checkpoints (pytorch_model.bin) are refused, never unpickled. Any stored dtype (bf16, fp16, fp32)
-is returned as float32 in nn.Linear's (out, in) layout. Module names map to checkpoint keys
-through their dotted suffixes, so a run's "bert.encoder.layer.0.attention.self.query" finds the
-key "encoder.layer.0.attention.self.query.weight" of a BertModel checkpoint, and the reverse.
+is returned as float32 in nn.Linear's (out, in) layout. A module name maps to its checkpoint key
+exactly, else through the key conversion of the installed transformers for the checkpoint's model
+(`lorascope.key_mapping`: "vit.layers.0.attention.q_proj" is stored as
+"vit.encoder.layer.0.attention.attention.query.weight"), else through dotted suffixes, so a run's
+"bert.encoder.layer.0.attention.self.query" finds the key "encoder.layer.0.attention.self.query.weight"
+of a BertModel checkpoint, and the reverse. `-v` logs each match that is not exact.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lorascope.errors import LorascopeError
-from lorascope.run_format import base_fingerprint
+from lorascope.names import match_module, suffix_matches
 
 log = logging.getLogger(__name__)
 
@@ -88,19 +91,6 @@ def _header(path: Path) -> dict[str, dict]:
     return header
 
 
-def match_module(names, wanted: str, where: str = "the base model") -> str:
-    """The name in `names` for a module: exact, else the unique name that `wanted` is a dotted suffix
-    of, or that is a dotted suffix of `wanted` (run names carry task wrappers such as "bert.")."""
-    if wanted in names:
-        return wanted
-    hits = [n for n in names if n.endswith("." + wanted) or wanted.endswith("." + n)]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise LorascopeError(f"module {wanted!r} is not in {where}")
-    raise LorascopeError(f"module {wanted!r} is ambiguous in {where}: {', '.join(hits[:4])}")
-
-
 def hub_cache_dir() -> Path:
     """The Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else huggingface_hub's default."""
     if os.environ.get("HF_HUB_CACHE"):
@@ -143,6 +133,8 @@ class Checkpoint:
         self.reads: list[str] = []  # keys read through this object, in order
         names = [key.removesuffix(".weight") for key in self.files if key.endswith(".weight")]
         self._names = {name: name + ".weight" for name in names}
+        self._matched: dict[str, str] = {}  # module -> its name in _names, once matched
+        self._canonical: dict[str, tuple[str, bool]] | None = None  # in-memory name -> (name, converted)
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._headers: dict[Path, dict[str, dict]] = {}  # resolved file -> its header, for `identity`
 
@@ -159,8 +151,50 @@ class Checkpoint:
             raise LorascopeError(f"{path}: not a readable JSON object ({e})") from None
 
     def key(self, module: str) -> str:
-        """The key of a module's weight ("<name>.weight"), the name matched by `match_module`."""
-        return self._names[match_module(self._names, module, f"the base checkpoint {self.folder}")]
+        """The key of a module's weight ("<name>.weight"): the name itself, else the key that
+        transformers' conversion for this model loads under the module's name (`_mapped`), else the
+        dotted-suffix match (`match_module`)."""
+        if module in self._names:
+            return self._names[module]
+        if module not in self._matched:
+            name = self._mapped(module)
+            if name is None:
+                name = match_module(self._names, module, f"the base checkpoint {self.folder}")
+                log.info("module %s: checkpoint key %s (dotted-suffix match)", module, self._names[name])
+            self._matched[module] = name
+        return self._names[self._matched[module]]
+
+    def _mapped(self, module: str) -> str | None:
+        """The checkpoint name whose in-memory name (transformers' load conversion, `KeyMap.to_model`)
+        is `module`, or ends in it or is a dotted suffix of it; None without such a conversion."""
+        from lorascope.key_mapping import key_map
+
+        mapping = key_map(self.folder)
+        if mapping is None:
+            return None
+        if self._canonical is None:
+            self._canonical = {}
+            for name in self._names:
+                renamed, converted = mapping.to_model(name + ".weight")
+                self._canonical.setdefault(renamed.removesuffix(".weight"), (name, converted))
+        wanted = mapping.module_to_model(module)  # an old-name adapter's module, renamed likewise
+        hit = self._canonical.get(wanted)
+        if hit is None:
+            hits = suffix_matches(self._canonical, wanted)
+            if len(hits) != 1:
+                return None
+            hit = self._canonical[hits[0]]
+        name, converted = hit
+        if converted:
+            raise LorascopeError(
+                f"module {module}: transformers builds it from the checkpoint's {name}.weight by a "
+                f"conversion, not a rename ({mapping.model_type}); lorascope reads stored tensors only"
+            )
+        log.info(
+            "module %s: checkpoint key %s.weight (transformers' key mapping for %s)",
+            module, name, mapping.model_type,
+        )  # fmt: skip
+        return name
 
     def shape(self, key: str) -> tuple[int, ...]:
         """The stored shape of a tensor, from its file's header (no tensor data is read)."""
@@ -270,7 +304,7 @@ def run_weights(
     """(module, W (out, in) in `dtype`, None: as stored) for each module of `run`, one tensor at a time.
 
     Shapes are checked against the run's adapters; Conv1D from the checkpoint's config.json,
-    else the run's fan_in_fan_out. The fingerprint check is the caller's (`check_fingerprint`)."""
+    else the run's fan_in_fan_out. The fingerprint check is the caller's (`base_identity.check_weight`)."""
     fan_in_fan_out = run.meta.get("fan_in_fan_out")
     for m in modules:
         yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
@@ -298,19 +332,3 @@ def base_name(run) -> str:
     if not base:
         raise LorascopeError(f"{run.path}: records no base model; cannot read W")
     return str(base)
-
-
-def check_fingerprint(run, weights: dict[str, torch.Tensor | float]) -> None:
-    """Refuse W that is not the run's base weight: ‖W‖_F must match the recorded one to rtol 1e-4.
-    weights: module -> W, or its `base_fingerprint` when already computed."""
-    recorded = run.meta.get("base_fingerprint") or {}
-    for name, W in weights.items():
-        expected = recorded.get(name)
-        if expected is None:
-            continue
-        got = float(W) if isinstance(W, float | int) else base_fingerprint(W)
-        if abs(got - expected) > 1e-4 * abs(expected):
-            raise LorascopeError(
-                f"{run.path}: base weight of {name} does not match the run's "
-                f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
-            )

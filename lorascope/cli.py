@@ -67,15 +67,13 @@ def _report(paths) -> None:
 
 def _layers(args, names) -> set[int] | None:
     """--layers, cut to the layers the modules `names` have."""
-    from lorascope.analysis.modules import layer_index, parse_layers
+    from lorascope.names import layers_of
 
-    if not getattr(args, "layers", None):
-        return None
-    return parse_layers(args.layers, available={i for n in names if (i := layer_index(n)) is not None})
+    return layers_of(names, getattr(args, "layers", None))
 
 
 def _selected(run, args) -> list[str]:
-    from lorascope.analysis.modules import select_modules
+    from lorascope.names import select_modules
 
     return select_modules(run.adapters, getattr(args, "modules", None), _layers(args, run.adapters))
 
@@ -112,6 +110,14 @@ def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
         "--allow-incomplete",
         action="store_true",
         help="analyse runs whose summary.json is not 'complete' (still training, or killed)",
+    )
+
+
+def _add_allow_other_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-other-base",
+        action="store_true",
+        help="compare adapters of different base models (e.g. Llama-3 vs Llama-3.1), said in the output",
     )
 
 
@@ -180,16 +186,20 @@ def cmd_similarity(args) -> int:
     from lorascope.analysis.plots import plot_phi
     from lorascope.analysis.tables import parse_formats, write_figure
     from lorascope.compare import heatmap_pages, run_similarity
-    from lorascope.compare.inputs import SameBase
+    from lorascope.compare.inputs import SameBase, aligned
 
     formats = parse_formats(args.format)
     run_a, run_b = _load(args.run_a, args), _load(args.run_b, args)
-    same_base = (
-        SameBase()
-    )  # φ between adapters of two bases compares unrelated spaces: refused, as by compare
+    run_b = aligned(run_b, list(run_a.adapters), run_a.base_model)
+    # φ between adapters of two bases compares unrelated spaces: refused, as by compare, unless asked
+    same_base = SameBase(allow_other=args.allow_other_base)
     for run in (run_a, run_b):
         same_base.add(run, str(run.path))
-    layers = _layers(args, [m for m in run_a.adapters if m in run_b.adapters])
+    for why in same_base.others:
+        print(f"note: --allow-other-base: {why}", file=sys.stderr)
+    from lorascope.names import shared_modules
+
+    layers = _layers(args, shared_modules([run_a.adapters, run_b.adapters]))
     pair = run_similarity(run_a, run_b, args.factor, args.modules, layers, progress=_progress())
     pages = heatmap_pages(pair, args.per_page)
     for label, run, names in (("first", run_a, pair.only_a), ("second", run_b, pair.only_b)):
@@ -241,6 +251,7 @@ def _add_similarity(sub) -> None:
     )
     _add_filters(p)
     _add_allow_incomplete(p)
+    _add_allow_other_base(p)
     _add_out(p, "<sweep of RUN_A>/analysis/<RUN_A>_vs_<RUN_B>")
     p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
     p.add_argument("--per-page", type=int, default=12, help="modules per heatmap figure (default 12)")
@@ -349,10 +360,10 @@ def _add_intruders(sub) -> None:
 
 
 def cmd_spectrum(args) -> int:
-    from lorascope.analysis.modules import short_name
     from lorascope.analysis.plots import plot_spectrum
     from lorascope.analysis.tables import parse_formats, write_figure, write_table
     from lorascope.compare import spectrum_frames, with_top_sigmas
+    from lorascope.names import short_name
 
     formats = parse_formats(args.format)
     run = _load(args.run, args)
@@ -555,7 +566,10 @@ def cmd_compare(args) -> int:
         modules=args.modules,
         layers=args.layers,
         progress=_progress(),
+        allow_other_base=args.allow_other_base,
     )
+    for why in amap.other_bases:
+        print(f"note: --allow-other-base: {why}", file=sys.stderr)
     lo, hi = amap.floor_range()
     floor = f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
     title = (
@@ -604,6 +618,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--k", type=int, default=8, help="top directions per module (default 8)")
     _add_filters(p)
     _add_allow_incomplete(p)
+    _add_allow_other_base(p)
     _add_out(p, "<sweep>/analysis/compare_<factor>")
     p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
     p.set_defaults(func=cmd_compare)

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from lorascope import run_format
-from lorascope.analysis.modules import kind_label, module_kind
 from lorascope.errors import LorascopeError
 from lorascope.lora import add_lora, factors, is_linear, matches
+from lorascope.names import kind_label, module_kind
 
 
 def _by_kind(tensors: dict[str, torch.Tensor], key: str) -> dict[str, float]:

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from lorascope import models
-from lorascope.checkpoint import Checkpoint, check_fingerprint, open_for_run, run_weights
+from lorascope.base_identity import check_weight
+from lorascope.checkpoint import Checkpoint, open_for_run, run_weights
 
 
 def open_base(run) -> Checkpoint:
@@ -40,7 +41,7 @@ def iter_base_weights(
     others = list(also)
     for m, W in run_weights(checkpoint, run, list(modules), dtype):
         for r in (run, *others):
-            check_fingerprint(r, {m: W})
+            check_weight(r, {m: W})
         yield m, W
 
 

@@ -12,7 +12,6 @@ import torch
 from analysis_fixtures import MODULES, make_run
 
 from lorascope import runs
-from lorascope.analysis.modules import module_kind
 from lorascope.analysis.trajectory import (
     COLUMNS,
     QUANTITIES,
@@ -23,6 +22,7 @@ from lorascope.analysis.trajectory import (
 )
 from lorascope.compare.trajectories import final_step, run_trajectory, trajectory_plan
 from lorascope.errors import LorascopeError
+from lorascope.names import module_kind
 from lorascope.runs import Adapter
 
 N_IN, N_OUT, RANK = 20, 12, 4

@@ -19,7 +19,6 @@ from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_s
 from lorascope.analysis.factors import FACTORS, Factor, get_factor
 from lorascope.analysis.intruders import intruder_dimensions
 from lorascope.analysis.linalg import delta_svd, factor_basis, factor_svd, random_orthonormal
-from lorascope.analysis.modules import layer_index, match_modules, parse_layers, select_modules, short_name
 from lorascope.analysis.similarity import (
     b_similarity,
     delta_similarity,
@@ -34,6 +33,7 @@ from lorascope.analysis.similarity import (
     subspace_similarity,
 )
 from lorascope.analysis.spectrum import spectrum, spectrum_metrics
+from lorascope.names import layer_index, match_modules, parse_layers, select_modules, short_name
 
 __all__ = [
     "FACTORS",

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from lorascope.analysis.modules import kind_label
+from lorascope.names import kind_label
 
 FLOOR_COLOR = "0.55"
 

@@ -39,10 +39,10 @@ import pandas as pd
 import torch
 
 from lorascope.analysis.linalg import as_float64, delta_svd, factor_basis, numerical_rank
-from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.analysis.similarity import phi_grid
 from lorascope.analysis.spectrum import spectrum_metrics
 from lorascope.errors import LorascopeError
+from lorascope.names import layer_index, module_kind
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,11 @@ import torch
 
 from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_similarity
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
-from lorascope.analysis.modules import select_modules
 from lorascope.analysis.truncated import resolve_device
-from lorascope.checkpoint import check_fingerprint, run_weights
+from lorascope.base_identity import check_weight
+from lorascope.checkpoint import run_weights
 from lorascope.errors import LorascopeError
+from lorascope.names import select_modules, shared_modules
 from lorascope.run_format import base_fingerprint
 from lorascope.weights import open_base
 from lorascope.wspectra import SpectraCache
@@ -50,8 +51,7 @@ def _labelled(runs) -> dict[str, object]:
 
 def _modules(runs: dict, modules: str | None, layers) -> list[str]:
     """Modules every run adapts (the first run's order), filtered by regex and layers."""
-    first, *rest = runs.values()
-    common = [m for m in first.adapters if all(m in r.adapters for r in rest)]
+    common = shared_modules(r.adapters for r in runs.values())
     if not common:
         raise LorascopeError(f"the runs {', '.join(runs)} adapt no module in common")
     return select_modules(common, modules, layers)
@@ -105,7 +105,7 @@ def _weights(
 
 def _check_fingerprints(runs: dict, module: str, w_norm: float) -> None:
     for run in runs.values():
-        check_fingerprint(run, {module: w_norm})
+        check_weight(run, {module: w_norm})
 
 
 def amplification_table(

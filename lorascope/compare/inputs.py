@@ -2,7 +2,8 @@
 
 A single sweep folder stands for its complete runs; run folders and PEFT adapter folders mix
 freely. Names are folder names, lengthened by parents only where two would collide (two PEFT
-folders both called `adapter`). `SameBase` refuses adapters of different base models.
+folders both called `adapter`). `SameBase` refuses adapters of different base models, told
+by their weights' fingerprints (`lorascope.base_identity`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from lorascope.base_identity import agree, disagreement, loose_name, recorded
 from lorascope.errors import LorascopeError
 from lorascope.runs import Run, is_run_dir, list_runs, load_run, read_summary
 
@@ -87,47 +90,136 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
             raise LorascopeError(f"two adapters have the same path: {sorted(clash)[0]}")
 
 
-def _base_name(name) -> str | None:
-    """A base model id compared loosely: "sentence-transformers/all-MiniLM-L6-v2" and
-    "/models/all-minilm-l6-v2/" name the same model; the fingerprints settle the rest."""
-    if not name:
-        return None
-    return str(name).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1].lower() or None
-
-
 class SameBase:
-    """Checks, one run at a time, that all runs adapt one base model.
+    """Checks, one run at a time, that all runs adapt one base model, by content.
 
-    Where two runs both record ‖W‖_F of a module (`meta["base_fingerprint"]`), those must agree to
-    rtol 1e-4, and such agreement settles that they share the base. Otherwise their
-    `meta["base_model"]` names must agree (`_base_name`); a run without a name is not checked."""
+    The first run is the reference. A later run is on its base when their ‖W‖_F fingerprints
+    agree (rtol 1e-4, `base_identity`) on the modules both record, whatever folder or hub id
+    names the base; on another base when they differ. Where no fingerprint is shared (PEFT
+    folders record none) and the base names differ (`loose_name`), the fingerprint of one module
+    both adapt is read from each base (offline, one tensor); where a base cannot be opened, the
+    differing names decide. allow_other=True (`--allow-other-base`) records each other base in
+    `others` (one line each, for the output to say) instead of refusing."""
 
-    RTOL = 1e-4
-
-    def __init__(self) -> None:
+    def __init__(self, allow_other: bool = False) -> None:
+        self.allow_other = allow_other
         self.fingerprints: dict[str, tuple[float, str]] = {}  # module -> (‖W‖_F, first run with it)
-        self.name: tuple[str, str, str] | None = None  # (normalised base name, as given, first run)
+        self.reference: tuple[Run, str] | None = None
+        self.others: list[str] = []  # why each run let through by allow_other is on another base
 
     def add(self, run: Run, label: str) -> None:
-        agreed = False
-        for m, value in (run.meta.get("base_fingerprint") or {}).items():
-            if m not in self.fingerprints:
-                self.fingerprints[m] = (float(value), label)
-                continue
-            ref, ref_label = self.fingerprints[m]
-            if abs(float(value) - ref) > self.RTOL * abs(ref):
-                raise LorascopeError(
-                    f"{label} and {ref_label} adapt different base weights: module {m} has ‖W‖_F "
-                    f"{float(value):.6g} vs {ref:.6g}; compare adapters of one base model"
-                )
-            agreed = True
-        name = _base_name(run.meta.get("base_model"))
-        if name is None:
-            return
-        if self.name is None:
-            self.name = (name, str(run.meta["base_model"]), label)
-        elif name != self.name[0] and not agreed:
-            raise LorascopeError(
-                f"{label} and {self.name[2]} were trained on different base models "
-                f"({run.meta['base_model']!r} vs {self.name[1]!r}); compare adapters of one base"
+        why = self._other_base(run, label)
+        if why is not None:
+            if not self.allow_other:
+                raise LorascopeError(f"{why}; compare adapters of one base model, or pass --allow-other-base")
+            log.warning("%s (--allow-other-base)", why)
+            self.others.append(why)
+        for m, value in recorded(run).items():
+            self.fingerprints.setdefault(m, (float(value), label))
+
+    def _other_base(self, run: Run, label: str) -> str | None:
+        """Why `run` is not on the reference's base, or None when it is (or cannot be told apart)."""
+        if self.reference is None:
+            self.reference = (run, label)
+            return None
+        mine = recorded(run)
+        ours = {m: v for m, (v, _) in self.fingerprints.items()}
+        found = disagreement(mine, ours)
+        if found is not None:
+            m, got, ref = found
+            return (
+                f"{label} and {self.fingerprints[m][1]} adapt different base weights: module {m} has "
+                f"‖W‖_F {got:.6g} vs {ref:.6g}"
             )
+        if set(mine) & set(ours):
+            return None  # the weights agree: one base, whatever its name
+        ref_run, ref_label = self.reference
+        name, ref_name = loose_name(run.base_model), loose_name(ref_run.base_model)
+        if None in (name, ref_name) or name == ref_name:
+            return None
+        module = next((m for m in run.adapters if m in ref_run.adapters), None)
+        if module is not None:
+            a, b = fingerprint(run, module), fingerprint(ref_run, module)
+            if a is not None and b is not None:
+                if agree(a, b):
+                    log.info("%s and %s: bases %r and %r hold the same %s", label, ref_label,
+                             run.base_model, ref_run.base_model, module)  # fmt: skip
+                    return None
+                return (
+                    f"{label} and {ref_label} adapt different base weights: module {module} has ‖W‖_F "
+                    f"{a:.6g} ({run.base_model}) vs {b:.6g} ({ref_run.base_model})"
+                )
+        return (
+            f"{label} and {ref_label} were trained on different base models "
+            f"({run.base_model!r} vs {ref_run.base_model!r}; no base weights to compare)"
+        )
+
+
+def fingerprint(run: Run, module: str) -> float | None:
+    """‖W‖_F of `module`'s base weight: recorded, else read once from the run's base checkpoint
+    (then kept in run.meta); None where the base cannot be opened offline or lacks the module."""
+    value = recorded(run).get(module)
+    if value is not None:
+        return float(value)
+    from lorascope.run_format import base_fingerprint
+    from lorascope.weights import open_base
+
+    try:
+        W = open_base(run).weight(module, dtype=None)
+    except LorascopeError as e:
+        log.info("%s: no fingerprint of %s from its base (%s)", run.path, module, e)
+        return None
+    value = base_fingerprint(W)
+    run.meta.setdefault("base_fingerprint", {})[module] = value
+    log.info("%s: ‖W‖_F of %s read from its base: %.6g", run.path, module, value)
+    return value
+
+
+def base_key_map(base: str | None):
+    """transformers' key mapping (`key_mapping.KeyMap`) of a base model by name, or None: no name,
+    a base not available offline, or a model whose keys transformers does not rename."""
+    if not base:
+        return None
+    from lorascope import models
+    from lorascope.checkpoint import open_named
+    from lorascope.key_mapping import key_map
+
+    try:
+        return key_map(open_named(base, models.resolve).folder)
+    except LorascopeError as e:
+        log.info("base %s: no key mapping (%s)", base, e)
+        return None
+
+
+def aligned(run: Run, names: Sequence[str], base: str | None = None) -> Run:
+    """`run` with its modules named as in `names` (another run's) where transformers' key mapping
+    gives two names one in-memory name: an adapter saved under the checkpoint's (transformers < 5)
+    names, "vit.encoder.layer.0.attention.attention.query", beside one saved under the model's,
+    "vit.layers.0.attention.q_proj". `base`: the other run's base model (its mapping serves
+    where this run's base is not available). Unchanged where the names already agree."""
+    mine, theirs = set(run.adapters), set(names)
+    if not (mine - theirs) or not (theirs - mine):
+        return run
+    from lorascope.checkpoint import base_name
+
+    try:
+        own = base_name(run)
+    except LorascopeError:
+        own = None
+    mapping = base_key_map(own) or base_key_map(base)
+    if mapping is None:
+        return run
+    canonical = {mapping.module_to_model(n): n for n in names}
+    rename = {m: canonical.get(mapping.module_to_model(m), m) for m in run.adapters}
+    if len(set(rename.values())) < len(rename) or all(k == v for k, v in rename.items()):
+        return run
+    moved = sum(k != v for k, v in rename.items())
+    log.info(
+        "%s: %d module(s) matched through transformers' key mapping for %s, e.g. %s = %s",
+        run.path, moved, mapping.model_type, *next((k, v) for k, v in rename.items() if k != v),
+    )  # fmt: skip
+    meta = dict(run.meta)
+    if meta.get("base_fingerprint"):
+        meta["base_fingerprint"] = {rename.get(m, m): v for m, v in meta["base_fingerprint"].items()}
+    init = {rename.get(m, m): a for m, a in run.init.items()} if run.init is not None else None
+    return replace(run, adapters={rename[m]: a for m, a in run.adapters.items()}, meta=meta, init=init)

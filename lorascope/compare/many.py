@@ -16,9 +16,9 @@ import torch
 
 from lorascope.analysis.factors import get_factor, is_factored
 from lorascope.analysis.linalg import numerical_rank
-from lorascope.analysis.modules import layer_index, parse_layers, select_modules
 from lorascope.compare.inputs import resolve_sources, unique_names
 from lorascope.errors import LorascopeError
+from lorascope.names import selected, shared_modules
 from lorascope.runs import Run
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,7 @@ def _sources(sources: Sequence, what: str) -> tuple[list, list[Path], list[str]]
 
 
 def _select(run: Run, modules: str | None, layers) -> list[str]:
-    chosen = layers
-    if isinstance(layers, str):  # "0,2-5", cut to the layers this run has
-        chosen = parse_layers(
-            layers, available={j for n in run.adapters if (j := layer_index(n)) is not None}
-        )
-    return select_modules(run.adapters, modules, chosen) if modules or layers else list(run.adapters)
+    return selected(run.adapters, modules, layers)  # layers "0,2-5": cut to the layers this run has
 
 
 class _Shared:
@@ -53,7 +48,7 @@ class _Shared:
 
     def narrow(self, i: int, names: list[str], mine: list[str]) -> list[str]:
         self.every.update(dict.fromkeys(mine))
-        shared = mine if i == 0 else [m for m in self.kept if m in set(mine)]
+        shared = mine if i == 0 else shared_modules([self.kept, mine])
         if not shared:
             before = names[0] if i == 1 else f"the {i} adapters before it"
             raise LorascopeError(

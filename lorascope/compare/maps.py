@@ -33,9 +33,9 @@ from lorascope.analysis.adapter_map import (
 )
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.linalg import numerical_rank, one_thread
-from lorascope.analysis.modules import layer_index, module_kind, parse_layers, select_modules
-from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
+from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
+from lorascope.names import module_kind, selected, shared_modules
 from lorascope.runs import Run, load_run
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class AdapterMap:
     modules: list[str]  # the modules all N adapters share, averaged over
     skipped: list[str] = field(default_factory=list)  # modules some adapters lack
     left_out: dict[str, str] = field(default_factory=dict)  # runs of a sweep not compared, and why
+    other_bases: list[str] = field(default_factory=list)  # with allow_other_base: the runs on another base
     dims: dict[str, int] = field(default_factory=dict)  # n of each module's bases
 
     def floor_range(self) -> tuple[float, float]:
@@ -104,13 +105,16 @@ def adapter_map(
     layers=None,
     check_base: bool = True,
     progress: bool = False,
+    allow_other_base: bool = False,
 ) -> AdapterMap:
     """The N × N adapter map of run folders, PEFT folders or `Run`s (or of one sweep folder).
 
     factor: "dW-right" (ΔW's input-side singular vectors, default), "dW-left", "A", "B".
     k: top directions per module (capped per pair by the adapters' ranks). modules / layers:
     the filters of `select_modules`. check_base: refuse adapters of different base models
-    (`SameBase`). Modules not shared by all adapters are skipped (logged in one line, listed in
+    (`SameBase`, by the base weights' fingerprints); allow_other_base: compare them anyway, each
+    listed in `.other_bases`. Module names that transformers ≥ 5 renamed are matched (`aligned`).
+    Modules not shared by all adapters are skipped (logged in one line, listed in
     `.skipped`); LorascopeError if none is shared, for fewer than 2 adapters, or k < 1.
     """
     if factor not in MAP_FACTORS:
@@ -123,13 +127,15 @@ def adapter_map(
     names = unique_names(paths)
     t0 = time.perf_counter()
     with one_thread():
+        same_base = SameBase(allow_other=allow_other_base) if check_base else None
         kept, skipped, bases, loaded = _collect_bases(
-            sources, names, factor, k, modules, layers, check_base, progress, left_out
+            sources, names, factor, k, modules, layers, same_base, progress, left_out
         )
     t1 = time.perf_counter()
     names, paths = [names[i] for i in loaded], [paths[i] for i in loaded]
     amap = _assemble(factor, k, names, paths, kept, skipped, bases)
     amap.left_out = left_out or {}
+    amap.other_bases = list(same_base.others) if same_base is not None else []
     log.info(
         "adapter map of %d adapters, %d modules, %s, k=%d: loading and bases %.1f s, scores %.1f s",
         len(names), len(kept), factor, k, t1 - t0, time.perf_counter() - t1,
@@ -140,7 +146,7 @@ def adapter_map(
 _WHAT = {"dW-right": "ΔW", "dW-left": "ΔW", "A": "A", "B": "B"}
 
 
-def _collect_bases(sources, names, factor, k, modules, layers, check_base, progress, left_out=None):
+def _collect_bases(sources, names, factor, k, modules, layers, same_base, progress, left_out=None):
     """Load the adapters one at a time; keep each shared module's top-k basis (float32, (n, k_a)).
 
     Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)};
@@ -151,7 +157,7 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
 
     N = len(names)
     spec = get_factor(factor)
-    same_base = SameBase()
+    first: tuple[list[str], str | None] | None = None  # the first adapter's module names and base
     bases: dict[str, tuple[torch.Tensor, list[int]]] = {}
     kept: list[str] = []
     every: dict[str, None] = {}  # every module some adapter has, in first-seen order
@@ -167,16 +173,15 @@ def _collect_bases(sources, names, factor, k, modules, layers, check_base, progr
             continue
         i, name = len(loaded), names[idx]  # i: the adapter's place among those loaded (its columns in Z)
         loaded.append(idx)
-        if check_base:
+        if first is None:
+            first = (list(run.adapters), run.base_model)
+        else:
+            run = aligned(run, *first)
+        if same_base is not None:
             same_base.add(run, name)
-        chosen = layers
-        if isinstance(layers, str):  # "0,2-5", cut to the layers this run has
-            chosen = parse_layers(
-                layers, available={j for n in run.adapters if (j := layer_index(n)) is not None}
-            )
-        mine = select_modules(run.adapters, modules, chosen) if modules or layers else list(run.adapters)
+        mine = selected(run.adapters, modules, layers)  # layers "0,2-5": cut to the layers this run has
         every.update(dict.fromkeys(mine))
-        shared = mine if i == 0 else [m for m in kept if m in set(mine)]
+        shared = mine if i == 0 else shared_modules([kept, mine])
         if not shared:
             before = names[loaded[0]] if i == 1 else f"the {i} adapters before it"
             raise LorascopeError(

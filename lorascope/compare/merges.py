@@ -25,10 +25,10 @@ import torch
 from lorascope.analysis import merging as mg
 from lorascope.analysis.factors import is_factored
 from lorascope.analysis.linalg import delta_svd, dense_top_svd, numerical_rank, one_thread
-from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.compare.inputs import SameBase
 from lorascope.compare.many import DENSE_TOP_K, _base_meta, _check_k, _select, _Shared, _sources
 from lorascope.errors import LorascopeError
+from lorascope.names import layer_index, module_kind
 from lorascope.runs import Run, load_run
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lorascope.analysis.factors import get_factor, is_factored
-from lorascope.analysis.modules import match_modules, select_modules, short_name
 from lorascope.analysis.similarity import (
     factor_phi,
     gaussian_phi_baseline,
@@ -26,6 +25,7 @@ from lorascope.analysis.similarity import (
     random_phi_baseline,
 )
 from lorascope.errors import LorascopeError
+from lorascope.names import match_modules, select_modules, short_name
 
 log = logging.getLogger(__name__)
 

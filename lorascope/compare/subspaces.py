@@ -26,7 +26,6 @@ import torch
 
 from lorascope.analysis import shared_subspace as ss
 from lorascope.analysis.linalg import one_thread
-from lorascope.analysis.modules import layer_index, module_kind
 from lorascope.compare.inputs import SameBase
 from lorascope.compare.many import (
     _base_meta,
@@ -39,6 +38,7 @@ from lorascope.compare.many import (
     _sources,
 )
 from lorascope.errors import LorascopeError
+from lorascope.names import layer_index, module_kind
 from lorascope.runs import Run, load_run
 
 log = logging.getLogger(__name__)

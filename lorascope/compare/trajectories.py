@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lorascope.analysis.modules import layer_index, parse_layers, select_modules
 from lorascope.analysis.trajectory import trajectory_frame
 from lorascope.errors import LorascopeError
+from lorascope.names import selected
 from lorascope.runs import ADAPTER_FILE, INIT_FILE, Run, load_run, read_adapter
 
 log = logging.getLogger(__name__)
@@ -117,9 +117,7 @@ def run_trajectory(
 
     if not isinstance(run, Run):
         run = load_run(run)
-    if isinstance(layers, str):
-        layers = parse_layers(layers, available=filter(None.__ne__, map(layer_index, run.adapters)))
-    names = select_modules(run.adapters, modules, layers)
+    names = selected(run.adapters, modules, layers)
     plan = trajectory_plan(run)
     log.info("%s: %d module(s) over %d step(s): %s", run.name, len(names), len(plan), [s for s, _ in plan])
     states = tqdm(

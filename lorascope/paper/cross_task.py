@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.modules import kind_label
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import long_grid
+from lorascope.base_identity import recorded, same_weights
 from lorascope.compare.pairs import run_similarity
 from lorascope.errors import LorascopeError
+from lorascope.names import kind_label
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.similarity_figs import gaussian_grid
 from lorascope.paper.sweep import Sweep
@@ -40,9 +41,7 @@ def _task(sweep: Sweep) -> str | None:
 
 def _same_base(a: Sweep, b: Sweep) -> bool:
     ra, rb = next(iter(a.runs.values())), next(iter(b.runs.values()))
-    fa, fb = ra.meta.get("base_fingerprint") or {}, rb.meta.get("base_fingerprint") or {}
-    shared = set(fa) & set(fb)
-    return bool(shared) and all(abs(fa[m] - fb[m]) <= 1e-4 * abs(fa[m]) for m in shared)
+    return same_weights(recorded(ra), recorded(rb))
 
 
 def other_tasks(sweep: Sweep) -> list[Sweep]:

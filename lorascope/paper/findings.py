@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.modules import kind_label
 from lorascope.models import QUANTIZED_NOTE
+from lorascope.names import kind_label
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep
 from lorascope.paper.w_and_delta import quantized

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.modules import kind_label, layer_index, module_kind
 from lorascope.analysis.plots import method_styles
 from lorascope.analysis.similarity import grid_frame, long_grid, phi_grid, random_phi_baseline
 from lorascope.compare.spectra import spectrum_frames
+from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep
 

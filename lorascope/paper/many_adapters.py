@@ -27,10 +27,10 @@ from __future__ import annotations
 import pandas as pd
 
 from lorascope.analysis.many_plots import plot_energy_curves, plot_interference
-from lorascope.analysis.modules import kind_label
 from lorascope.compare.merges import merge_summary, run_merge
 from lorascope.compare.subspaces import run_subspace
 from lorascope.errors import LorascopeError
+from lorascope.names import kind_label
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.cross_task import other_tasks
 from lorascope.paper.findings_beyond import _fmt, _verdict

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.modules import kind_label, layer_index, module_kind
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import (
     gaussian_phi_samples,
@@ -25,6 +24,7 @@ from lorascope.analysis.similarity import (
     subspace_similarity,
 )
 from lorascope.compare.pairs import run_similarity
+from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep
 

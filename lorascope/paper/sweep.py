@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from lorascope.analysis.modules import layer_index, module_kind
+from lorascope.base_identity import disagreement, recorded
 from lorascope.errors import LorascopeError
+from lorascope.names import layer_index, module_kind
 from lorascope.runs import Run, list_runs, load_run, parse_run_name, read_summary
 
 log = logging.getLogger(__name__)
@@ -117,11 +118,11 @@ def _other_base(run: Run, first: Run | None) -> str | None:
     """Why `run` was not trained on the base of `first` (their recorded ‖W‖_F differ), or None."""
     if first is None:
         return None
-    a, b = run.meta.get("base_fingerprint") or {}, first.meta.get("base_fingerprint") or {}
-    for m in sorted(set(a) & set(b)):
-        if abs(a[m] - b[m]) > 1e-4 * abs(b[m]):
-            return f"trained on another base than {first.name} (‖W‖_F of {m}: {a[m]:.6g} vs {b[m]:.6g})"
-    return None
+    found = disagreement(recorded(run), recorded(first))
+    if found is None:
+        return None
+    m, a, b = found
+    return f"trained on another base than {first.name} (‖W‖_F of {m}: {a:.6g} vs {b:.6g})"
 
 
 def _seed_of(run: Run) -> int:
