@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from lorascope import quantized
 from lorascope.errors import LorascopeError
 from lorascope.names import match_module, suffix_matches
 
@@ -129,26 +130,32 @@ class Checkpoint:
         if not self.folder.is_dir():
             raise LorascopeError(f"{self.folder}: no such checkpoint folder")
         self.files = _shards(self.folder)
-        self.model_type = self._model_type()
+        self.config = self._config()
+        self.model_type = self.config.get("model_type") if self.config else None
+        self.quantization = quantized.describe(self.config)  # None, or e.g. "bitsandbytes 4-bit nf4"
         self.reads: list[str] = []  # keys read through this object, in order
         names = [key.removesuffix(".weight") for key in self.files if key.endswith(".weight")]
         self._names = {name: name + ".weight" for name in names}
         self._matched: dict[str, str] = {}  # module -> its name in _names, once matched
         self._canonical: dict[str, tuple[str, bool]] | None = None  # in-memory name -> (name, converted)
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, str | None] = {}
         self._headers: dict[Path, dict[str, dict]] = {}  # resolved file -> its header, for `identity`
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.folder)!r}, {len(self.files)} tensors)"
 
-    def _model_type(self) -> str | None:
+    def _config(self) -> dict | None:
         path = self.folder / CONFIG_FILE
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text()).get("model_type")
-        except (OSError, ValueError, AttributeError) as e:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
             raise LorascopeError(f"{path}: not a readable JSON object ({e})") from None
+        if not isinstance(config, dict):
+            raise LorascopeError(f"{path}: not a readable JSON object")
+        return config
 
     def key(self, module: str) -> str:
         """The key of a module's weight ("<name>.weight"): the name itself, else the key that
@@ -201,7 +208,21 @@ class Checkpoint:
         if key not in self._shapes:
             header = _header(self.files[key])
             self._shapes.update({k: tuple(v["shape"]) for k, v in header.items()})
+            self._dtypes.update({k: v.get("dtype") for k, v in header.items()})
         return self._shapes[key]
+
+    def stored_dtype(self, key: str) -> str | None:
+        """The safetensors dtype of a tensor ("BF16", "U8", ...), from its file's header."""
+        self.shape(key)
+        return self._dtypes.get(key)
+
+    def _dequantized(self, key: str, layout: str) -> torch.Tensor:
+        """W of a bitsandbytes-quantized weight (`lorascope.quantized`), read with its state tensors."""
+        if layout == "4bit":
+            state = {k: self.read(k) for k in quantized.state_keys(key, self.files)}
+            return quantized.dequantize_4bit(self.read(key), state, key)
+        scales = key.removesuffix("weight") + quantized.INT8_SCALES
+        return quantized.dequantize_8bit(self.read(key), self.read(scales), key)
 
     def identity(self, module: str, fan_in_fan_out: bool | None = None) -> str:
         """Names the bytes `weight(module, ...)` returns without reading them: the file (resolved path,
@@ -272,7 +293,9 @@ class Checkpoint:
         may be a read-only view of the mapped file (no copy: hash it or convert it, do not modify it).
         `shape` (out, in): the adapter's, checked against the stored shape before any data is read."""
         key = self.key(module)
-        stored = self.shape(key)
+        layout = quantized.layout(key, self.files, self.config, self.stored_dtype(key))
+        W = self._dequantized(key, layout) if layout else None  # its shape is known once dequantized
+        stored = tuple(W.shape) if W is not None else self.shape(key)
         if len(stored) != 2:
             raise LorascopeError(f"{key} has shape {stored}: not a linear layer's weight")
         conv1d = self.is_conv1d(module, fan_in_fan_out)
@@ -283,7 +306,7 @@ class Checkpoint:
                 f"module {module}: the base weight {key} is {out_in}{layout}, but the adapter's ΔW is "
                 f"{tuple(shape)}: is {self.folder} the run's base model?"
             )
-        W = self.read(key)
+        W = self.read(key) if W is None else W
         W = W.T if conv1d else W
         if dtype is None:
             return W.contiguous()

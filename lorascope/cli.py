@@ -113,6 +113,32 @@ def _add_allow_incomplete(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _quantized_note(run, base) -> None:
+    """Say when W is quantized: the SmolLM2 preset (GGUF), or a bitsandbytes checkpoint."""
+    from lorascope.checkpoint import Checkpoint
+    from lorascope.models import QUANTIZED_NOTE, is_quantized
+    from lorascope.weights import open_base
+
+    if base is None and is_quantized(run.base_model):
+        print(f"note: {QUANTIZED_NOTE}")
+        return
+    checkpoint = Checkpoint(base) if base is not None else open_base(run)
+    if checkpoint.quantization:
+        print(
+            f"note: W is dequantized from {checkpoint.quantization} ({checkpoint.folder}): its spectrum "
+            "carries quantization noise; --base DIR reads an unquantized copy of the base"
+        )
+
+
+def _add_base(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base",
+        metavar="DIR",
+        help="read W from this checkpoint folder instead of the run's base (e.g. the unquantized "
+        "model beside a QLoRA adapter's 4-bit base); checked against the run's fingerprints",
+    )
+
+
 def _add_allow_other_base(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--allow-other-base",
@@ -264,20 +290,18 @@ def _add_similarity(sub) -> None:
 def cmd_amplification(args) -> int:
     from lorascope.analysis.tables import write_table
     from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
-    from lorascope.models import QUANTIZED_NOTE, is_quantized
 
     run = _load(args.run, args)
     table = amplification_table(
         run, k=args.k, modules=args.modules, layers=_layers(args, run.adapters), device=args.device,
-        progress=_progress(),
+        progress=_progress(), base=args.base,
     ).set_index("module")[AMPLIFICATION_COLUMNS]  # fmt: skip
     _print_table(
         table,
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
         "vectors of dW, of W, or random; amplification = dw_norm / proj_dw",
     )
-    if is_quantized(run.base_model):
-        print(f"note: {QUANTIZED_NOTE}")
+    _quantized_note(run, args.base)
     out = args.out or _default_out(run.path, run.name)
     _report(write_table(table, out / "amplification"))
     return 0
@@ -298,6 +322,7 @@ def _add_amplification(sub) -> None:
     p.add_argument("--k", type=int, default=None, help="number of singular directions (default: the rank)")
     _add_filters(p)
     _add_device(p)
+    _add_base(p)
     _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/<RUN>")
     p.set_defaults(func=cmd_amplification)
@@ -310,13 +335,12 @@ def cmd_intruders(args) -> int:
     from lorascope.analysis.intruder_plot import plot_intruder_curve
     from lorascope.analysis.tables import parse_formats, write_figure, write_table
     from lorascope.compare.base import intruder_tables
-    from lorascope.models import QUANTIZED_NOTE, is_quantized
 
     formats = parse_formats(args.format)
     run = _load(args.run, args)
     table, curve = intruder_tables(
         run, k=args.k, eps=args.eps, modules=args.modules, layers=_layers(args, run.adapters),
-        device=args.device, progress=_progress(),
+        device=args.device, progress=_progress(), base=args.base,
     )  # fmt: skip
     table = table.drop(columns="run").set_index("module")
     _print_table(
@@ -324,8 +348,7 @@ def cmd_intruders(args) -> int:
         f"intruder dimensions of {run.name}: among the top-{args.k} left singular vectors of W + dW, those "
         f"whose largest |cos| with every left singular vector of W is below eps = {args.eps}",
     )
-    if is_quantized(run.base_model):
-        print(f"note: {QUANTIZED_NOTE}")
+    _quantized_note(run, args.base)
     out = args.out or _default_out(run.path, run.name)
     written = write_table(table, out / "intruders")
     fig, _ = plot_intruder_curve(curve, k=args.k, eps=args.eps, title=f"{run.name}: intruder dimensions")
@@ -350,6 +373,7 @@ def _add_intruders(sub) -> None:
     p.add_argument("--eps", type=float, default=0.5, help="|cos| below which a direction intrudes (0.5)")
     _add_filters(p)
     _add_device(p)
+    _add_base(p)
     _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/<RUN>")
     p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")

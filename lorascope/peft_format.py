@@ -113,6 +113,50 @@ def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
     return None
 
 
+# PEFT up to this version resolved rank_pattern and alpha_pattern with one key for both (PEFT issue #2194).
+LAST_SHARED_PATTERN_KEY = (0, 13, 2)
+
+
+def pattern_keys(
+    rank_pattern: dict[str, Any], alpha_pattern: dict[str, Any], module: str, peft_version: str | None = None
+) -> tuple[str | None, str | None]:
+    r"""(key of rank_pattern, key of alpha_pattern) that set `module`'s r and α, None for the default,
+    as the PEFT that saved the adapter resolved them.
+
+    PEFT ≤ 0.13.2 took the first key of rank_pattern then alpha_pattern (one list) that matched
+    `.*\.{key}$`, and looked both r and α up under that one key: where an alpha_pattern key came
+    first (or matched where no rank key did), r fell back to the default, and the reverse (#2194);
+    a key naming the whole module matched only exactly. Later PEFT (and an adapter that records no
+    `peft_version`) resolve each pattern on its own (`pattern_key`)."""
+    if not _shares_pattern_key(peft_version):
+        return pattern_key(rank_pattern, module), pattern_key(alpha_pattern, module)
+    key = module
+    for candidate in [*rank_pattern, *alpha_pattern]:
+        try:
+            if re.match(rf".*\.{candidate}$", module):
+                key = candidate
+                break
+        except re.error as e:
+            raise LorascopeError(
+                f"pattern {candidate!r} in adapter_config.json is not a valid regex: {e}"
+            ) from None
+    return (key if key in rank_pattern else None), (key if key in alpha_pattern else None)
+
+
+def _shares_pattern_key(peft_version: str | None) -> bool:
+    """Whether the adapter's `peft_version` ("0.13.2", "0.13.0.dev0", "0.17.1@<commit>") is one that
+    resolved both patterns with one key; absent or unreadable: no (today's rule)."""
+    if not peft_version:
+        return False
+    match = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", str(peft_version))
+    if match is None:
+        log.warning(
+            "peft_version %r is not a version number: patterns resolved by today's rule", peft_version
+        )
+        return False
+    return tuple(int(g or 0) for g in match.groups()) <= LAST_SHARED_PATTERN_KEY
+
+
 def _pattern(config: dict[str, Any], field: str, path: Path) -> dict[str, Any]:
     """rank_pattern / alpha_pattern: a JSON object (absent or null: none)."""
     value = config.get(field) or {}
@@ -184,7 +228,7 @@ def load_peft_run(path: str | Path) -> run_format.Run:
     adapters, module_alpha = {}, {}
     for module, (A, B) in sorted(factors.items()):
         r = A.shape[0]
-        r_key = pattern_key(rank_pattern, module)
+        r_key, a_key = pattern_keys(rank_pattern, alpha_pattern, module, config.get("peft_version"))
         r_config = (
             format_checks.positive_int(config_path, f"rank_pattern[{r_key!r}]", rank_pattern[r_key])
             if r_key is not None
@@ -193,7 +237,6 @@ def load_peft_run(path: str | Path) -> run_format.Run:
         if r != r_config:
             # PEFT itself would refuse to load this; a mismatch also means α may be resolved wrongly.
             raise _fail(weights, f"module {module} has rank {r} but {CONFIG_FILE} says r={r_config}")
-        a_key = pattern_key(alpha_pattern, module)
         alpha = (
             format_checks.positive_number(config_path, f"alpha_pattern[{a_key!r}]", alpha_pattern[a_key])
             if a_key is not None

@@ -25,7 +25,7 @@ from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_s
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
 from lorascope.analysis.truncated import resolve_device
 from lorascope.base_identity import check_weight
-from lorascope.checkpoint import run_weights
+from lorascope.checkpoint import Checkpoint, run_weights
 from lorascope.errors import LorascopeError
 from lorascope.names import select_modules, shared_modules
 from lorascope.run_format import base_fingerprint
@@ -79,17 +79,20 @@ def _cache(cache) -> SpectraCache | None:
 
 
 def _weights(
-    runs: dict, modules: list[str], progress: bool, what: str, store, check: bool = True
+    runs: dict, modules: list[str], progress: bool, what: str, store, check: bool = True, base=None
 ) -> Iterator[tuple]:
     """(module, W, key) one at a time: W (out, in) as stored (bf16 for most checkpoints: the analyses
     convert it to float64 where, and only as far as, they need it), read from the first run's base and
     checked against every run's fingerprint (check=False: the caller checks, with a ‖W‖_F it computes
     anyway); key: the W-spectra cache key of the tensor as stored (None without a cache), found by
-    the file's identity when it was hashed before."""
+    the file's identity when it was hashed before. base: a checkpoint folder read instead of the
+    run's base (an unquantized copy of a quantized base), checked against the fingerprints alike."""
     from tqdm.auto import tqdm
 
     first, *rest = runs.values()
-    checkpoint = open_base(first)
+    checkpoint = Checkpoint(base) if base is not None else open_base(first)
+    if checkpoint.quantization:
+        log.warning("%s: W is dequantized from %s (%s)", what, checkpoint.quantization, checkpoint.folder)
     log.info("%s: reading W of %d module(s) from %s", what, len(modules), checkpoint.folder)
     fan_in_fan_out = first.meta.get("fan_in_fan_out")
     pairs = run_weights(checkpoint, first, modules, dtype=None)
@@ -118,6 +121,7 @@ def amplification_table(
     device: str = "auto",
     cache: SpectraCache | bool = True,
     progress: bool = False,
+    base=None,
 ) -> pd.DataFrame:
     """Paper Table 7 for every module of one run or of {label: run} sharing a base.
 
@@ -130,7 +134,7 @@ def amplification_table(
     dev = resolve_device(device)
     store = _cache(cache)
     rows = []
-    for m, W, key in _weights(runs, names, progress, "amplification", store, check=False):
+    for m, W, key in _weights(runs, names, progress, "amplification", store, check=False, base=base):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
@@ -163,6 +167,7 @@ def intruder_tables(
     device: str = "auto",
     cache: SpectraCache | bool = True,
     progress: bool = False,
+    base=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Intruder dimensions (Shuttleworth et al. 2024) for every module of one run or of {label: run}.
 
@@ -179,7 +184,7 @@ def intruder_tables(
     dev = resolve_device(device)
     store = _cache(cache)
     rows, curve = [], []
-    for m, W, key in _weights(runs, names, progress, "intruders", store):
+    for m, W, key in _weights(runs, names, progress, "intruders", store, base=base):
         U_w = store.entry(W, key).left(device=dev) if store else None
         for label, run in runs.items():
             a = run.adapters[m]
