@@ -206,3 +206,72 @@ def test_old_and_new_name_adapters_of_one_model_compare(saved, tmp_path, capsys)
     a = pd.read_csv(tmp_path / "old" / "amplification.csv")["w_norm"]
     b = pd.read_csv(tmp_path / "new" / "amplification.csv")["w_norm"]
     assert sorted(a) == pytest.approx(sorted(b), rel=1e-12)
+
+
+# ------------------------------------------------------------------ rank/alpha patterns by PEFT version
+
+RANK_PATTERN = {"layers.0.self_attn.q_proj": 8}
+ALPHA_PATTERN = {"q_proj": 32}
+
+
+def _pattern_adapter(folder, peft_version):
+    """Layer 0's q_proj has rank 8 (rank_pattern); α = 32 for every q_proj (alpha_pattern); r = α = 4."""
+    folder.mkdir()
+    config = {
+        "peft_type": "LORA", "r": 4, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none",
+        "rank_pattern": RANK_PATTERN, "alpha_pattern": ALPHA_PATTERN,
+    }  # fmt: skip
+    if peft_version is not None:
+        config["peft_version"] = peft_version
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for layer, r in ((0, 8), (1, 4)):
+        stem = f"base_model.model.model.layers.{layer}.self_attn.q_proj"
+        tensors[f"{stem}.lora_A.weight"] = torch.randn(r, 16, generator=g)
+        tensors[f"{stem}.lora_B.weight"] = torch.randn(16, r, generator=g)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "peft_version,alpha_layer0",
+    [
+        ("0.13.2", 4.0),
+        ("0.12.0", 4.0),
+        ("0.13.0.dev0", 4.0),
+        ("0.14.0", 32.0),
+        ("0.17.1@abc", 32.0),
+        (None, 32.0),
+    ],
+)
+def test_overlapping_patterns_resolve_as_the_saving_peft_did(tmp_path, peft_version, alpha_layer0):
+    """PEFT ≤ 0.13.2 looked r and α up under the first key of rank_pattern + alpha_pattern that
+    matched: for layer 0 that is the rank key, so α fell back to lora_alpha (PEFT issue #2194)."""
+    from lorascope.runs import load_run
+
+    run = load_run(_pattern_adapter(tmp_path / "adapter", peft_version))
+    q0, q1 = (run.adapters[f"model.layers.{i}.self_attn.q_proj"] for i in (0, 1))
+    assert q0.rank == 8 and q0.scaling == pytest.approx(alpha_layer0 / 8)
+    assert q1.rank == 4 and q1.scaling == pytest.approx(32 / 4)  # one key matches: both rules agree
+
+
+def test_todays_rule_is_the_installed_peft_rule():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, vocab_size=32,
+    )  # fmt: skip
+    config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["q_proj"], rank_pattern=RANK_PATTERN, alpha_pattern=ALPHA_PATTERN
+    )
+    model = get_peft_model(LlamaForCausalLM(cfg), config)
+    q0 = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert q0.r["default"] == 8 and q0.scaling["default"] == pytest.approx(32 / 8)
+    from lorascope.peft_format import pattern_keys
+
+    module = "model.layers.0.self_attn.q_proj"
+    assert pattern_keys(RANK_PATTERN, ALPHA_PATTERN, module) == ("layers.0.self_attn.q_proj", "q_proj")
+    assert pattern_keys(RANK_PATTERN, ALPHA_PATTERN, module, "0.13.2") == ("layers.0.self_attn.q_proj", None)
