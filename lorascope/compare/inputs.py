@@ -134,24 +134,28 @@ class SameBase:
         if set(mine) & set(ours):
             return None  # the weights agree: one base, whatever its name
         ref_run, ref_label = self.reference
-        name, ref_name = loose_name(run.base_model), loose_name(ref_run.base_model)
+        base, ref_base = run.meta.get("base_model"), ref_run.meta.get("base_model")
+        name, ref_name = loose_name(base), loose_name(ref_base)
         if None in (name, ref_name) or name == ref_name:
             return None
-        module = next((m for m in run.adapters if m in ref_run.adapters), None)
+        # a reference may be only a header (a saved shared basis: .meta, no adapters)
+        module = next(
+            (m for m in getattr(run, "adapters", {}) if m in getattr(ref_run, "adapters", {})), None
+        )
         if module is not None:
             a, b = fingerprint(run, module), fingerprint(ref_run, module)
             if a is not None and b is not None:
                 if agree(a, b):
                     log.info("%s and %s: bases %r and %r hold the same %s", label, ref_label,
-                             run.base_model, ref_run.base_model, module)  # fmt: skip
+                             base, ref_base, module)  # fmt: skip
                     return None
                 return (
                     f"{label} and {ref_label} adapt different base weights: module {module} has ‖W‖_F "
-                    f"{a:.6g} ({run.base_model}) vs {b:.6g} ({ref_run.base_model})"
+                    f"{a:.6g} ({base}) vs {b:.6g} ({ref_base})"
                 )
         return (
             f"{label} and {ref_label} were trained on different base models "
-            f"({run.base_model!r} vs {ref_run.base_model!r}; no base weights to compare)"
+            f"({base!r} vs {ref_base!r}; no base weights to compare)"
         )
 
 
