@@ -183,7 +183,8 @@ class Checkpoint:
             self._canonical = {}
             for name in self._names:
                 renamed, converted = mapping.to_model(name + ".weight")
-                self._canonical.setdefault(renamed.removesuffix(".weight"), (name, converted))
+                for made in mapping.converted_names(name + ".weight") if converted else [renamed]:
+                    self._canonical.setdefault(made.removesuffix(".weight"), (name, converted))
         wanted = mapping.module_to_model(module)  # an old-name adapter's module, renamed likewise
         hit = self._canonical.get(wanted)
         if hit is None:

@@ -55,6 +55,18 @@ class KeyMap:
         renamed, converter = rename_source_key(key, self._renamings, self._converters)
         return renamed, converter is not None
 
+    def converted_names(self, key: str) -> list[str]:
+        """Every in-memory key a WeightConverter makes of checkpoint `key` (gate_proj and up_proj of
+        one fused weights_in); [] where `key` is only renamed."""
+        renamed, converted = self.to_model(key)
+        if not converted:
+            return []
+        for converter in self._converters:
+            first, *others = converter.target_patterns
+            if first in renamed:
+                return [renamed, *(renamed.replace(first, other, 1) for other in others)]
+        return [renamed]
+
     def to_checkpoint(self, key: str) -> str:
         """The checkpoint key that transformers saves the in-memory `key` under (the inverse)."""
         from transformers.core_model_loading import rename_source_key

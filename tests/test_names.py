@@ -208,6 +208,24 @@ def test_old_and_new_name_adapters_of_one_model_compare(saved, tmp_path, capsys)
     assert sorted(a) == pytest.approx(sorted(b), rel=1e-12)
 
 
+def test_a_module_that_transformers_converts_rather_than_renames_is_refused_in_one_line(tmp_path, capsys):
+    """DINOv2 with SwiGLU stores gate_proj and up_proj fused in mlp.weights_in: W is no stored tensor."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
+        patch_size=8, use_swiglu_ffn=True,
+    )  # fmt: skip
+    Dinov2Model(cfg).save_pretrained(tmp_path / "base")
+    _adapter(tmp_path / "base", ["down_proj", "up_proj"], tmp_path / "adapter")
+    checkpoint = Checkpoint(tmp_path / "base")
+    assert checkpoint.key("encoder.layer.0.mlp.down_proj") == "encoder.layer.0.mlp.weights_out.weight"
+    capsys.readouterr()  # what saving printed
+    assert main(["amplification", str(tmp_path / "adapter"), "--modules", "up_proj"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mlp.weights_in.weight by a conversion, not a rename" in err
+
+
 # ------------------------------------------------------------------ rank/alpha patterns by PEFT version
 
 RANK_PATTERN = {"layers.0.self_attn.q_proj": 8}
