@@ -7,11 +7,12 @@
 A folder, or a hub id found in the local Hugging Face cache: never a network call. Pickle
 checkpoints (pytorch_model.bin) are refused, never unpickled. Any stored dtype (bf16, fp16, fp32)
 is returned as float32 in nn.Linear's (out, in) layout. A module name maps to its checkpoint key
-exactly, else through the key conversion of the installed transformers for the checkpoint's model
+exactly, else through dotted suffixes (a run's "bert.encoder.layer.0.attention.self.query" finds the
+key "encoder.layer.0.attention.self.query.weight" of a BertModel checkpoint, and the reverse), else
+through the key conversion of the installed transformers for the checkpoint's model
 (`lorascope.key_mapping`: "vit.layers.0.attention.q_proj" is stored as
-"vit.encoder.layer.0.attention.attention.query.weight"), else through dotted suffixes, so a run's
-"bert.encoder.layer.0.attention.self.query" finds the key "encoder.layer.0.attention.self.query.weight"
-of a BertModel checkpoint, and the reverse. `-v` logs each match that is not exact.
+"vit.encoder.layer.0.attention.attention.query.weight"). `-v` logs each match that is not exact.
+bitsandbytes 4-bit and 8-bit weights are dequantized (`lorascope.quantized`).
 """
 
 from __future__ import annotations
@@ -158,17 +159,25 @@ class Checkpoint:
         return config
 
     def key(self, module: str) -> str:
-        """The key of a module's weight ("<name>.weight"): the name itself, else the key that
-        transformers' conversion for this model loads under the module's name (`_mapped`), else the
-        dotted-suffix match (`match_module`)."""
+        """The key of a module's weight ("<name>.weight"): the name itself, else the unique name that
+        is a dotted suffix of the module's or ends in it (task wrappers such as "bert."), else the
+        key that transformers' conversion for this model loads under the module's name (`_mapped`).
+
+        The suffix match comes before the conversion because it needs no transformers import
+        (seconds per command), and it cannot take a renamed module's place: a stored key that is
+        a dotted suffix of the in-memory name, or the reverse, names the same path in the module
+        tree, which no rename of transformers' maps to another module."""
         if module in self._names:
             return self._names[module]
         if module not in self._matched:
-            name = self._mapped(module)
-            if name is None:
-                name = match_module(self._names, module, f"the base checkpoint {self.folder}")
-                log.info("module %s: checkpoint key %s (dotted-suffix match)", module, self._names[name])
-            self._matched[module] = name
+            where = f"the base checkpoint {self.folder}"
+            hits = suffix_matches(self._names, module)
+            if len(hits) == 1:
+                log.info("module %s: checkpoint key %s (dotted-suffix match)", module, self._names[hits[0]])
+                self._matched[module] = hits[0]
+            else:
+                name = self._mapped(module)
+                self._matched[module] = name if name is not None else match_module(self._names, module, where)
         return self._names[self._matched[module]]
 
     def _mapped(self, module: str) -> str | None:
@@ -186,13 +195,15 @@ class Checkpoint:
                 for made in mapping.converted_names(name + ".weight") if converted else [renamed]:
                     self._canonical.setdefault(made.removesuffix(".weight"), (name, converted))
         wanted = mapping.module_to_model(module)  # an old-name adapter's module, renamed likewise
-        hit = self._canonical.get(wanted)
-        if hit is None:
+        found = wanted if wanted in self._canonical else None
+        if found is None:
             hits = suffix_matches(self._canonical, wanted)
             if len(hits) != 1:
                 return None
-            hit = self._canonical[hits[0]]
-        name, converted = hit
+            found = hits[0]
+        name, converted = self._canonical[found]
+        if found == name and wanted == module:
+            return None  # no name was renamed: the dotted-suffix match, said as such
         if converted:
             raise LorascopeError(
                 f"module {module}: transformers builds it from the checkpoint's {name}.weight by a "
