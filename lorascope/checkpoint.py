@@ -138,7 +138,7 @@ class Checkpoint:
         names = [key.removesuffix(".weight") for key in self.files if key.endswith(".weight")]
         self._names = {name: name + ".weight" for name in names}
         self._matched: dict[str, str] = {}  # module -> its name in _names, once matched
-        self._canonical: dict[str, tuple[str, bool]] | None = None  # in-memory name -> (name, converted)
+        self._mapped_names = None  # key_mapping.MappedNames of this checkpoint, False: no conversion
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, str | None] = {}
         self._headers: dict[Path, dict[str, dict]] = {}  # resolved file -> its header, for `identity`
@@ -181,39 +181,13 @@ class Checkpoint:
         return self._names[self._matched[module]]
 
     def _mapped(self, module: str) -> str | None:
-        """The checkpoint name whose in-memory name (transformers' load conversion, `KeyMap.to_model`)
-        is `module`, or ends in it or is a dotted suffix of it; None without such a conversion."""
-        from lorascope.key_mapping import key_map
+        """The checkpoint name that transformers' load conversion gives `module`'s name (`key_mapping`)."""
+        from lorascope.key_mapping import MappedNames, key_map
 
-        mapping = key_map(self.folder)
-        if mapping is None:
-            return None
-        if self._canonical is None:
-            self._canonical = {}
-            for name in self._names:
-                renamed, converted = mapping.to_model(name + ".weight")
-                for made in mapping.converted_names(name + ".weight") if converted else [renamed]:
-                    self._canonical.setdefault(made.removesuffix(".weight"), (name, converted))
-        wanted = mapping.module_to_model(module)  # an old-name adapter's module, renamed likewise
-        found = wanted if wanted in self._canonical else None
-        if found is None:
-            hits = suffix_matches(self._canonical, wanted)
-            if len(hits) != 1:
-                return None
-            found = hits[0]
-        name, converted = self._canonical[found]
-        if found == name and wanted == module:
-            return None  # no name was renamed: the dotted-suffix match, said as such
-        if converted:
-            raise LorascopeError(
-                f"module {module}: transformers builds it from the checkpoint's {name}.weight by a "
-                f"conversion, not a rename ({mapping.model_type}); lorascope reads stored tensors only"
-            )
-        log.info(
-            "module %s: checkpoint key %s.weight (transformers' key mapping for %s)",
-            module, name, mapping.model_type,
-        )  # fmt: skip
-        return name
+        if self._mapped_names is None:
+            mapping = key_map(self.folder)
+            self._mapped_names = MappedNames(mapping, self._names) if mapping is not None else False
+        return self._mapped_names.find(module) if self._mapped_names else None
 
     def shape(self, key: str) -> tuple[int, ...]:
         """The stored shape of a tensor, from its file's header (no tensor data is read)."""

@@ -83,6 +83,46 @@ class KeyMap:
         return self.to_checkpoint(module + ".weight").removesuffix(".weight")
 
 
+class MappedNames:
+    """A checkpoint's names (keys without ".weight") under their in-memory names: `find(module)`."""
+
+    def __init__(self, mapping: KeyMap, names) -> None:
+        self.mapping = mapping
+        self.canonical: dict[str, tuple[str, bool]] = {}  # in-memory name -> (stored name, converted)
+        for name in names:
+            renamed, converted = mapping.to_model(name + ".weight")
+            for made in mapping.converted_names(name + ".weight") if converted else [renamed]:
+                self.canonical.setdefault(made.removesuffix(".weight"), (name, converted))
+
+    def find(self, module: str) -> str | None:
+        """The stored name whose in-memory name is `module`'s (renamed likewise: an old-name adapter's
+        module), or ends in it or is a dotted suffix of it; None where no renamed name matches. A
+        module that transformers makes by a conversion (fused or split tensors) is refused."""
+        from lorascope.errors import LorascopeError
+        from lorascope.names import suffix_matches
+
+        wanted = self.mapping.module_to_model(module)
+        found = wanted if wanted in self.canonical else None
+        if found is None:
+            hits = suffix_matches(self.canonical, wanted)
+            if len(hits) != 1:
+                return None
+            found = hits[0]
+        name, converted = self.canonical[found]
+        if found == name and wanted == module:
+            return None  # nothing was renamed: no match of the mapping's
+        if converted:
+            raise LorascopeError(
+                f"module {module}: transformers builds it from the checkpoint's {name}.weight by a "
+                f"conversion, not a rename ({self.mapping.model_type}); lorascope reads stored tensors only"
+            )
+        log.info(
+            "module %s: checkpoint key %s.weight (transformers' key mapping for %s)",
+            module, name, self.mapping.model_type,
+        )  # fmt: skip
+        return name
+
+
 def read_config(folder: Path) -> dict | None:
     """config.json of a model folder as a dict, or None where there is none or it is unreadable."""
     path = Path(folder) / CONFIG_FILE
