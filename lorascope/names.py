@@ -7,8 +7,9 @@
     match_modules(names_a, names_b)   (common, only in a, only in b)
     match_module(names, wanted)   exact, else the unique dotted-suffix match ("bert." wrappers)
 
-Names that transformers renames on load (its conversion mapping) are matched through
-`lorascope.key_mapping`, which builds on `match_module`.
+Checkpoint keys that transformers renames on load (its conversion mapping) are matched by
+`lorascope.checkpoint` through `lorascope.key_mapping`; runs whose adapters were saved under the
+two namings are aligned by `lorascope.compare.inputs.aligned`.
 """
 
 from __future__ import annotations
