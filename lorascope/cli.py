@@ -252,6 +252,7 @@ def _add_similarity(sub) -> None:
 
 def cmd_amplification(args) -> int:
     from lorascope.analysis.tables import write_table
+    from lorascope.analysis.amplification import ENERGY_COLUMNS
     from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
     from lorascope.models import QUANTIZED_NOTE, is_quantized
 
@@ -259,7 +260,7 @@ def cmd_amplification(args) -> int:
     table = amplification_table(
         run, k=args.k, modules=args.modules, layers=_layers(args, run.adapters), device=args.device,
         progress=_progress(),
-    ).set_index("module")[AMPLIFICATION_COLUMNS]  # fmt: skip
+    ).set_index("module")[AMPLIFICATION_COLUMNS + ENERGY_COLUMNS]  # fmt: skip
     _print_table(
         table,
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
