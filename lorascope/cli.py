@@ -251,8 +251,8 @@ def _add_similarity(sub) -> None:
 
 
 def cmd_amplification(args) -> int:
-    from lorascope.analysis.tables import write_table
     from lorascope.analysis.amplification import ENERGY_COLUMNS
+    from lorascope.analysis.tables import write_table
     from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
     from lorascope.models import QUANTIZED_NOTE, is_quantized
 

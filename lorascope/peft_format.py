@@ -257,6 +257,8 @@ def load_peft_run(
             base.open()
             adapter = peft_kinds.dora_update(module, adapter, p["M"], base)
         adapters[module] = adapter
+    if config.get("use_dora") and not plain and not any("M" in p for p in factors.values()):
+        raise _fail(weights, "use_dora is set (DoRA), but the file holds no lora_magnitude_vector")
     init = peft_kinds.shifting_init(config)
     if init is not None and not plain:
         base.why = f"{peft_kinds.init_family(init)} initialisation moved W, so ΔW needs the original W"

@@ -79,7 +79,7 @@ def conv_adapter(tmp: Path) -> tuple[Path, dict]:
     torch.manual_seed(SEED)
     model = ConvNet()
     base = tmp / "convbase"
-    base.mkdir()
+    base.mkdir(parents=True)
     state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, base / "model.safetensors")
     pm = get_peft_model(model, LoraConfig(r=2, lora_alpha=4, target_modules=["patch", "conv1"]))
@@ -128,7 +128,7 @@ def moe_adapter(tmp: Path) -> tuple[Path, dict]:
     torch.manual_seed(SEED)
     model = MoE()
     base = tmp / "moebase"
-    base.mkdir()
+    base.mkdir(parents=True)
     state = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, base / "model.safetensors")
     params = ["experts.gate_up_proj", "experts.down_proj"]

@@ -29,10 +29,9 @@ from lorascope.analysis.amplification import (
     svd_from_left,
     w_delta_similarity,
 )
-from lorascope.analysis.truncated import full_svd
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
 from lorascope.analysis.modules import select_modules
-from lorascope.analysis.truncated import resolve_device
+from lorascope.analysis.truncated import full_svd, resolve_device
 from lorascope.checkpoint import check_fingerprint, run_weights
 from lorascope.errors import LorascopeError
 from lorascope.run_format import base_fingerprint
