@@ -911,6 +911,32 @@ def _add_report(sub) -> None:
 COMMANDS.append(_add_report)
 
 
+def _add_dora(sub) -> None:  # the body lives in lorascope.families.dora_command
+    def run(args) -> int:
+        from lorascope.families.dora_command import cmd_dora
+
+        return cmd_dora(args, _load, _default_out, _print_table, _report, _layers)
+
+    p = sub.add_parser(
+        "dora",
+        help="the DoRA paper's magnitude and direction changes dM, dD per module and step (its Fig. 2)",
+        description=(
+            "Per module and snapshot step: dM = mean |‖W'_n‖ − ‖W_n‖| and dD = mean (1 − cos(W'_n, W_n)) "
+            "over output units n, W' = W + dW, and their correlation; a table and a scatter figure. Any "
+            "run (DoRA, LoRA, PiSSA, full fine-tuning); W from the base checkpoint (offline)."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", type=Path, help="run folder or PEFT adapter folder")
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/<RUN>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=run)
+
+
+COMMANDS.append(_add_dora)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lorascope",

@@ -35,3 +35,31 @@ def test_magnitude_and_direction_changes_known_answers():
     want = float((1 - (W * (W @ Q)).sum(1) / torch.linalg.norm(W, dim=1) ** 2).mean())
     assert res["delta_d"] == pytest.approx(want)
     assert correlation([1, 2, 3], [3, 2, 1]) == pytest.approx(-1)
+
+
+def test_dora_command_on_a_peft_dora_adapter(tmp_path):
+    """`lorascope dora` on PEFT's DoRA adapter: ΔM, ΔD of (PEFT's merged W) against W, table and figure."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+    from families_fixtures import llama_adapter
+
+    from lorascope.runs import load_run
+    from lorascope.weights import open_base
+
+    pytest.importorskip("peft")
+    folder, ref = llama_adapter(tmp_path, use_dora=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "lorascope.cli", "dora", str(folder), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "out" / "dora.csv").set_index("module")
+    assert (tmp_path / "out" / "dora_scatter.png").is_file() and "correlation" in res.stdout
+    ckpt = open_base(load_run(folder))
+    for m, D in ref.items():
+        W = ckpt.weight(m, tuple(D.shape))
+        want = magnitude_direction(W, D)
+        assert table.loc[m, "delta_m"] == pytest.approx(want["delta_m"], rel=1e-5)
+        assert table.loc[m, "delta_d"] == pytest.approx(want["delta_d"], rel=1e-4)
