@@ -197,3 +197,37 @@ def test_energy_share_planted_subspaces():
         0, abs=1e-12
     )
     assert np.isnan(energy_share(svd, torch.zeros(10, 8, dtype=torch.float64), 2)["energy_top_left"])
+
+
+@pytest.mark.parametrize("lora", [{"dora": True}, {"init": "pissa"}, {"init": "olora"}, {"init": "milora"}])
+def test_own_runs_read_back_the_trained_layers_change(tiny_bert, topic_jsonl, tmp_path, lora):
+    """lorascope's own lora.dora / lora.init=pissa|olora|milora runs: the ΔW read back, added to the
+    original W, is the linear map the trained layer computes (its forward on random inputs)."""
+    from conftest import tiny_config
+    from transformers import AutoModelForSequenceClassification
+
+    from lorascope.lora import add_lora, load_factors
+    from lorascope.runs import read_tensors
+    from lorascope.train import train
+
+    out = tmp_path / "r2-s0"
+    train(tiny_config(tiny_bert, topic_jsonl, steps=3, lora=lora, train={"snapshot_every": 2}), out)
+    run = load_run(out)
+    kind = "DoRADelta" if lora.get("dora") else "ShiftedDelta"
+    assert {type(d).__name__ for d in run.adapters.values()} == {kind}
+    assert {type(d).__name__ for d in run.load_checkpoint(2).values()} == {kind}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
+    original = {n: m.weight.detach().clone() for n, m in model.named_modules() if hasattr(m, "weight")}
+    layers = add_lora(
+        model, ["query", "value"], 2, run.meta["alpha"], init=run.meta["init"], dora=bool(lora.get("dora"))
+    )
+    load_factors({m: layers[m] for m in run.adapters}, read_tensors(out / "adapter.safetensors")[0])
+    x = torch.randn(5, 32)
+    for m, d in run.adapters.items():
+        layer = layers[m]
+        W = original[m].double()
+        assert rel(W, open_base(run).weight(m, tuple(W.shape)).double()) == 0  # W from the base checkpoint
+        want = layer(x).double()
+        got = x.double() @ (W + d.delta_weight().double()).T + layer.base.bias.double()
+        assert rel(got, want) < 1e-5, m
+        assert float(torch.linalg.norm(d.delta_weight())) > 0
