@@ -252,7 +252,8 @@ def _add_similarity(sub) -> None:
 
 def cmd_amplification(args) -> int:
     from lorascope.analysis.amplification import ENERGY_COLUMNS
-    from lorascope.analysis.tables import write_table
+    from lorascope.analysis.energy_plot import plot_energy_share
+    from lorascope.analysis.tables import write_figure, write_table
     from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
     from lorascope.models import QUANTIZED_NOTE, is_quantized
 
@@ -269,7 +270,10 @@ def cmd_amplification(args) -> int:
     if is_quantized(run.base_model):
         print(f"note: {QUANTIZED_NOTE}")
     out = args.out or _default_out(run.path, run.name)
-    _report(write_table(table, out / "amplification"))
+    written = write_table(table, out / "amplification")
+    fig = plot_energy_share(table, f"{run.name}: dW's energy in W's top-r / bottom-r singular subspaces")
+    written += write_figure(fig, out / "energy_share", table[ENERGY_COLUMNS].reset_index())
+    _report(written)
     return 0
 
 

@@ -63,3 +63,56 @@ def test_dora_command_on_a_peft_dora_adapter(tmp_path):
         want = magnitude_direction(W, D)
         assert table.loc[m, "delta_m"] == pytest.approx(want["delta_m"], rel=1e-5)
         assert table.loc[m, "delta_d"] == pytest.approx(want["delta_d"], rel=1e-4)
+
+
+def test_lorascope_dora_layer_computes_peft_dora_forward():
+    """LoRALinear(dora=True) with PEFT's A, B and magnitude gives PEFT's DoRA output (same core)."""
+    peft = pytest.importorskip("peft")
+    from torch import nn
+
+    from lorascope.lora import LoRALinear
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(10, 7))
+    pm = peft.get_peft_model(net, peft.LoraConfig(r=3, lora_alpha=6, target_modules=["0"], use_dora=True))
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_" in n:
+                p.add_(0.1 * torch.randn_like(p))
+    peft_layer = pm.base_model.model[0]
+    ours = LoRALinear(nn.Linear(10, 7), 3, 6, dora=True)
+    with torch.no_grad():
+        ours.base.load_state_dict(peft_layer.base_layer.state_dict())
+        ours.A.copy_(peft_layer.lora_A["default"].weight)
+        ours.B.copy_(peft_layer.lora_B["default"].weight)
+        ours.magnitude.copy_(peft_layer.lora_magnitude_vector["default"].weight)
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(ours(x), pm(x), rtol=1e-5, atol=1e-6)
+    merged = pm.merge_and_unload()[0].weight
+    torch.testing.assert_close(ours.dora_weight(), merged, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_lorascope_shifting_inits_are_peft_inits(init):
+    """LoRALinear(init=pissa|olora) starts as PEFT's init: the same s·B0 A0 and the same residual W,
+    and the layer computes the original map at step 0."""
+    peft = pytest.importorskip("peft")
+    from torch import nn
+
+    from lorascope.lora import LoRALinear
+
+    torch.manual_seed(0)
+    base = nn.Linear(12, 9)
+    W = base.weight.detach().clone()
+    net = nn.Sequential(nn.Linear(12, 9))
+    net[0].load_state_dict(base.state_dict())
+    config = peft.LoraConfig(r=3, lora_alpha=6, target_modules=["0"], init_lora_weights=init)
+    layer = peft.get_peft_model(net, config).base_model.model[0]
+    ours = LoRALinear(base, 3, 6, init=init)
+    s = ours.scaling
+    peft_product = s * layer.lora_B["default"].weight @ layer.lora_A["default"].weight
+    torch.testing.assert_close(s * ours.B @ ours.A, peft_product, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.base.weight, layer.base_layer.weight, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.original_weight(), W, rtol=1e-5, atol=1e-5)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(ours(x), x @ W.T + base.bias, rtol=1e-5, atol=1e-5)

@@ -231,3 +231,18 @@ def test_own_runs_read_back_the_trained_layers_change(tiny_bert, topic_jsonl, tm
         got = x.double() @ (W + d.delta_weight().double()).T + layer.base.bias.double()
         assert rel(got, want) < 1e-5, m
         assert float(torch.linalg.norm(d.delta_weight())) > 0
+
+
+def test_amplification_command_writes_the_energy_shares_and_figure(tmp_path):
+    import pandas as pd
+
+    folder, _ = llama_adapter(tmp_path, init_lora_weights="pissa")
+    res = run_cli("amplification", folder, "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "out" / "amplification.csv", index_col="module")
+    want = amplification_table(load_run(folder), cache=False, device="cpu").set_index("module")
+    for col in ("energy_top_left", "energy_bottom_right", "amplification"):
+        np.testing.assert_allclose(table[col], want.loc[table.index, col], rtol=1e-4)
+    assert (tmp_path / "out" / "energy_share.png").is_file() and (
+        tmp_path / "out" / "energy_share.csv"
+    ).is_file()
