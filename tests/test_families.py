@@ -13,6 +13,7 @@ import torch
 from families_fixtures import conv_adapter, llama_adapter, moe_adapter
 
 from lorascope.analysis.amplification import amplification, energy_share
+from lorascope.analysis.factors import FACTORS
 from lorascope.analysis.intruders import intruder_dimensions
 from lorascope.compare.base import amplification_table
 from lorascope.errors import LorascopeError
@@ -90,6 +91,13 @@ def test_w_side_analyses_equal_the_dense_reference(family):
         shares = energy_share((U, S, Vh.T), ref[m], int(r))
         for col, v in shares.items():
             assert table.loc[m, col] == pytest.approx(v, rel=1e-5, abs=1e-9), (m, col)
+        for side in ("right", "left"):  # the subspace `similarity --factor dW-*` compares
+            k = min(3, int(torch.linalg.matrix_rank(ref[m], rtol=1e-5)))  # float32 noise is no direction
+            basis, _ = FACTORS[f"dW-{side}"].basis(run.adapters[m], k=k)
+            U, _, Vh = torch.linalg.svd(ref[m], full_matrices=False)
+            want_basis = (Vh.T if side == "right" else U)[:, :k]
+            P, Q = basis @ basis.T, want_basis @ want_basis.T
+            assert float(torch.linalg.norm(P - Q)) < 1e-4, (m, side)
         if name in ("dora", "pissa", "olora"):
             got = intruder_dimensions(W, run.adapters[m].delta_weight(), k=4, device="cpu")
             exp = intruder_dimensions(W, ref[m], k=4, device="cpu")
