@@ -152,7 +152,7 @@ def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
             raise _fail(
                 path, f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} differ in r"
             )
-        flat_A, flat_B = A.reshape(A.shape[0], -1), B.reshape(B.shape[0], B.shape[1])
+        flat_A, flat_B = A.flatten(1), B.flatten(1)  # a conv kernel as its matrix
         format_checks.check_factors(path, module, flat_A, flat_B, None)  # dtypes, rank 0; r below
         run_format.check_finite(path, module, "lora_A", A)
         run_format.check_finite(path, module, "lora_B", B)
@@ -262,7 +262,9 @@ def load_peft_run(
     init = peft_kinds.shifting_init(config)
     if init is not None and not plain:
         base.why = f"{peft_kinds.init_family(init)} initialisation moved W, so ΔW needs the original W"
-        adapters = peft_kinds.shifted_updates(adapters, init, base, path, init_dir)
+        adapters = peft_kinds.shifted_updates(
+            adapters, init, base, path, init_dir, lambda folder: load_peft_run(folder, plain=True).adapters
+        )
 
     bias = config.get("bias", "none")
     if bias != "none" or config.get("lora_bias"):

@@ -78,19 +78,15 @@ class BaseWeights:
         return self.open().weight(module, shape, self.fan_in_fan_out)
 
 
-def _initial_adapters(folder: Path) -> dict:
-    from lorascope.peft_format import load_peft_run  # the same reader, on the initial factors
-
-    run = load_peft_run(folder, plain=True)
-    return run.adapters
-
-
-def shifted_updates(adapters: dict, init: str, base: BaseWeights, path: Path, init_dir: Path | None) -> dict:
-    """Each Adapter of a shifted-init adapter as a ShiftedDelta: A0, B0 saved or recomputed from W."""
+def shifted_updates(
+    adapters: dict, init: str, base: BaseWeights, path: Path, init_dir: Path | None, read_initial
+) -> dict:
+    """Each Adapter of a shifted-init adapter as a ShiftedDelta: A0, B0 saved or recomputed from W.
+    read_initial: folder -> {module: Adapter} of a saved initial adapter (the PEFT reader, plain)."""
     family = init_family(init)
     folder = init_dir if init_dir is not None else path / INITIAL_DIR
     if Path(folder).is_dir():
-        initial = _initial_adapters(Path(folder))
+        initial = read_initial(Path(folder))
         missing = sorted(set(adapters) - set(initial))
         if missing:
             raise LorascopeError(f"{folder}: initial adapter lacks module {missing[0]}")
