@@ -13,7 +13,13 @@ Per module, s = α_m / r_m (α_m / √r_m with use_rslora): r_m is the tensor's 
 `alpha_pattern[k]` for the first key k (in file order) for which `(.*\\.)?(k)$` matches the
 module path, else `lora_alpha`; `rank_pattern` works the same way and must agree with the shapes.
 Files saved by older PEFT versions keep the adapter name (".lora_A.default.weight"); both read.
-Adapters whose ΔW is not s · B A of a base model left unchanged are refused (see `_check`).
+
+The other families (`lorascope.families`): "<module>.lora_magnitude_vector" (use_dora) makes the
+module a DoRA ΔW; init_lora_weights pissa / olora / ... a shifted ΔW s·(B A − B0 A0) from the original
+W; "<module>.lora_embedding_A/B" an embedding's (vocab, dim) ΔW; conv-kernel factors the (out, in·k·k)
+ΔW of the kernel; factors of a `target_parameters` module ("<module>[.base_layer…].lora_A.weight",
+one ParamWrapper per parameter) one ΔW per expert. Variants lorascope does not read are refused
+(see `_check`).
 """
 
 from __future__ import annotations
@@ -161,30 +167,6 @@ def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
     return parts, other
 
 
-def _expert_param(module: str, parts: dict, config: dict, base, path: Path) -> str | None:
-    """The parameter a ParamWrapper module's factors adapt, or None for an ordinary layer."""
-    candidates = peft_kinds.param_of(module, config.get("target_parameters"))
-    if not candidates:
-        return None
-    if len(candidates) == 1:
-        return candidates[0]
-    ckpt = base.open()  # several parameters of one module: tell them apart by their stored shape
-    A, B = parts["A"], parts["B"]
-    for param in candidates:
-        key = checkpoint_key(ckpt, f"{module}.{param}")
-        shape = ckpt.shape(key)
-        if len(shape) == 3 and shape[1:] in ((B.shape[0], A.shape[1]), (A.shape[1], B.shape[0])):
-            return param
-    raise _fail(path, f"module {module}: no parameter of {candidates} has the shape of its factors")
-
-
-def checkpoint_key(ckpt, name: str) -> str:
-    """The key of a raw parameter `name` (no ".weight") in a checkpoint, by exact or dotted-suffix match."""
-    from lorascope.checkpoint import match_module
-
-    return match_module(list(ckpt.files), name, f"the base checkpoint {ckpt.folder}")
-
-
 def load_peft_run(
     path: str | Path, *, init_dir: str | Path | None = None, plain: bool = False
 ) -> run_format.Run:
@@ -221,7 +203,11 @@ def load_peft_run(
     adapters, module_alpha = {}, {}
     for saved, p in sorted(factors.items()):
         module = saved.replace(WRAPPED, "")
-        param = _expert_param(module, p, config, base, weights) if "A" in p and p["A"].ndim == 2 else None
+        param = (
+            peft_kinds.expert_param(module, p, config, base, weights)
+            if "A" in p and p["A"].ndim == 2
+            else None
+        )
         A = p["A"] if "A" in p else p["EA"]
         r_key = pattern_key(rank_pattern, module)
         r_config = (
@@ -338,6 +324,11 @@ def export_peft(
     out_dir = Path(out_dir)
     if not run.adapters:
         raise LorascopeError(f"{run.path}: run has no adapters to export")
+    if run.meta.get("dora") or run.meta.get("init") in peft_kinds.SHIFTING_INITS:
+        raise LorascopeError(
+            f"{run.path}: a DoRA or {run.meta.get('init')}-initialised run is not exported: its ΔW is not "
+            "s·B·A of the base model"
+        )
     if run.method != "lora":
         raise LorascopeError(
             f"{run.path}: a {run.method} fine-tuning run has a dense ΔW, not LoRA factors; a PEFT LoRA "

@@ -142,3 +142,29 @@ def factored(module: str, parts: dict, scaling: float, path: Path) -> Adapter:
         log.info("%s: module %s is a %d-D convolution: %s", path, module, A.ndim - 2, layouts.CONV_NOTE)
         return layouts.conv_adapter(A, B, scaling, module)
     return Adapter(A.float(), B.float(), scaling)
+
+
+def expert_param(module: str, parts: dict, config: dict, base, path: Path) -> str | None:
+    """The parameter a ParamWrapper module's factors adapt, or None for an ordinary layer."""
+    candidates = param_of(module, config.get("target_parameters"))
+    if not candidates:
+        return None
+    if len(candidates) == 1:
+        return candidates[0]
+    ckpt = base.open()  # several parameters of one module: tell them apart by their stored shape
+    A, B = parts["A"], parts["B"]
+    for param in candidates:
+        key = checkpoint_key(ckpt, f"{module}.{param}")
+        shape = ckpt.shape(key)
+        if len(shape) == 3 and shape[1:] in ((B.shape[0], A.shape[1]), (A.shape[1], B.shape[0])):
+            return param
+    raise LorascopeError(
+        f"{path}: module {module}: no parameter of {candidates} has the shape of its factors"
+    )
+
+
+def checkpoint_key(ckpt, name: str) -> str:
+    """The key of a raw parameter `name` (no ".weight") in a checkpoint, by exact or dotted-suffix match."""
+    from lorascope.checkpoint import match_module
+
+    return match_module(list(ckpt.files), name, f"the base checkpoint {ckpt.folder}")
