@@ -116,3 +116,28 @@ def test_lorascope_shifting_inits_are_peft_inits(init):
     torch.testing.assert_close(ours.original_weight(), W, rtol=1e-5, atol=1e-5)
     x = torch.randn(4, 12)
     torch.testing.assert_close(ours(x), x @ W.T + base.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_command_over_the_steps_of_an_own_dora_run(tiny_bert, topic_jsonl, tmp_path):
+    """A lora.dora=true run: one row per (snapshot step, module), the last step once, and ΔM = the mean
+    |m − ‖W‖| (DoRA's W′ rows have norm m exactly)."""
+    import pandas as pd
+    from conftest import tiny_config
+
+    from lorascope.families.dora_command import dora_frame
+    from lorascope.runs import load_run
+    from lorascope.train import train
+    from lorascope.weights import open_base
+
+    out = tmp_path / "r2-s0"
+    train(tiny_config(tiny_bert, topic_jsonl, steps=4, lora={"dora": True}, train={"snapshot_every": 2}), out)
+    run = load_run(out)
+    frame = dora_frame(run)
+    assert sorted(set(frame["step"])) == [2, 4] and len(frame) == 2 * len(run.adapters)
+    last = frame[frame.step == 4].set_index("module")
+    ckpt = open_base(run)
+    for m, d in run.adapters.items():
+        W = ckpt.weight(m, d.shape)
+        want = float((d.magnitude - torch.linalg.norm(W, dim=1)).abs().mean())
+        assert last.loc[m, "delta_m"] == pytest.approx(want, rel=1e-4)
+    assert isinstance(frame, pd.DataFrame)

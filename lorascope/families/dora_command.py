@@ -23,11 +23,11 @@ def dora_frame(run, modules: str | None = None, layers=None) -> pd.DataFrame:
     from lorascope.weights import open_base
 
     names = select_modules(list(run.adapters), modules, layers)
-    states = [(step, None) for step in run.checkpoints()] if run.kind != "peft" else []
-    final = int(run.summary.get("steps", 0) or 0) or (max((s for s, _ in states), default=0) + 1)
+    snapshots = list(run.checkpoints()) if run.kind != "peft" else []
+    final = int(run.summary.get("steps", 0) or 0) or (max(snapshots, default=0) + 1)
     ckpt = open_base(run)
     rows = []
-    for step, _ in [*states, (final, None)]:
+    for step in [*(s for s in snapshots if s != final), final]:  # the last snapshot is the final adapter
         adapters = run.adapters if step == final else run.load_checkpoint(step)
         for m in names:
             d = adapters[m]
