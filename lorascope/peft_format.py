@@ -261,6 +261,11 @@ def load_peft_run(
             bias,
             config.get("lora_bias", False),
         )
+    convs = [m for m, q in factors.items() if "A" in q and q["A"].ndim > 2]
+    if convs:  # said in every command's output: the ΔW analysed is a reshaping of the kernel's change
+        log.warning(
+            "%s: %d convolution module(s), e.g. %s: %s", path, len(convs), convs[0], layouts.CONV_NOTE
+        )
     if other:
         log.warning(
             "%s: %d tensors besides the LoRA factors (biases, modules_to_save, trainable tokens) are "
@@ -285,6 +290,7 @@ def load_peft_run(
         "module_alpha": module_alpha,
         "module_scaling": {m: getattr(a, "factors", a).scaling for m, a in adapters.items()},
         "ignored_tensors": other,
+        "convolutions": sorted(c.replace(WRAPPED, "") for c in convs),
     }
     return run_format.Run(
         path=path,

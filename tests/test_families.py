@@ -254,3 +254,11 @@ def test_amplification_command_writes_the_energy_shares_and_figure(tmp_path):
     assert (tmp_path / "out" / "energy_share.png").is_file() and (
         tmp_path / "out" / "energy_share.csv"
     ).is_file()
+
+
+def test_convolutions_are_said_in_the_output(tmp_path):
+    folder, _ = conv_adapter(tmp_path)
+    res = run_cli("spectrum", folder, "--out", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    assert "convolution" in res.stderr and "(out, in·k·k) matrix of the kernel" in res.stderr
+    assert load_run(folder).meta["convolutions"] == ["conv1", "patch"]
