@@ -28,6 +28,7 @@ import torch
 
 from lorascope import quantized
 from lorascope.errors import LorascopeError
+from lorascope.families.layouts import EXPERT_NAME, flatten_kernel
 from lorascope.names import match_module, suffix_matches
 
 log = logging.getLogger(__name__)
@@ -278,10 +279,23 @@ class Checkpoint:
         """W of a module, (out, in) (Conv1D transposed), as a `dtype` copy; dtype=None: as stored, which
         may be a read-only view of the mapped file (no copy: hash it or convert it, do not modify it).
         `shape` (out, in): the adapter's, checked against the stored shape before any data is read."""
+        expert = self._expert(module)
+        if expert is not None:  # one expert's slice of a 3-D MoE parameter, read alone
+            return _dtype(expert_weight(self, *expert, shape), dtype)
         key = self.key(module)
         layout = quantized.layout(key, self.files, self.config, self.stored_dtype(key))
         W = self._dequantized(key, layout) if layout else None  # its shape is known once dequantized
         stored = tuple(W.shape) if W is not None else self.shape(key)
+        # a convolution kernel (out, in, k…) as its (out, in·Π k) matrix
+        if W is None and len(stored) in (3, 4, 5):
+            W = flatten_kernel(self.read(key))
+            if shape is not None and tuple(W.shape) != tuple(shape):
+                raise LorascopeError(
+                    f"module {module}: the base kernel {key} {stored} is {tuple(W.shape)} as a matrix, "
+                    f"but the adapter's ΔW is {tuple(shape)}: a grouped convolution, or not the run's base "
+                    "model"
+                )
+            return _dtype(W, dtype)
         if len(stored) != 2:
             raise LorascopeError(f"{key} has shape {stored}: not a linear layer's weight")
         conv1d = self.is_conv1d(module, fan_in_fan_out)
@@ -293,10 +307,55 @@ class Checkpoint:
                 f"{tuple(shape)}: is {self.folder} the run's base model?"
             )
         W = self.read(key) if W is None else W
-        W = W.T if conv1d else W
-        if dtype is None:
-            return W.contiguous()
-        return W.to(dtype, copy=True).contiguous()  # a copy: never a view of the mapped file
+        return _dtype(W.T if conv1d else W, dtype)
+
+    def _expert(self, module: str) -> tuple[str, int] | None:
+        """(key of the 3-D parameter, expert index) for a name "<module>.<e>.<param>" that has no
+        ".weight" key of its own but whose "<module>.<param>" is stored (E, d1, d2)."""
+        m = EXPERT_NAME.fullmatch(module)
+        if m is None or any(
+            n == module or n.endswith("." + module) or module.endswith("." + n) for n in self._names
+        ):
+            return None
+        name = f"{m['module']}.{m['param']}"
+        keys = [k for k in self.files if k == name or k.endswith("." + name) or name.endswith("." + k)]
+        if len(keys) != 1 or len(self.shape(keys[0])) != 3:
+            return None
+        return keys[0], int(m["index"])
+
+    def read_slice(self, key: str, index: int) -> torch.Tensor:
+        """tensor[index] of a stored tensor, reading only that slice from the file."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.files[key]), framework="pt") as f:
+                tensor = f.get_slice(key)[index]
+        except Exception as e:  # safetensors raises its own error types
+            raise LorascopeError(f"{self.files[key]}: cannot read tensor {key}[{index}] ({e})") from None
+        TENSORS_READ[f"{key}[{index}]"] += 1
+        self.reads.append(f"{key}[{index}]")
+        return tensor
+
+
+def _dtype(W: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """W as `dtype` (a copy: never a view of the mapped file), or as stored (dtype None)."""
+    if dtype is None:
+        return W.contiguous()
+    return W.to(dtype, copy=True).contiguous()
+
+
+def expert_weight(checkpoint: Checkpoint, key: str, index: int, shape) -> torch.Tensor:
+    """Expert `index` of a 3-D parameter (E, d1, d2): (d1, d2) as stored, or its transpose when the
+    adapter's ΔW is (d2, d1) (experts stored (E, in, out)); square experts are taken as stored."""
+    E, d1, d2 = checkpoint.shape(key)
+    if not 0 <= index < E:
+        raise LorascopeError(f"{key} holds {E} experts; there is no expert {index}")
+    W = checkpoint.read_slice(key, index)
+    if shape is None or tuple(shape) == (d1, d2):
+        return W
+    if tuple(shape) == (d2, d1):
+        return W.T
+    raise LorascopeError(f"{key}[{index}] is {(d1, d2)}, but the adapter's ΔW is {tuple(shape)}")
 
 
 def adapter_shape(adapter) -> tuple[int, int] | None:

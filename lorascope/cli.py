@@ -288,14 +288,16 @@ def _add_similarity(sub) -> None:
 
 
 def cmd_amplification(args) -> int:
-    from lorascope.analysis.tables import write_table
+    from lorascope.analysis.amplification import ENERGY_COLUMNS
+    from lorascope.analysis.energy_plot import plot_energy_share
+    from lorascope.analysis.tables import write_figure, write_table
     from lorascope.compare.base import AMPLIFICATION_COLUMNS, amplification_table
 
     run = _load(args.run, args)
     table = amplification_table(
         run, k=args.k, modules=args.modules, layers=_layers(args, run.adapters), device=args.device,
         progress=_progress(), base=args.base,
-    ).set_index("module")[AMPLIFICATION_COLUMNS]  # fmt: skip
+    ).set_index("module")[AMPLIFICATION_COLUMNS + ENERGY_COLUMNS]  # fmt: skip
     _print_table(
         table,
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
@@ -303,7 +305,10 @@ def cmd_amplification(args) -> int:
     )
     _quantized_note(run, args.base)
     out = args.out or _default_out(run.path, run.name)
-    _report(write_table(table, out / "amplification"))
+    written = write_table(table, out / "amplification")
+    fig = plot_energy_share(table, f"{run.name}: dW's energy in W's top-r / bottom-r singular subspaces")
+    written += write_figure(fig, out / "energy_share", table[ENERGY_COLUMNS].reset_index())
+    _report(written)
     return 0
 
 
@@ -947,6 +952,32 @@ def _add_report(sub) -> None:
 
 
 COMMANDS.append(_add_report)
+
+
+def _add_dora(sub) -> None:  # the body lives in lorascope.families.dora_command
+    def run(args) -> int:
+        from lorascope.families.dora_command import cmd_dora
+
+        return cmd_dora(args, _load, _default_out, _print_table, _report, _layers)
+
+    p = sub.add_parser(
+        "dora",
+        help="the DoRA paper's magnitude and direction changes dM, dD per module and step (its Fig. 2)",
+        description=(
+            "Per module and snapshot step: dM = mean |‖W'_n‖ − ‖W_n‖| and dD = mean (1 − cos(W'_n, W_n)) "
+            "over output units n, W' = W + dW, and their correlation; a table and a scatter figure. Any "
+            "run (DoRA, LoRA, PiSSA, full fine-tuning); W from the base checkpoint (offline)."
+        ),
+    )
+    p.add_argument("run", metavar="RUN", type=Path, help="run folder or PEFT adapter folder")
+    _add_filters(p)
+    _add_allow_incomplete(p)
+    _add_out(p, "<sweep>/analysis/<RUN>")
+    p.add_argument("--format", default="png", help="figure formats, comma-separated: png,pdf,svg")
+    p.set_defaults(func=run)
+
+
+COMMANDS.append(_add_dora)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,7 +65,8 @@ class TaskConfig:
 @dataclass
 class LoraConfig:
     targets: Any = "${model.targets}"  # suffix list ([query, value]) or one regex string
-    init: str = "kaiming"  # kaiming (PEFT/loralib) | gaussian (N(0, 1/r))
+    init: str = "kaiming"  # kaiming (PEFT/loralib) | gaussian (N(0, 1/r)) | pissa | milora | olora (move W)
+    dora: bool = False  # DoRA: a trained magnitude per output unit of W + s·B A (Liu et al. 2024)
     rslora: bool = False  # scaling α/√r instead of α/r
     dropout: float = 0.0  # dropout on the LoRA branch input
     lr_ratio: float = 1.0  # B's learning rate = lr_ratio × A's (LoRA+, Hayou et al. 2024, use ~16)
@@ -346,7 +347,7 @@ def check_trackers(logger: LoggerConfig) -> None:
             )
 
 
-LORA_INITS = ("kaiming", "gaussian")  # lorascope.lora.INITS
+LORA_INITS = ("kaiming", "gaussian", "pissa", "milora", "olora")  # lorascope.lora.INITS
 TASK_SOURCES = ("bbc", "plays", "shakespeare", "text", "hf")  # lorascope.data's readers
 
 

@@ -2,10 +2,16 @@
 
     h = W x + s · B (A (dropout(x)))        A: (r, in), B: (out, r), s = α / r  (α / √r with rsLoRA)
 
+DoRA (dora=True, Liu et al. 2024, as PEFT): W' = m ⊙ (W + s·B A)/‖W + s·B A‖ per output unit, with
+the trainable magnitude m (out,) starting at ‖W‖ and the norm detached from the gradient (the
+paper's Sec. 4.3). Inits that move W (pissa, milora, olora; `families.shifted.initial_factors`):
+A0, B0 from W's SVD / QR and W ← W − s·B0 A0, so that the model starts unchanged; the run's ΔW is
+then s·(B A − B0 A0) from the original W, which `original_weight()` gives back.
+
 W keeps the layout of the wrapped module; everything this module hands out
 (`delta_weight()`, `base_weight()`) is in nn.Linear's (out, in) layout, also for
 GPT-2's Conv1D, which stores (in, out). W is never modified except by an explicit
-`merge()`, which `unmerge()` undoes.
+`merge()`, which `unmerge()` undoes, and by a shifting init, once, when the layer is built.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
 
-INITS = LORA_INITS  # kaiming, gaussian: named in the config schema, checked when it is composed
+INITS = LORA_INITS  # kaiming, gaussian, pissa, milora, olora: named in the config schema
+SHIFTING = ("pissa", "milora", "olora")  # the inits that move W (families.shifted)
 
 
 def _conv1d_types() -> tuple[type, ...]:
@@ -88,6 +95,7 @@ class LoRALinear(nn.Module):
         rslora: bool = False,
         generator: torch.Generator | None = None,
         zero: str = "B",
+        dora: bool = False,
     ):
         super().__init__()
         if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
@@ -114,7 +122,22 @@ class LoRALinear(nn.Module):
         device = base.weight.device
         self.A = nn.Parameter(torch.empty(rank, self.in_features, device=device))
         self.B = nn.Parameter(torch.zeros(self.out_features, rank, device=device))
+        self.dora = bool(dora)
+        if self.dora and init in SHIFTING:
+            raise LorascopeError(
+                f"DoRA with init {init} is not supported: choose lora.dora=false or another init"
+            )
+        # A0, B0 of a shifting init (W holds W − s·B0 A0), kept to give the original W back: r·(in + out).
+        self.register_buffer("A0", None)
+        self.register_buffer("B0", None)
         self.reset_parameters(generator)
+        if self.dora:
+            if self.quantized:
+                raise LorascopeError(
+                    "DoRA (lora.dora=true) needs W in full precision; this base is quantized"
+                )
+            with torch.no_grad():
+                self.magnitude = nn.Parameter(self._norm().clone())
         self.merged = False
 
     @torch.no_grad()
@@ -123,6 +146,9 @@ class LoRALinear(nn.Module):
 
         The random factor is drawn on the CPU from `generator` (torch's global stream if None) and
         then copied to its device, so that one generator seed gives the same start on every device."""
+        if self.init in SHIFTING:
+            self._shift()
+            return
         random_factor, zero_factor = (self.A, self.B) if self.zero == "B" else (self.B, self.A)
         X = torch.empty(random_factor.shape)
         if self.init == "kaiming":
@@ -133,6 +159,36 @@ class LoRALinear(nn.Module):
             nn.init.normal_(X, std=1.0 / math.sqrt(self.rank), generator=generator)
         random_factor.copy_(X)
         nn.init.zeros_(zero_factor)
+
+    @torch.no_grad()
+    def _shift(self) -> None:
+        """A, B ← A0, B0 of the init, computed from the original W; W ← W − s·B0 A0 (once)."""
+        from lorascope.families.shifted import initial_factors
+
+        if self.quantized:
+            raise LorascopeError(f"init {self.init} needs W in full precision; this base is quantized")
+        if self.zero != "B":
+            raise LorascopeError(f"init {self.init} sets both A and B: it cannot train against a frozen B")
+        W = self.original_weight().float()
+        A0, B0 = initial_factors(W.cpu(), self.init, self.rank, self.scaling)
+        self.A.copy_(A0)
+        self.B.copy_(B0)
+        if self.A0 is not None:  # reset again: undo the previous shift first
+            self.base_weight().add_((self.scaling * (self.B0 @ self.A0)).to(self.base.weight.dtype))
+        self.A0, self.B0 = A0.to(self.A.device), B0.to(self.A.device)
+        self.base_weight().sub_((self.scaling * (self.B0 @ self.A0)).to(self.base.weight.dtype))
+
+    def original_weight(self) -> torch.Tensor:
+        """The pre-trained W (out, in): the base weight, plus s·B0 A0 where a shifting init moved it."""
+        W = self.base_weight()
+        if self.A0 is None:
+            return W
+        return W.float() + self.scaling * (self.B0 @ self.A0)
+
+    def _norm(self) -> torch.Tensor:
+        """‖W + s·B A‖ per output unit (out,), float32: DoRA's column norm (PEFT's get_weight_norm)."""
+        V = self.base_weight().float() + self.scaling * (self.B @ self.A)
+        return torch.linalg.vector_norm(V, dim=1)
 
     @property
     def quantized(self) -> bool:
@@ -147,14 +203,21 @@ class LoRALinear(nn.Module):
         return w.T if self.fan_in_fan_out else w
 
     def delta_weight(self) -> torch.Tensor:
-        """ΔW = s · B A, (out, in)."""
+        """ΔW = s · B A, (out, in): the LoRA branch (with DoRA, `dora_weight()` − W is the change)."""
         return self.scaling * (self.B @ self.A)
+
+    def dora_weight(self) -> torch.Tensor:
+        """DoRA's W' = m ⊙ (W + s·B A)/‖W + s·B A‖, (out, in) float32."""
+        V = self.base_weight().float() + self.delta_weight()
+        return (self.magnitude / torch.linalg.vector_norm(V, dim=1))[:, None] * V
 
     @torch.no_grad()
     def merge(self) -> None:
         """W ← W + ΔW in place. The forward pass then skips the low-rank branch."""
         if self.merged:
             raise RuntimeError("already merged")
+        if self.dora:
+            raise LorascopeError("merge() of a DoRA layer is not supported: use dora_weight()")
         if self.quantized:
             raise LorascopeError("merge() needs W in full precision; this base is quantized")
         self.base_weight().add_(self.delta_weight().to(self.base.weight.dtype))
@@ -176,12 +239,19 @@ class LoRALinear(nn.Module):
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmul picks its dtype
             x = x.to(self.A.dtype)
         h = x @ self.A.T  # (..., r)
-        return y + (self.scaling * (h @ self.B.T)).to(y.dtype)
+        lora = self.scaling * (h @ self.B.T)
+        if not self.dora:
+            return y + lora.to(y.dtype)
+        # PEFT's DoRA forward: (m/‖V‖ − 1) · W x + m/‖V‖ · s·B A x, ‖V‖ detached (the paper's Sec. 4.3).
+        scale = self.magnitude / self._norm().detach()
+        bias = self.base.bias
+        wx = y - bias if bias is not None else y
+        return y + ((scale - 1) * wx.to(scale.dtype) + scale * lora).to(y.dtype)
 
     def extra_repr(self) -> str:
         return (
             f"in={self.in_features}, out={self.out_features}, rank={self.rank}, "
-            f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}"
+            f"alpha={self.alpha:g}, scaling={self.scaling:g}, rslora={self.rslora}, dora={self.dora}"
         )
 
 
@@ -251,6 +321,7 @@ def add_lora(
     seed: int | None = None,
     zero: str = "B",
     allow_rank_above_dim: bool = False,
+    dora: bool = False,
 ) -> dict[str, LoRALinear]:
     """Wrap every linear module whose name matches `targets` in a LoRALinear.
 
@@ -290,7 +361,9 @@ def add_lora(
     wrapped = {}
     for name in names:
         generator = None if seed is None else torch.Generator().manual_seed(init_seed(seed, rank, name))
-        layer = LoRALinear(model.get_submodule(name), rank, alpha, dropout, init, rslora, generator, zero)
+        layer = LoRALinear(
+            model.get_submodule(name), rank, alpha, dropout, init, rslora, generator, zero, dora
+        )
         _set_module(model, name, layer)
         wrapped[name] = layer
     trainable = list(trainable)
@@ -316,6 +389,8 @@ def factors(wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
     for name, layer in wrapped.items():
         out[f"{name}.lora_A"] = layer.A.detach().to("cpu", torch.float32, copy=True)
         out[f"{name}.lora_B"] = layer.B.detach().to("cpu", torch.float32, copy=True)
+        if layer.dora:  # DoRA's magnitude m (out,): run_format's "<module>.lora_magnitude"
+            out[f"{name}.lora_magnitude"] = layer.magnitude.detach().to("cpu", torch.float32, copy=True)
     return out
 
 
@@ -323,7 +398,9 @@ def factors(wrapped: dict[str, LoRALinear]) -> dict[str, torch.Tensor]:
 def load_factors(wrapped: dict[str, LoRALinear], tensors: dict[str, torch.Tensor]) -> None:
     """Copy saved factors into the wrappers; every wrapper must be present with matching shapes."""
     for name, layer in wrapped.items():
-        for key, param in ((f"{name}.lora_A", layer.A), (f"{name}.lora_B", layer.B)):
+        parts = [(f"{name}.lora_A", layer.A), (f"{name}.lora_B", layer.B)]
+        parts += [(f"{name}.lora_magnitude", layer.magnitude)] if layer.dora else []
+        for key, param in parts:
             if key not in tensors:
                 raise LorascopeError(f"saved factors lack {key}")
             if tensors[key].shape != param.shape:

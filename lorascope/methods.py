@@ -73,7 +73,7 @@ class LoRAUpdate:
         self.wrapped = add_lora(
             model, lc.targets, cfg.rank, cfg.alpha, lc.dropout, lc.init, lc.rslora,
             trainable=head, seed=cfg.seed, zero="B" if lc.train_B else "A",
-            allow_rank_above_dim=lc.allow_rank_above_dim,
+            allow_rank_above_dim=lc.allow_rank_above_dim, dora=lc.dora,
         )  # fmt: skip
         for layer in self.wrapped.values():
             layer.A.requires_grad_(lc.train_A)
@@ -84,6 +84,7 @@ class LoRAUpdate:
     def param_groups(self, lr: float) -> list[dict]:
         """A at lr, B at lr_ratio × lr (LoRA+); frozen factors in no group."""
         A = [w.A for w in self.wrapped.values() if w.A.requires_grad]
+        A += [w.magnitude for w in self.wrapped.values() if w.dora]  # DoRA's m at A's rate
         B = [w.B for w in self.wrapped.values() if w.B.requires_grad]
         groups = [{"params": A, "lr": lr, "name": "A"}, {"params": B, "lr": lr * self.lr_ratio, "name": "B"}]
         return [g for g in groups if g["params"]]
@@ -98,7 +99,7 @@ class LoRAUpdate:
         return list(self.wrapped)
 
     def base_weights(self) -> dict[str, torch.Tensor]:
-        return {n: layer.base_weight() for n, layer in self.wrapped.items()}
+        return {n: layer.original_weight() for n, layer in self.wrapped.items()}  # before a shifting init
 
     def n_params(self) -> int:
         return sum(p.numel() for w in self.wrapped.values() for p in (w.A, w.B))
@@ -108,7 +109,8 @@ class LoRAUpdate:
         return {
             "rank": cfg.rank, "alpha": cfg.alpha, "scaling": layer.scaling, "targets": cfg.lora.targets,
             "init": cfg.lora.init, "rslora": cfg.lora.rslora, "lr_ratio": cfg.lora.lr_ratio,
-            "train_A": cfg.lora.train_A, "train_B": cfg.lora.train_B, "zero_init": layer.zero,
+            "dora": cfg.lora.dora, "train_A": cfg.lora.train_A, "train_B": cfg.lora.train_B,
+            "zero_init": layer.zero,
             "fan_in_fan_out": any(m.fan_in_fan_out for m in self.wrapped.values()),  # Conv1D: PEFT export
         }  # fmt: skip
 

@@ -13,7 +13,13 @@ Per module, s = α_m / r_m (α_m / √r_m with use_rslora): r_m is the tensor's 
 `alpha_pattern[k]` for the first key k (in file order) for which `(.*\\.)?(k)$` matches the
 module path, else `lora_alpha`; `rank_pattern` works the same way and must agree with the shapes.
 Files saved by older PEFT versions keep the adapter name (".lora_A.default.weight"); both read.
-Adapters whose ΔW is not s · B A of a base model left unchanged are refused (see `_check`).
+
+The other families (`lorascope.families`): "<module>.lora_magnitude_vector" (use_dora) makes the
+module a DoRA ΔW; init_lora_weights pissa / olora / ... a shifted ΔW s·(B A − B0 A0) from the original
+W; "<module>.lora_embedding_A/B" an embedding's (vocab, dim) ΔW; conv-kernel factors the (out, in·k·k)
+ΔW of the kernel; factors of a `target_parameters` module ("<module>[.base_layer…].lora_A.weight",
+one ParamWrapper per parameter) one ΔW per expert. Variants lorascope does not read are refused
+(see `_check`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import torch
 
 from lorascope import format_checks, run_format
 from lorascope.errors import LorascopeError
+from lorascope.families import layouts, peft_kinds
 from lorascope.lora import lora_scaling
 
 log = logging.getLogger(__name__)
@@ -39,18 +46,8 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
 PREFIX = "base_model.model."
 
-# Inits that write a function of W into A and B and subtract B A from W: s · B A is then not the
-# change of the published base model (the base was modified; PEFT's docs say to convert first).
-_BASE_CHANGING_INITS = {
-    "pissa": "PiSSA",
-    "olora": "OLoRA",
-    "corda": "CorDA",
-    "loftq": "LoftQ",
-    "lora_ga": "LoRA-GA",
-}
-# Config fields whose forward is not h = W x + s · B A x.
+# Config fields whose forward is not h = W x + s · B A x and that lorascope does not read.
 _VARIANTS = {
-    "use_dora": "DoRA rescales each column of W + s·B·A by a learned magnitude",
     "use_qalora": "QA-LoRA pools the input before A",
     "arrow_config": "Arrow routes between several LoRA experts per token",
     "use_bdlora": "BD-LoRA uses block-diagonal factors",
@@ -58,11 +55,23 @@ _VARIANTS = {
     "velora_config": "VeLoRA compresses activations inside the update",
     "monteclora_config": "MonteCLoRA samples its factors",
     "kasa_config": "KaSA adds a singular-value-scaled term",
-    "target_parameters": "LoRA on raw parameters (target_parameters) is not a linear-layer update",
     "layer_replication": "layer_replication changes the base model's layer structure",
 }
 
-_FACTOR_KEY = re.compile(r"(?P<module>.+)\.lora_(?P<part>[AB])(?:\.(?P<adapter>[^.]+))?\.weight")
+# "<module>.lora_A.weight", "<module>.lora_A.<adapter>.weight", "<module>.lora_embedding_A",
+# "<module>.lora_magnitude_vector[.<adapter>.weight]": the part names PEFT saves.
+_FACTOR_KEY = re.compile(
+    r"(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
+    r"(?:\.(?P<adapter>[^.]+))?(?:\.weight)?"
+)
+_PART = {
+    "lora_A": "A",
+    "lora_B": "B",
+    "lora_embedding_A": "EA",
+    "lora_embedding_B": "EB",
+    "lora_magnitude_vector": "M",
+}
+WRAPPED = ".base_layer"  # PEFT nests one ParamWrapper per targeted parameter of a module
 
 
 def _fail(path: Path, why: str) -> LorascopeError:
@@ -86,15 +95,13 @@ def _check(config: dict[str, Any], path: Path) -> None:
     peft_type = str(config.get("peft_type", "")).upper()
     if peft_type != "LORA":
         raise _fail(path, f"peft_type is {config.get('peft_type')!r}; lorascope reads LoRA adapters only")
-    init = str(config.get("init_lora_weights", True)).lower()
-    for prefix, name in _BASE_CHANGING_INITS.items():
-        if init.startswith(prefix) or (prefix == "loftq" and config.get("loftq_config")):
-            raise _fail(
-                path,
-                f"{name} initialisation (init_lora_weights={config.get('init_lora_weights')!r}) changed the "
-                "base weights, so s·B·A is not the change from the base model; convert it to plain LoRA "
-                "first (PEFT: save_pretrained(..., path_initial_model_for_weight_conversion=...))",
-            )
+    if config.get("loftq_config") or str(config.get("init_lora_weights", "")).lower() == "loftq":
+        raise _fail(
+            path,
+            "LoftQ initialisation quantized the base weights, so the change from the base model cannot be "
+            "reconstructed; convert it to plain LoRA first (PEFT: save_pretrained(..., "
+            "path_initial_model_for_weight_conversion=...))",
+        )
     for key, why in _VARIANTS.items():
         if config.get(key):
             raise _fail(path, f"{key} is set: {why}, so the plain ΔW = s·B·A would be wrong")
@@ -166,45 +173,51 @@ def _pattern(config: dict[str, Any], field: str, path: Path) -> dict[str, Any]:
 
 
 def _split_keys(tensors: dict[str, torch.Tensor], path: Path):
-    """{module: (A, B)} from PEFT key names, and the names of the other tensors (biases, saved modules)."""
-    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    """{module: {part: tensor}} from PEFT key names (parts A, B, EA, EB, M), and the other tensors' names.
+
+    A module saved by a nested ParamWrapper keeps its ".base_layer" segments here."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     names: set[str] = set()
     other = []
     for key, t in tensors.items():
-        if "lora_embedding_" in key:
-            raise _fail(path, f"{key}: LoRA on an embedding layer; lorascope analyses linear layers only")
-        if "lora_magnitude_vector" in key:
-            raise _fail(path, f"{key}: a DoRA magnitude vector; DoRA's ΔW is not s·B·A")
         m = _FACTOR_KEY.fullmatch(key.removeprefix(PREFIX))
         if m is None:
             other.append(key)
             continue
-        if t.ndim != 2:
-            raise _fail(path, f"{key} has shape {tuple(t.shape)}: a LoRA on a conv layer, not a linear one")
-        names.add(m["adapter"] or "")
-        pairs.setdefault(m["module"], {})[m["part"]] = t
+        adapter = m["adapter"] if m["adapter"] != "weight" else None
+        names.add(adapter or "")
+        parts.setdefault(m["module"], {})[_PART[m["part"]]] = t
     if len(names) > 1:
         raise _fail(path, f"holds several adapters ({', '.join(sorted(n or '<unnamed>' for n in names))})")
-    if not pairs:
+    if not any({"A", "B"} & set(p) or {"EA", "EB"} & set(p) for p in parts.values()):
         raise _fail(path, "holds no LoRA factors (no <module>.lora_A.weight / .lora_B.weight tensors)")
-    out = {}
-    for module, p in pairs.items():
-        if set(p) != {"A", "B"}:
-            raise _fail(path, f"module {module} has only lora_{''.join(p)}")
-        A, B = p["A"], p["B"]
-        if A.shape[0] != B.shape[1]:
+    for module, p in parts.items():
+        factors = [k for k in ("A", "B", "EA", "EB") if k in p]
+        if factors not in (["A", "B"], ["EA", "EB"]):
+            raise _fail(
+                path, f"module {module} has only {', '.join(f'lora_{k}' for k in factors) or 'a magnitude'}"
+            )
+        A, B = (p["A"], p["B"]) if "A" in p else (p["EA"], p["EB"])
+        if A.shape[0] != B.shape[1] or A.ndim != B.ndim or A.ndim not in (2, 3, 4, 5):
             raise _fail(
                 path, f"module {module}: lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)} differ in r"
             )
-        format_checks.check_factors(path, module, A, B, None)  # dtypes, rank 0; r against the config below
+        flat_A, flat_B = A.flatten(1), B.flatten(1)  # a conv kernel as its matrix
+        format_checks.check_factors(path, module, flat_A, flat_B, None)  # dtypes, rank 0; r below
         run_format.check_finite(path, module, "lora_A", A)
         run_format.check_finite(path, module, "lora_B", B)
-        out[module] = (A.float(), B.float())
-    return out, other
+        if "M" in p:
+            run_format.check_finite(path, module, "lora_magnitude_vector", p["M"])
+    return parts, other
 
 
-def load_peft_run(path: str | Path) -> run_format.Run:
-    """A PEFT LoRA adapter folder as a `Run` (kind "peft"): ΔW_m = s_m · B_m A_m, (out, in)."""
+def load_peft_run(
+    path: str | Path, *, init_dir: str | Path | None = None, plain: bool = False
+) -> run_format.Run:
+    """A PEFT LoRA adapter folder as a `Run` (kind "peft"): ΔW_m = s_m · B_m A_m, (out, in), or the
+    module's family kind (`lorascope.families`): DoRA, a shifted init (A0, B0 from `init_dir`, else
+    the folder's initial_adapter/, else recomputed from W), embeddings, convolutions, MoE experts.
+    plain: the factors as saved, without the DoRA / shifted-init reading (for an initial adapter)."""
     path = Path(path)
     config = read_peft_config(path)
     _check(config, path / CONFIG_FILE)
@@ -225,27 +238,62 @@ def load_peft_run(path: str | Path) -> run_format.Run:
     rslora = bool(config.get("use_rslora", False))
     rank_pattern = _pattern(config, "rank_pattern", config_path)
     alpha_pattern = _pattern(config, "alpha_pattern", config_path)
+    base = peft_kinds.BaseWeights(
+        config.get("base_model_name_or_path"),
+        "its ΔW needs the base model's W",
+        path,
+        bool(config.get("fan_in_fan_out", False)),
+    )
     adapters, module_alpha = {}, {}
-    for module, (A, B) in sorted(factors.items()):
-        r = A.shape[0]
+    for saved, p in sorted(factors.items()):
+        module = saved.replace(WRAPPED, "")
+        param = (
+            peft_kinds.expert_param(module, p, config, base, weights)
+            if "A" in p and p["A"].ndim == 2
+            else None
+        )
+        A = p["A"] if "A" in p else p["EA"]
         r_key, a_key = pattern_keys(rank_pattern, alpha_pattern, module, config.get("peft_version"))
         r_config = (
             format_checks.positive_int(config_path, f"rank_pattern[{r_key!r}]", rank_pattern[r_key])
             if r_key is not None
             else r0
         )
-        if r != r_config:
+        r = A.shape[0] if param is None else r_config
+        if r != r_config or A.shape[0] % r_config:
             # PEFT itself would refuse to load this; a mismatch also means α may be resolved wrongly.
-            raise _fail(weights, f"module {module} has rank {r} but {CONFIG_FILE} says r={r_config}")
+            raise _fail(weights, f"module {module} has rank {A.shape[0]} but {CONFIG_FILE} says r={r_config}")
         alpha = (
             format_checks.positive_number(config_path, f"alpha_pattern[{a_key!r}]", alpha_pattern[a_key])
             if a_key is not None
             else alpha0
         )
-        module_alpha[module] = alpha
         scaling = lora_scaling(alpha, r, rslora)
-        format_checks.check_scale(weights, module, A, B, scaling)
-        adapters[module] = run_format.Adapter(A, B, scaling)
+        if param is not None:
+            experts = layouts.expert_adapters(module, param, p["A"], p["B"], r, scaling)
+            adapters.update(experts)
+            module_alpha.update(dict.fromkeys(experts, alpha))
+            continue
+        adapter = peft_kinds.factored(module, p, scaling, weights)
+        format_checks.check_scale(weights, module, adapter.A, adapter.B, scaling)
+        module_alpha[module] = alpha
+        if "M" in p and not plain:
+            if "A" not in p or p["A"].ndim != 2:
+                raise _fail(
+                    weights, f"module {module}: DoRA on an embedding or convolution is not read; Linear only"
+                )
+            base.why = "it is a DoRA adapter (use_dora), whose ΔW needs the base model's W"
+            base.open()
+            adapter = peft_kinds.dora_update(module, adapter, p["M"], base)
+        adapters[module] = adapter
+    if config.get("use_dora") and not plain and not any("M" in p for p in factors.values()):
+        raise _fail(weights, "use_dora is set (DoRA), but the file holds no lora_magnitude_vector")
+    init = peft_kinds.shifting_init(config)
+    if init is not None and not plain:
+        base.why = f"{peft_kinds.init_family(init)} initialisation moved W, so ΔW needs the original W"
+        adapters = peft_kinds.shifted_updates(
+            adapters, init, base, path, init_dir, lambda folder: load_peft_run(folder, plain=True).adapters
+        )
 
     bias = config.get("bias", "none")
     if bias != "none" or config.get("lora_bias"):
@@ -255,6 +303,11 @@ def load_peft_run(path: str | Path) -> run_format.Run:
             path,
             bias,
             config.get("lora_bias", False),
+        )
+    convs = [m for m, q in factors.items() if "A" in q and q["A"].ndim > 2]
+    if convs:  # said in every command's output: the ΔW analysed is a reshaping of the kernel's change
+        log.warning(
+            "%s: %d convolution module(s), e.g. %s: %s", path, len(convs), convs[0], layouts.CONV_NOTE
         )
     if other:
         log.warning(
@@ -267,7 +320,7 @@ def load_peft_run(path: str | Path) -> run_format.Run:
     scaling = lora_scaling(alpha0, r0, rslora)
     meta = {
         "format": "peft",
-        "rank": max(a.rank for a in adapters.values()),
+        "rank": max(a.factors.rank if hasattr(a, "factors") else a.rank for a in adapters.values()),
         "alpha": alpha0,
         "scaling": scaling,
         "base_model": config.get("base_model_name_or_path"),
@@ -278,8 +331,9 @@ def load_peft_run(path: str | Path) -> run_format.Run:
         "peft_type": config.get("peft_type"),
         "init": config.get("init_lora_weights", True),
         "module_alpha": module_alpha,
-        "module_scaling": {m: a.scaling for m, a in adapters.items()},
+        "module_scaling": {m: getattr(a, "factors", a).scaling for m, a in adapters.items()},
         "ignored_tensors": other,
+        "convolutions": sorted(c.replace(WRAPPED, "") for c in convs),
     }
     return run_format.Run(
         path=path,
@@ -319,6 +373,11 @@ def export_peft(
     out_dir = Path(out_dir)
     if not run.adapters:
         raise LorascopeError(f"{run.path}: run has no adapters to export")
+    if run.meta.get("dora") or run.meta.get("init") in peft_kinds.SHIFTING_INITS:
+        raise LorascopeError(
+            f"{run.path}: a DoRA or {run.meta.get('init')}-initialised run is not exported: its ΔW is not "
+            "s·B·A of the base model"
+        )
     if run.method != "lora":
         raise LorascopeError(
             f"{run.path}: a {run.method} fine-tuning run has a dense ΔW, not LoRA factors; a PEFT LoRA "

@@ -2,7 +2,11 @@
 
     runs/<sweep>/<run>/
       config.yaml                 resolved config of this run
-      adapter.safetensors         "<module>.lora_A" (r, in), "<module>.lora_B" (out, r) + header metadata
+      adapter.safetensors         "<module>.lora_A" (r, in), "<module>.lora_B" (out, r) + header metadata;
+                                  a DoRA run (lora.dora) also "<module>.lora_magnitude" m (out,), its ΔW
+                                  m ⊙ (W + s·B A)/‖W + s·B A‖ − W (`lorascope.families.dora`); a run with
+                                  a shifting init (lora.init=pissa|milora|olora) has ΔW = s·(B A − B0 A0),
+                                  A0, B0 from adapter_init.safetensors (`lorascope.families.shifted`)
       adapter_init.safetensors    the same at step 0
       delta.safetensors           a full fine-tuning run instead: "<module>.delta", ΔW = W_T − W_0 (out, in)
       head.safetensors            trained extra modules (a classification head), if any
@@ -113,6 +117,8 @@ class Run:
     config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     kind: str = FORMAT
+    # (adapters, file) -> each module's ΔW kind (DoRA, shifted init) for snapshots; None: as read
+    kinds: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -153,7 +159,8 @@ class Run:
         snapshots = self.checkpoints()
         if step not in snapshots:
             raise LorascopeError(f"{self.path}: no checkpoint at step {step}; have {list(snapshots)}")
-        return read_update(snapshots[step])[0]
+        adapters = read_update(snapshots[step])[0]
+        return self.kinds(adapters, snapshots[step]) if self.kinds is not None else adapters
 
 
 def snapshot_dir(run_dir: Path, step: int) -> Path:
@@ -411,6 +418,8 @@ def _split_factors(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str,
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         module, _, part = key.rpartition(".")
+        if part == MAGNITUDE:  # DoRA's m: read by `read_magnitudes`
+            continue
         if part not in ("lora_A", "lora_B"):
             raise LorascopeError(f"{path}: unexpected tensor {key!r} (want <module>.lora_A / .lora_B)")
         pairs.setdefault(module, {})[part] = t
@@ -479,6 +488,21 @@ def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
         format_checks.check_scale(path, m, A, B, s)
         adapters[m] = Adapter(A.float(), B.float(), s)
     return adapters, meta
+
+
+MAGNITUDE = "lora_magnitude"
+
+
+def read_magnitudes(path: Path) -> dict[str, torch.Tensor]:
+    """DoRA's magnitude vectors m (out,) by module, "<module>.lora_magnitude" ({} for a plain LoRA run)."""
+    tensors, _ = _lorascope_file(path)
+    out = {}
+    for key, t in tensors.items():
+        module, _, part = key.rpartition(".")
+        if part == MAGNITUDE:
+            check_finite(path, module, MAGNITUDE, t)
+            out[module] = t.float()
+    return out
 
 
 def save_delta(path: Path, deltas: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:

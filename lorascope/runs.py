@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from lorascope.errors import LorascopeError
+from lorascope.families.own_runs import attach_kinds
 from lorascope.peft_format import load_peft_run
 from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's public names)
     ADAPTER_FILE,
@@ -95,7 +96,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise LorascopeError(f"{path}: not a run: no {ADAPTER_FILE} or {PEFT_CONFIG_FILE}{hint}")
     adapters, meta = read_adapter(path / ADAPTER_FILE)
     init = read_adapter(path / INIT_FILE)[0] if (path / INIT_FILE).is_file() else None
-    return Run(
+    run = Run(
         path=path,
         adapters=adapters,
         meta=meta,
@@ -103,6 +104,8 @@ def load_run(path: str | os.PathLike) -> Run:
         config=read_config(path),
         summary=read_summary(path),
     )
+    attach_kinds(run)  # DoRA and shifting-init runs: their ΔW kinds
+    return run
 
 
 def _run_sort_key(path: Path):

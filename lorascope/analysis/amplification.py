@@ -194,3 +194,63 @@ def w_delta_similarity(
         raise LorascopeError(f"top_w must be in 1..{min(W.shape)}, got {top_w}")
     U_w, _, V_w = _top_of_w(W, top_w, w_svd, w_top, dev)
     return phi_grid(U_w, U) if side == "left" else phi_grid(V_w, V)
+
+
+ENERGY_COLUMNS = ["energy_top_left", "energy_bottom_left", "energy_top_right", "energy_bottom_right"]
+
+
+def _delta_products(delta):
+    """(X ↦ ΔW X, Y ↦ ΔWᵀ Y) in float64 from the ΔW protocol's matvec / rmatvec; from delta_weight()
+    for the objects that do not offer them yet (issue 18 gives every kind the products)."""
+    if hasattr(delta, "matvec"):
+        return delta.matvec, delta.rmatvec
+    D = (delta if isinstance(delta, torch.Tensor) else delta.delta_weight()).double()
+    return (lambda X: D @ X), (lambda Y: D.T @ Y)
+
+
+def energy_share(W_svd, delta, r: int) -> dict[str, float]:
+    """The share of ΔW's energy in W's top-r and bottom-r singular subspaces (PiSSA / MiLoRA's measure).
+
+    W_svd: W's thin SVD (U (out, m), S (m,), V (in, m)), σ descending, m = min(out, in); delta: ΔW
+    (out, in) through its products. With U_top = U[:, :r], U_bot = U[:, m−r:] (V alike):
+      energy_top_left     ‖U_topᵀ ΔW‖²_F / ‖ΔW‖²_F      (output space)
+      energy_bottom_left  ‖U_botᵀ ΔW‖²_F / ‖ΔW‖²_F
+      energy_top_right    ‖ΔW V_top‖²_F / ‖ΔW‖²_F       (input space)
+      energy_bottom_right ‖ΔW V_bot‖²_F / ‖ΔW‖²_F
+    Each is in [0, 1]; r directions of a random ΔW carry about r/m. nan where ΔW = 0.
+    ‖ΔW‖²_F = ‖ΔWᵀ U‖²_F + ‖ΔWᵀ U_⊥‖²_F needs a full basis: it is taken from ΔW's own products on an
+    identity block of the smaller side (out ≤ in: ΔWᵀ I_out)."""
+    U, _, V = (t.double() for t in W_svd)
+    m = U.shape[1]
+    if not 1 <= int(r) <= m:
+        raise LorascopeError(f"r must be in 1..{m}, got {r}")
+    r = int(r)
+    matvec, rmatvec = _delta_products(delta)
+    out, n_in = U.shape[0], V.shape[0]
+    if out <= n_in:
+        total = float(torch.linalg.matrix_norm(rmatvec(torch.eye(out, dtype=torch.float64)))) ** 2
+    else:
+        total = float(torch.linalg.matrix_norm(matvec(torch.eye(n_in, dtype=torch.float64)))) ** 2
+    if total == 0:
+        return dict.fromkeys(ENERGY_COLUMNS, float("nan"))
+
+    def share(X):
+        return float(torch.linalg.matrix_norm(X)) ** 2 / total
+
+    return {
+        "energy_top_left": share(rmatvec(U[:, :r])),
+        "energy_bottom_left": share(rmatvec(U[:, m - r :])),
+        "energy_top_right": share(matvec(V[:, :r])),
+        "energy_bottom_right": share(matvec(V[:, m - r :])),
+    }
+
+
+def svd_from_left(W, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W's thin SVD from its full left basis U (out, m) (the cached `left_basis`): σ_i = ‖Wᵀ u_i‖,
+    v_i = Wᵀ u_i / σ_i (0 where σ_i = 0). One product Wᵀ U, no new decomposition."""
+    W = _matrix(W).double()
+    U = U.double()
+    WtU = W.T @ U  # (in, m)
+    S = torch.linalg.vector_norm(WtU, dim=0)
+    V = WtU / torch.where(S > 0, S, torch.ones_like(S))
+    return U, S, V

@@ -21,9 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_similarity
+from lorascope.analysis.amplification import (
+    ENERGY_COLUMNS,
+    FIG8_SIDE,
+    amplification,
+    energy_share,
+    svd_from_left,
+    w_delta_similarity,
+)
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
-from lorascope.analysis.truncated import resolve_device
+from lorascope.analysis.truncated import full_svd, resolve_device
 from lorascope.base_identity import check_weight
 from lorascope.checkpoint import Checkpoint, run_weights
 from lorascope.errors import LorascopeError
@@ -69,6 +76,10 @@ def _delta(adapter):
 
 
 def _rank(adapter) -> int | None:
+    """r of the trained factors: the LoRA rank, also for DoRA and shifted inits (their `factors`)."""
+    factors = getattr(adapter, "factors", None)
+    if factors is not None:
+        return int(factors.rank)
     return int(adapter.A.shape[0]) if hasattr(adapter, "A") else None
 
 
@@ -126,7 +137,8 @@ def amplification_table(
     """Paper Table 7 for every module of one run or of {label: run} sharing a base.
 
     One row per (run, module): run, module, rank, k (the rank unless given), w_norm, dw_norm,
-    proj_dw, proj_w, proj_random, amplification (see `analysis.amplification`). W's top-k come
+    proj_dw, proj_w, proj_random, amplification (see `analysis.amplification`), and the shares of
+    ΔW's energy in W's top-r / bottom-r singular subspaces, r = k or the rank (`energy_share`). W's top-k come
     from the cache (truncated SVD on a miss). `modules`: a regex; `layers`: layer indices.
     """
     runs = _labelled(runs)
@@ -140,10 +152,11 @@ def amplification_table(
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
         entry = store.entry(W, key) if store else None
         w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
+        w_svd = _full_svd(W, entry, dev)
         for label, a in adapters.items():
             d = _delta(a)
             k_a = int(k) if k is not None else _rank(a)
-            cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k}
+            cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k_a}
             if entry and k_a and k_a <= min(W.shape):
                 cached["proj_random"] = entry.random_projection(k_a, seed, device=dev)
             if hasattr(d, "A"):
@@ -152,8 +165,19 @@ def amplification_table(
                 numbers = amplification(W, delta=d, **cached)
             if not rows or rows[-1]["module"] != m:  # ‖W‖_F from amplification's pass over W
                 _check_fingerprints(runs, m, numbers["w_norm"])
-            rows.append({"run": label, "module": m, "rank": _rank(a), **numbers})
-    return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS])
+            r = min(int(k) if k is not None else (_rank(a) or numbers["k"]), min(W.shape))
+            shares = energy_share(w_svd, a, r)
+            rows.append({"run": label, "module": m, "rank": _rank(a), **numbers, **shares})
+    return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS, *ENERGY_COLUMNS])
+
+
+def _full_svd(W, entry, device):
+    """W's thin SVD for the energy shares: from the cached left basis (shared with `intruder_tables`),
+    else a dense SVD."""
+    if entry is not None:
+        return svd_from_left(W, entry.left(device=device))
+    U, S, Vh = full_svd(W, device=device)
+    return U, S, Vh.T
 
 
 def intruder_tables(
