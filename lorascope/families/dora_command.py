@@ -11,15 +11,15 @@ import logging
 
 import pandas as pd
 
-from lorascope.analysis.modules import select_modules
 from lorascope.families.direction import correlation, magnitude_direction
+from lorascope.names import select_modules
 
 log = logging.getLogger(__name__)
 
 
 def dora_frame(run, modules: str | None = None, layers=None) -> pd.DataFrame:
     """One row per (step, module): step, module, delta_m, delta_d (`direction.magnitude_direction`)."""
-    from lorascope.checkpoint import check_fingerprint
+    from lorascope.base_identity import check_weight
     from lorascope.weights import open_base
 
     names = select_modules(list(run.adapters), modules, layers)
@@ -32,7 +32,7 @@ def dora_frame(run, modules: str | None = None, layers=None) -> pd.DataFrame:
         for m in names:
             d = adapters[m]
             W = ckpt.weight(m, tuple(d.delta_weight().shape), run.meta.get("fan_in_fan_out"))
-            check_fingerprint(run, {m: W})
+            check_weight(run, {m: W})
             rows.append({"step": step, "module": m, **magnitude_direction(W, d.delta_weight())})
     return pd.DataFrame(rows, columns=["step", "module", "delta_m", "delta_d"])
 

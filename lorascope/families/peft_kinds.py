@@ -165,6 +165,6 @@ def expert_param(module: str, parts: dict, config: dict, base, path: Path) -> st
 
 def checkpoint_key(ckpt, name: str) -> str:
     """The key of a raw parameter `name` (no ".weight") in a checkpoint, by exact or dotted-suffix match."""
-    from lorascope.checkpoint import match_module
+    from lorascope.names import match_module
 
     return match_module(list(ckpt.files), name, f"the base checkpoint {ckpt.folder}")
