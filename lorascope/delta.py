@@ -125,6 +125,8 @@ def truncated_svd(
     if algorithm == "lapack":
         U, S, Vh = torch.linalg.svd(D, full_matrices=False)
         return U[:, :k], S[:k], Vh[:k].T
+    if k >= m:
+        raise LorascopeError(f"ARPACK finds k < min(out, in) = {m} singular triplets, not {k}: use lapack")
     from scipy.sparse.linalg import svds
 
     # ARPACK converges to the extreme singular triplets; v0 fixed so results repeat exactly.

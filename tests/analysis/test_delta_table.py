@@ -264,6 +264,8 @@ def test_the_algorithms_of_the_truncated_svd_agree():
     assert truncated_svd(M)[1].shape == (30,)
     with pytest.raises(LorascopeError, match="algorithm must be"):
         truncated_svd(M, 2, "power")
+    with pytest.raises(LorascopeError, match="use lapack"):
+        truncated_svd(M, 30, "arpack")
 
 
 class NeverDense(Adapter):
