@@ -253,7 +253,7 @@ def child(route: str, adapter: Path) -> None:
         elif route == "one-amplification":
             from lorascope.analysis.amplification import amplification
 
-            res = amplification(W, a.A, a.B, a.scaling)
+            res = amplification(W, a)
             out.update(proj_dw=res["proj_dw"], proj_w=res["proj_w"], proj_random=res["proj_random"])
         else:
             from lorascope.analysis.intruders import intruder_dimensions

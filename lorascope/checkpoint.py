@@ -358,12 +358,10 @@ def expert_weight(checkpoint: Checkpoint, key: str, index: int, shape) -> torch.
     raise LorascopeError(f"{key}[{index}] is {(d1, d2)}, but the adapter's ΔW is {tuple(shape)}")
 
 
-def adapter_shape(adapter) -> tuple[int, int] | None:
-    """(out, in) of a module's ΔW: factors (.A (r, in), .B (out, r)), a dense ΔW, or None if unknown."""
-    if hasattr(adapter, "A") and hasattr(adapter, "B"):
-        return (adapter.B.shape[0], adapter.A.shape[1])
-    shape = getattr(adapter, "shape", None)
-    return tuple(shape) if shape is not None and len(shape) == 2 else None
+def adapter_shape(delta) -> tuple[int, int] | None:
+    """(out, in) of a module's ΔW (any kind of `lorascope.delta.Delta`), or None if the run has no such
+    module."""
+    return None if delta is None else tuple(delta.shape)
 
 
 def run_weights(

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from lorascope import format_checks
+from lorascope.delta import Adapter, DenseDelta, rank_bound  # noqa: F401  (the ΔW kinds a run holds)
 from lorascope.errors import LorascopeError
 
 FORMAT = "lorascope"
@@ -49,61 +50,6 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 PEFT_CONFIG_FILE = "adapter_config.json"
 HEADER_KEY = "lorascope"  # the safetensors header entry holding a file's metadata as JSON
-
-
-@dataclass(frozen=True)
-class Adapter:
-    """One module's LoRA factors: ΔW = scaling · B A, with A (r, in) and B (out, r)."""
-
-    A: torch.Tensor
-    B: torch.Tensor
-    scaling: float
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.A.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.B.shape[0]
-
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = s · B A, (out, in). Dense: prefer `lorascope.analysis.delta_svd` for its SVD."""
-        return self.scaling * (self.B @ self.A)
-
-
-@dataclass(frozen=True)
-class DenseDelta:
-    """One module's update from full fine-tuning: ΔW = W_T − W_0, (out, in), stored densely.
-
-    It offers the module interface of `Adapter` that does not need factors (delta_weight, shape,
-    in_features, out_features); analyses of A, B or A − A0 do not apply to it."""
-
-    delta: torch.Tensor
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.delta.shape)
-
-    @property
-    def rank(self) -> int:
-        """The largest rank ΔW can have, min(out, in) (full fine-tuning has no rank of its own)."""
-        return min(self.delta.shape)
-
-    @property
-    def in_features(self) -> int:
-        return self.delta.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        return self.delta.shape[0]
-
-    def delta_weight(self) -> torch.Tensor:
-        return self.delta
 
 
 @dataclass
@@ -132,7 +78,7 @@ class Run:
     @property
     def rank(self) -> int:
         """The LoRA rank; for a full fine-tuning run, the largest possible rank min(out, in)."""
-        return int(self.meta.get("rank") or max(a.rank for a in self.adapters.values()))
+        return int(self.meta.get("rank") or max(rank_bound(a) for a in self.adapters.values()))
 
     @property
     def update_file(self) -> str:

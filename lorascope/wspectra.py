@@ -49,6 +49,7 @@ import torch
 from lorascope import models, run_format
 from lorascope.analysis import truncated
 from lorascope.analysis.amplification import random_projection
+from lorascope.delta import truncated_svd
 from lorascope.errors import LorascopeError, one_line
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class Entry:
                     STATS["hit"] += 1
                     return found["U"][:, :k], found["S"][:k], found["V"][:, :k]
         STATS["miss"] += 1
-        U, S, V = truncated.top_svd(self.W, k, device=device)
+        U, S, V = truncated_svd(self.W, k, "krylov", device=device)
         self._save(self.folder / f"top-{k}.safetensors", {"U": U, "S": S, "V": V}, "top", k)
         return U, S, V
 
@@ -257,18 +258,3 @@ def _write(tmp: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     from safetensors.torch import save_file
 
     save_file(tensors, str(tmp), metadata={run_format.HEADER_KEY: json.dumps(meta, sort_keys=True)})
-
-
-def top_svd(W, k: int, *, device: str = "auto", cache: SpectraCache | bool = True):
-    """W's top-k (U (out, k), S (k,), V (in, k)), float64 CPU: cached (`cache=True`: the default
-    cache; a SpectraCache; False: computed, not stored)."""
-    if cache is False:
-        return truncated.top_svd(W, k, device=device)
-    return (cache if isinstance(cache, SpectraCache) else SpectraCache()).entry(W).top(k, device=device)
-
-
-def left_basis(W, *, device: str = "auto", cache: SpectraCache | bool = True) -> torch.Tensor:
-    """All left singular vectors of W, (out, min(out, in)), float64 CPU (float32-rounded when cached)."""
-    if cache is False:
-        return truncated.left_basis(W, device=device)
-    return (cache if isinstance(cache, SpectraCache) else SpectraCache()).entry(W).left(device=device)

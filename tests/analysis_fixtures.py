@@ -6,8 +6,6 @@ from pathlib import Path
 
 import torch
 
-from lorascope.runs import adapter_metadata, save_adapter, write_config, write_summary
-
 MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 
 
@@ -36,28 +34,18 @@ def make_run(
     summary: dict | None = None,
     with_init: bool = True,
 ) -> Path:
-    """A run folder r{rank}-s{seed} like training writes it, with synthetic factors."""
-    run = Path(root) / name
-    tensors, init = {}, {}
+    """A run folder r{rank}-s{seed} like training writes it, with synthetic factors (`factories.lora_run`)."""
+    from factories import lora_run
+
+    factors, init = {}, {}
     for k, m in enumerate(modules):
         A, B = planted_factors(rank, n_in, n_out, shared, seed * 100 + k)
-        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = A, B
-        init[f"{m}.lora_A"], init[f"{m}.lora_B"] = A - 0.01 * (k + 1), torch.zeros_like(B)
-    meta = adapter_metadata(
-        rank=rank,
-        alpha=alpha,
-        scaling=alpha / rank,
-        base_model="synthetic",
-        targets=["query", "value"],
-        init="gaussian",
-        rslora=False,
-    )
-    save_adapter(run / "adapter.safetensors", tensors, meta)
-    if with_init:
-        save_adapter(run / "adapter_init.safetensors", init, meta)
-    write_config(run, {"rank": rank, "seed": seed, "alpha": alpha})
-    write_summary(run, summary or {"status": "complete", "val_accuracy": 0.9, "wall_time_s": 12.5})
-    return run
+        factors[m], init[m] = (A, B), (A - 0.01 * (k + 1), torch.zeros_like(B))
+    return lora_run(
+        root, name, factors, alpha=alpha, init=init if with_init else None,
+        config={"rank": rank, "seed": seed, "alpha": alpha},
+        summary=summary or {"status": "complete", "val_accuracy": 0.9, "wall_time_s": 12.5},
+    )  # fmt: skip
 
 
 def shared_directions(n_in: int = 32, s: int = 2, seed: int = 123) -> torch.Tensor:
@@ -70,18 +58,7 @@ def write_adapter(
     root, name, factors, *, base="synthetic", fingerprint=None, alpha=16.0, targets=("query", "value")
 ):
     """A complete lorascope run folder from {module: (A (r, in), B (out, r))}; s = α / r of the first
-    module's rank."""
-    from lorascope.runs import adapter_metadata, save_adapter, write_summary
+    module's rank (`factories.lora_run`)."""
+    from factories import lora_run
 
-    rank = next(iter(factors.values()))[0].shape[0]
-    tensors = {}
-    for m, (A, B) in factors.items():
-        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = A.float().contiguous(), B.float().contiguous()
-    meta = adapter_metadata(
-        rank=rank, alpha=alpha, scaling=alpha / rank, base_model=base, targets=list(targets),
-        init="gaussian", rslora=False, base_fingerprint=fingerprint,
-    )  # fmt: skip
-    run = root / name
-    save_adapter(run / "adapter.safetensors", tensors, meta)
-    write_summary(run, {"status": "complete"})
-    return run
+    return lora_run(root, name, factors, alpha=alpha, base=base, fingerprint=fingerprint, targets=targets)

@@ -11,12 +11,13 @@ from analysis_fixtures import MODULES, make_run, shared_directions
 from scipy.cluster.hierarchy import fcluster
 
 from lorascope import analysis as la
+from lorascope import delta as delta_module
 from lorascope.analysis import adapter_map as am
-from lorascope.analysis import linalg
 from lorascope.compare.inputs import unique_names
 from lorascope.compare.maps import adapter_map
 from lorascope.errors import LorascopeError
 from lorascope.peft_format import export_peft
+from lorascope.run_format import Adapter, DenseDelta
 from lorascope.runs import load_run
 
 N_IN, N_OUT = 32, 24
@@ -177,14 +178,14 @@ def test_rank_deficient_factor_caps_k_and_zero_delta_is_refused(tmp_path, caplog
 def test_dense_delta_basis_matches_factored(monkeypatch):
     A, B = _rand(3, 30, seed=1).double(), _rand(20, 3, seed=2).double()
     for dense_max in (1024, 4):  # LAPACK's full SVD, then ARPACK's top k
-        monkeypatch.setattr(linalg, "DENSE_SVD_MAX", dense_max)
+        monkeypatch.setattr(delta_module, "DENSE_SVD_MAX", dense_max)
         for factor in ("dW-right", "dW-left"):
-            U, S = am.top_basis(factor, 2, A=A, B=B, scaling=0.5)
-            Ud, Sd = am.top_basis(factor, 2, delta=0.5 * B @ A)
+            U, S = am.top_basis(factor, 2, Adapter(A, B, 0.5))
+            Ud, Sd = am.top_basis(factor, 2, DenseDelta(0.5 * B @ A))
             torch.testing.assert_close(Sd, S)
             torch.testing.assert_close(Ud @ Ud.T, U @ U.T)  # same subspace, signs free
     with pytest.raises(LorascopeError, match="full fine-tuning update has none"):
-        am.top_basis("A", 2, delta=B @ A)
+        am.top_basis("A", 2, DenseDelta(B @ A))
 
 
 def test_skipped_modules_are_reported(tmp_path, caplog):

@@ -9,6 +9,7 @@ import torch
 from lorascope import analysis as la
 from lorascope.analysis import truncated
 from lorascope.errors import LorascopeError
+from lorascope.run_format import Adapter, DenseDelta
 
 # W = diag(4, 3, 2) in a (4, 3) matrix: W's singular directions are the coordinate axes.
 W = torch.zeros(4, 3, dtype=torch.float64)
@@ -18,7 +19,7 @@ W[0, 0], W[1, 1], W[2, 2] = 4.0, 3.0, 2.0
 def test_rank_one_delta_along_a_weak_direction_of_W():
     A = torch.tensor([[0.0, 0.0, 1.0]])  # (1, 3)
     B = torch.tensor([[0.0], [0.0], [2.0], [0.0]])  # (4, 1)
-    res = la.amplification(W, A, B, scaling=0.5)  # ΔW = e2 e2ᵀ
+    res = la.amplification(W, Adapter(A, B, 0.5))  # ΔW = e2 e2ᵀ
     assert res["k"] == 1
     assert res["w_norm"] == pytest.approx(math.sqrt(29))
     assert res["dw_norm"] == pytest.approx(1.0)
@@ -30,49 +31,49 @@ def test_rank_one_delta_along_a_weak_direction_of_W():
 def test_rank_two_delta_and_k():
     A = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # (2, 3)
     B = torch.tensor([[0.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 0.0]])  # ΔW = 2 e2e2ᵀ + 3 e1e1ᵀ
-    res = la.amplification(W, A, B, scaling=1.0)
+    res = la.amplification(W, Adapter(A, B, 1.0))
     assert res["k"] == 2
     assert res["dw_norm"] == pytest.approx(math.sqrt(13))
     assert res["proj_dw"] == pytest.approx(math.sqrt(13))  # ‖diag(3, 2)‖_F
     assert res["proj_w"] == pytest.approx(5.0)  # ‖diag(4, 3)‖_F
     assert res["amplification"] == pytest.approx(1.0)
-    top1 = la.amplification(W, A, B, scaling=1.0, k=1)  # U = V = e1 (σ = 3 > 2)
+    top1 = la.amplification(W, Adapter(A, B, 1.0), k=1)  # U = V = e1 (σ = 3 > 2)
     assert top1["proj_dw"] == pytest.approx(3.0)
     assert top1["proj_w"] == pytest.approx(4.0)
     assert top1["amplification"] == pytest.approx(math.sqrt(13) / 3)
     with pytest.raises(LorascopeError, match="exceeds the rank"):
-        la.amplification(W, A, B, 1.0, k=3)
+        la.amplification(W, Adapter(A, B, 1.0), k=3)
 
 
 def test_random_projection_is_seeded_and_has_the_expected_size():
     g = torch.Generator().manual_seed(0)
     Wb = torch.randn(60, 50, generator=g, dtype=torch.float64)
     A, B = torch.randn(4, 50, generator=g), torch.randn(60, 4, generator=g)
-    res = la.amplification(Wb, A, B, 1.0, seed=3)
+    res = la.amplification(Wb, Adapter(A, B, 1.0), seed=3)
     U, V = la.random_orthonormal(60, 4, 3), la.random_orthonormal(50, 4, 4)
     assert res["proj_random"] == pytest.approx(float(torch.linalg.matrix_norm(U.T @ Wb @ V)))
     # E‖UᵀWV‖²_F = (k / out)(k / in) ‖W‖²_F for random orthonormal U, V.
-    sq = [la.amplification(Wb, A, B, 1.0, seed=s)["proj_random"] ** 2 for s in range(0, 80, 2)]
+    sq = [la.amplification(Wb, Adapter(A, B, 1.0), seed=s)["proj_random"] ** 2 for s in range(0, 80, 2)]
     expected = (4 / 60) * (4 / 50) * float(torch.linalg.matrix_norm(Wb)) ** 2
     assert np.mean(sq) == pytest.approx(expected, rel=0.25)
     assert res["proj_random"] < res["proj_w"]
 
 
 def test_zero_delta_and_bad_shapes():
-    res = la.amplification(W, torch.ones(2, 3), torch.zeros(4, 2), 1.0)
+    res = la.amplification(W, Adapter(torch.ones(2, 3), torch.zeros(4, 2), 1.0))
     assert res["dw_norm"] == 0.0 and math.isnan(res["proj_dw"]) and math.isnan(res["amplification"])
     with pytest.raises(LorascopeError, match="does not match"):
-        la.amplification(W.T, torch.ones(2, 3), torch.zeros(4, 2), 1.0)
+        la.amplification(W.T, Adapter(torch.ones(2, 3), torch.zeros(4, 2), 1.0))
 
 
 def test_w_delta_similarity_figure8():
     A = torch.tensor([[0.0, 0.0, 1.0]])
     B = torch.tensor([[0.0], [0.0], [2.0], [0.0]])
-    phi = la.w_delta_similarity(W, A, B, 1.0, side="right")
+    phi = la.w_delta_similarity(W, Adapter(A, B, 1.0), side="right")
     assert phi.shape == (3, 1)
     np.testing.assert_allclose(phi[:, 0], [0.0, 0.0, 1.0], atol=1e-12)  # ΔW's direction is W's third
     np.testing.assert_allclose(
-        la.w_delta_similarity(W, A, B, side="left", top_w=2)[:, 0], [0.0, 0.0], atol=1e-12
+        la.w_delta_similarity(W, Adapter(A, B, 1.0), side="left", top_w=2)[:, 0], [0.0, 0.0], atol=1e-12
     )
 
 
@@ -116,11 +117,11 @@ def test_real_weights_equal_the_dense_reference(real_W):
             A = torch.randn(r, Wr.shape[1], generator=g, dtype=torch.float64) / r**0.5
             B = 0.02 * torch.randn(Wr.shape[0], r, generator=g, dtype=torch.float64)
             ref = _dense_reference(Wr, A, B, 2.0, r)
-            got = la.amplification(Wr, A, B, 2.0)
+            got = la.amplification(Wr, Adapter(A, B, 2.0))
             for key, value in ref.items():
                 assert got[key] == pytest.approx(value, rel=1e-9), (name, r, key)
             # A dense ΔW (a full fine-tuning run) gives the same numbers at the same k.
-            dense = la.amplification(Wr, delta=2.0 * B @ A, k=r)
+            dense = la.amplification(Wr, DenseDelta(2.0 * B @ A), k=r)
             for key, value in ref.items():
                 assert dense[key] == pytest.approx(value, rel=1e-6), (name, r, key)
 
@@ -134,11 +135,11 @@ def test_figure8_truncated_equals_dense(real_W):
         U, _, V = la.delta_svd(A, B, 1.0)
         for side, ref_basis, basis in (("left", U_w, U), ("right", Vh_w.T, V)):
             ref = la.phi_grid(ref_basis[:, :32], basis)
-            got = la.w_delta_similarity(Wr, A, B, 1.0, side=side, top_w=32)
+            got = la.w_delta_similarity(Wr, Adapter(A, B, 1.0), side=side, top_w=32)
             np.testing.assert_allclose(got, ref, atol=1e-5, err_msg=f"{name} {side}")
         # Every direction of W (a dense SVD): on the side where W's basis is complete, φ(m, j) = 1.
         side = "left" if Wr.shape[0] <= Wr.shape[1] else "right"
-        full = la.w_delta_similarity(Wr, A, B, 1.0, side=side)
+        full = la.w_delta_similarity(Wr, Adapter(A, B, 1.0), side=side)
         assert full.shape == (min(Wr.shape), 8)
         np.testing.assert_allclose(full[-1], 1.0, atol=1e-9)
 
@@ -147,15 +148,13 @@ def test_cached_top_k_is_used_and_checked():
     A, B = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.0], [0.0], [2.0], [0.0]])
     before = truncated.SVD_CALLS.copy()
     top = truncated.top_svd(W, 2)
-    res = la.amplification(W, A, B, 0.5, w_top=top)
+    res = la.amplification(W, Adapter(A, B, 0.5), w_top=top)
     assert truncated.SVD_CALLS - before == {"top": 1}  # only the call above
     assert res["proj_w"] == pytest.approx(4.0)
     with pytest.raises(LorascopeError, match="top-1"):  # rank 2 needs W's top-2
-        la.amplification(W, torch.ones(2, 3), torch.ones(4, 2), 1.0, w_top=truncated.top_svd(W, 1))
-    with pytest.raises(LorascopeError, match="not both"):
-        la.amplification(W, A, B, 0.5, delta=torch.zeros(4, 3))
+        la.amplification(W, Adapter(torch.ones(2, 3), torch.ones(4, 2), 1.0), w_top=truncated.top_svd(W, 1))
     with pytest.raises(LorascopeError, match="give k"):
-        la.amplification(W, delta=torch.ones(4, 3))
+        la.amplification(W, DenseDelta(torch.ones(4, 3)))
 
 
 def test_a_bf16_w_as_stored_gives_the_numbers_of_its_float64_copy():
@@ -165,12 +164,14 @@ def test_a_bf16_w_as_stored_gives_the_numbers_of_its_float64_copy():
     W16 = torch.randn(300, 200, generator=g).to(torch.bfloat16)  # 300 rows: more than one block
     A = torch.randn(6, 200, generator=g, dtype=torch.float64)
     B = 0.1 * torch.randn(300, 6, generator=g, dtype=torch.float64)
-    got = la.amplification(W16, A, B, 0.5)
-    ref = la.amplification(W16.double(), A, B, 0.5)
+    got = la.amplification(W16, Adapter(A, B, 0.5))
+    ref = la.amplification(W16.double(), Adapter(A, B, 0.5))
     dense = _dense_reference(W16.double(), A, B, 0.5, 6)
-    for key, value in ref.items():
+    for key, value in ref.asdict().items():
         assert got[key] == pytest.approx(value, rel=1e-12), key
     for key, value in dense.items():
         assert got[key] == pytest.approx(value, rel=1e-9), key
-    phi = la.w_delta_similarity(W16, A, B, 0.5, top_w=8)
-    np.testing.assert_allclose(phi, la.w_delta_similarity(W16.double(), A, B, 0.5, top_w=8), atol=1e-12)
+    phi = la.w_delta_similarity(W16, Adapter(A, B, 0.5), top_w=8)
+    np.testing.assert_allclose(
+        phi, la.w_delta_similarity(W16.double(), Adapter(A, B, 0.5), top_w=8), atol=1e-12
+    )

@@ -79,7 +79,7 @@ def test_similarity_default_out_factor_and_filters(sweep, capsys):
     m = "encoder.layer.1.attention.self.value"
     assert set(long.module) == {m}
     a, b = load_run(sweep / "r4-s0").adapters[m], load_run(sweep / "r8-s1").adapters[m]
-    want = la.delta_similarity(a.A, a.B, b.A, b.B, side="left")
+    want = la.delta_similarity(a, b, side="left")
     got = long.pivot(index="i", columns="j", values="phi").to_numpy()
     np.testing.assert_allclose(got, want, atol=1e-9)
     assert str(out) in capsys.readouterr().out
@@ -120,7 +120,7 @@ def test_spectrum_table_and_figure(sweep, tmp_path, capsys):
     assert "effective_rank" in capsys.readouterr().out
     table = pd.read_csv(out / "spectrum.csv", index_col="module")
     ad = load_run(sweep / "r8-s1").adapters[MODULES[2]]
-    ref = la.spectrum(ad.A, ad.B, ad.scaling)
+    ref = la.spectrum(ad)
     assert table.loc[MODULES[2], "stable_rank"] == pytest.approx(ref["stable_rank"])
     assert table.loc[MODULES[2], "energy_rank"] == ref["energy_rank"]
     long = pd.read_csv(out / "spectrum_plot.csv")
@@ -159,7 +159,7 @@ def test_amplification_and_intruders_read_w_from_the_base_checkpoint(sweep, tmp_
     assert "amplification" in capsys.readouterr().out
     table = pd.read_csv(out / "amplification.csv", index_col="module")
     ad = load_run(sweep / "r4-s0").adapters[MODULES[1]]
-    ref = la.amplification(weights[MODULES[1]], ad.A, ad.B, ad.scaling, k=2)
+    ref = la.amplification(weights[MODULES[1]], ad, k=2)
     for key in ("w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification"):
         assert table.loc[MODULES[1], key] == pytest.approx(ref[key], rel=1e-8)
     assert (out / "amplification.md").is_file() and (out / "amplification.tex").is_file()

@@ -85,7 +85,7 @@ def test_spectrum_frames_equal_the_library(tmp_path):
     run = load_run(make_run(tmp_path, "r4-s0", 4))
     m = next(iter(run.adapters))
     table, sigmas = spectrum_frames(run, [m])
-    ref = la.spectrum(run.adapters[m].A, run.adapters[m].B, run.adapters[m].scaling)
+    ref = la.spectrum(run.adapters[m])
     assert table.loc[m, "energy_rank"] == ref["energy_rank"]
     np.testing.assert_allclose(sigmas.sigma, ref["singular_values"])
     assert list(sigmas.k) == [1, 2, 3, 4]

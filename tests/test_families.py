@@ -57,8 +57,6 @@ def test_delta_equals_peft_merged_minus_original(family):
 
 def test_protocol_products_and_svd_of_the_new_kinds(family):
     name, folder, ref = family
-    if name not in KIND:
-        pytest.skip("a plain factored Adapter: issue 18 gives it the products")
     run = load_run(folder)
     for m, d in run.adapters.items():
         D = ref[m]

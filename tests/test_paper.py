@@ -163,7 +163,7 @@ def test_fig4_csv_equals_the_library_and_has_the_gaussian_panel(figures, sweep):
     data = pd.read_csv(out / "fig4_seed_similarity_dW-right.csv")
     a, b = runs.load_run(sweep / "r8-s0"), runs.load_run(sweep / "r8-s1")
     m = MIDDLE.format("value")
-    expected = la.delta_similarity(a.adapters[m].A, a.adapters[m].B, b.adapters[m].A, b.adapters[m].B)
+    expected = la.delta_similarity(a.adapters[m], b.adapters[m])
     got = data[data["module"] == "attention.self.value"].pivot(index="i", columns="j", values="phi")
     np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-9)
     gauss = data[data["pair"] == "gaussian"].pivot(index="i", columns="j", values="phi")
@@ -193,13 +193,13 @@ def test_fig8_and_table7_equal_the_library(figures, sweep, tiny_bert):
     got = got.pivot(index="i", columns="j", values="phi").to_numpy()
     # One side, stated once: the library's default is the figure's, and it is the paper's (left, U).
     assert set(fig8["side"]) == {"left"}
-    np.testing.assert_allclose(got, la.w_delta_similarity(W, a.A, a.B, a.scaling), atol=1e-9)
-    np.testing.assert_allclose(got, la.w_delta_similarity(W, a.A, a.B, a.scaling, side="left"), atol=1e-9)
-    right = la.w_delta_similarity(W, a.A, a.B, a.scaling, side="right")
+    np.testing.assert_allclose(got, la.w_delta_similarity(W, a), atol=1e-9)
+    np.testing.assert_allclose(got, la.w_delta_similarity(W, a, side="left"), atol=1e-9)
+    right = la.w_delta_similarity(W, a, side="right")
     assert np.abs(got - right).max() > 1e-3  # the sides differ here, so the check above can fail
     t7 = pd.read_csv(out / "table7_amplification.csv")
     row = t7[(t7["module"] == "query") & (t7["r"] == 4)].iloc[0]
-    numbers = la.amplification(W, a.A, a.B, a.scaling)
+    numbers = la.amplification(W, a)
     assert row["‖UᵀWV‖_F ΔW"] == pytest.approx(numbers["proj_dw"], rel=1e-6)
     assert row["‖UᵀWV‖_F W"] == pytest.approx(numbers["proj_w"], rel=1e-6)
     assert row["amplification"] == pytest.approx(numbers["amplification"], rel=1e-6)
@@ -374,7 +374,7 @@ def test_intruder_counts_equal_the_library(figures, sweep, tiny_bert):
         run = runs.load_run(sweep / run_dir)
         m = MIDDLE.format("value")
         W = base.get_submodule(m).weight.detach()
-        ref = la.intruder_dimensions(W, run.adapters[m].delta_weight(), k=10, eps=0.5)
+        ref = la.intruder_dimensions(W, run.adapters[m], k=10, eps=0.5)
         row = table[(table.run == label) & (table.module == m)].iloc[0]
         assert row["count"] == ref["count"]
     assert "## LoRA versus full fine-tuning: intruder dimensions" in (out / "findings.md").read_text()

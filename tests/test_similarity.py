@@ -8,6 +8,7 @@ from analysis_fixtures import MODULES, make_run, shared_directions
 from lorascope import analysis as la
 from lorascope.compare import run_similarity
 from lorascope.errors import LorascopeError
+from lorascope.run_format import Adapter
 from lorascope.runs import load_run
 
 
@@ -139,10 +140,14 @@ def test_factor_helpers_agree_with_dense_bases():
     U1, _, Vh1 = dense(W1, full_matrices=False)
     U2, _, Vh2 = dense(W2, full_matrices=False)
     np.testing.assert_allclose(
-        la.delta_similarity(A1, B1, A2, B2, "right"), la.phi_grid(Vh1[:3].T, Vh2[:5].T), atol=1e-10
+        la.delta_similarity(Adapter(A1, B1, 1.0), Adapter(A2, B2, 1.0), "right"),
+        la.phi_grid(Vh1[:3].T, Vh2[:5].T),
+        atol=1e-10,
     )
     np.testing.assert_allclose(
-        la.delta_similarity(A1, B1, A2, B2, "left"), la.phi_grid(U1[:, :3], U2[:, :5]), atol=1e-10
+        la.delta_similarity(Adapter(A1, B1, 1.0), Adapter(A2, B2, 1.0), "left"),
+        la.phi_grid(U1[:, :3], U2[:, :5]),
+        atol=1e-10,
     )
 
 

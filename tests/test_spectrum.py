@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lorascope import analysis as la
+from lorascope.run_format import Adapter
 
 
 def test_flat_spectrum_uses_every_direction():
@@ -36,7 +37,7 @@ def test_rank_one_and_zero_spectra():
 def test_spectrum_of_delta_matches_dense_svd():
     g = torch.Generator().manual_seed(0)
     A, B = torch.randn(6, 30, generator=g), torch.randn(20, 6, generator=g)
-    res = la.spectrum(A, B, 0.5)
+    res = la.spectrum(Adapter(A, B, 0.5))
     dense = torch.linalg.svdvals(0.5 * (B.double() @ A.double()))[:6].numpy()
     np.testing.assert_allclose(res["singular_values"], dense, rtol=1e-10)
     assert res["fro_norm"] == pytest.approx(float(torch.linalg.matrix_norm(0.5 * B.double() @ A.double())))
@@ -45,5 +46,5 @@ def test_spectrum_of_delta_matches_dense_svd():
 
 
 def test_spectrum_at_init_is_zero():
-    res = la.spectrum(torch.ones(4, 8), torch.zeros(5, 4), 2.0)
+    res = la.spectrum(Adapter(torch.ones(4, 8), torch.zeros(5, 4), 2.0))
     assert res["energy_rank"] == 0 and np.all(res["singular_values"] == 0)

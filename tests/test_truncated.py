@@ -8,6 +8,7 @@ from safetensors import safe_open
 from lorascope import models
 from lorascope.analysis import truncated
 from lorascope.errors import LorascopeError
+from lorascope.run_format import Adapter, DenseDelta
 
 # Small matrices: on a shared 2-core CPU, OpenMP threads cost more than they give.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,13 +76,16 @@ def test_w_plus_delta_is_matrix_free_and_equals_the_dense_top_k():
     B = B.double()
     dense = W + s * (B @ A)
     U_ref, S_ref, Vh_ref = torch.linalg.svd(dense, full_matrices=False)
-    for delta in ((A, B, s), s * (B @ A)):  # factors, and a dense ΔW (a full fine-tuning run)
+    for delta in (
+        Adapter(A, B, s),
+        DenseDelta(s * (B @ A)),
+    ):  # factors, and a dense ΔW (a full fine-tuning run)
         U, S, V = truncated.top_svd(W, 8, delta=delta)
         np.testing.assert_allclose(S.numpy(), S_ref[:8].numpy(), rtol=1e-11)
         _same_columns(U, U_ref[:, :8], 1e-9)
         _same_columns(V, Vh_ref[:8].T, 1e-9)
     with pytest.raises(LorascopeError, match="does not match"):
-        truncated.top_svd(W, 2, delta=(A[:, :30], B, s))
+        truncated.top_svd(W, 2, delta=Adapter(A[:, :30], B, s))
 
 
 def test_real_weights_agree_with_the_dense_svd(real):
@@ -115,7 +119,7 @@ def test_svd_calls_are_counted():
     W, _, _, _ = planted(20, 10)
     before = truncated.SVD_CALLS.copy()
     truncated.top_svd(W, 2)
-    truncated.top_svd(W, 2, delta=torch.zeros_like(W))
+    truncated.top_svd(W, 2, delta=DenseDelta(torch.zeros_like(W)))
     truncated.left_basis(W)
     calls = truncated.SVD_CALLS - before
     assert calls == {"top": 1, "top-delta": 1, "left-svd": 1}  # out > in: the SVD route
@@ -129,18 +133,6 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(LorascopeError, match="no CUDA device"):
             truncated.top_svd(torch.eye(3), 1, device="cuda")
-
-
-def test_dense_delta_needs_k_and_factors_cap_it():
-    g = torch.Generator().manual_seed(0)
-    A, B = torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g)
-    assert truncated.delta_top_svd((A, B, 1.0))[1].shape == (2,)
-    with pytest.raises(LorascopeError, match="exceeds the rank"):
-        truncated.delta_top_svd((A, B, 1.0), 3)
-    with pytest.raises(LorascopeError, match="give k"):
-        truncated.delta_top_svd(B @ A)
-    dense, factored = truncated.delta_top_svd(B @ A, 2)[1], truncated.delta_top_svd((A, B, 1.0))[1]
-    np.testing.assert_allclose(dense.numpy(), factored.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])

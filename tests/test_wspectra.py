@@ -62,7 +62,7 @@ def test_left_basis_is_stored_once_and_identical_cold_and_warm(tmp_path):
 def test_the_cache_lives_under_lorascope_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LORASCOPE_CACHE", str(tmp_path / "c"))
     assert wspectra.SpectraCache().root == tmp_path / "c" / "wspectra"
-    wspectra.top_svd(_W(), 3)
+    wspectra.SpectraCache().entry(_W()).top(3)
     assert list((tmp_path / "c" / "wspectra").rglob("top-3.safetensors"))
 
 
@@ -137,12 +137,9 @@ def test_two_processes_filling_the_cache_at_once(tmp_path):
     assert not [p for p in tmp_path.rglob("*.tmp")]
 
 
-def test_no_cache_computes_without_writing(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORASCOPE_CACHE", str(tmp_path))
-    U, S, V = wspectra.top_svd(_W(), 3, cache=False)
-    assert S.shape == (3,) and not list(tmp_path.rglob("*"))
+def test_a_k_beyond_w_is_refused(tmp_path):
     with pytest.raises(Exception, match="k must be"):
-        wspectra.top_svd(_W(), 100)
+        wspectra.SpectraCache(tmp_path).entry(_W()).top(100)
 
 
 def test_the_key_index_remembers_a_hash_by_identity_and_never_trusts_a_bad_entry(tmp_path):

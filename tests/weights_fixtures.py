@@ -49,16 +49,13 @@ def peft_folder(root: Path, base: Path, adapters: dict, name: str = "peft") -> P
 
 
 def lorascope_run(root: Path, base: str, adapters: dict, state=None, name: str = "r4-s0") -> Path:
-    """A lorascope run folder on `base` with the base-weight fingerprint of `state` (if given)."""
-    tensors = {}
-    for m, a in adapters.items():
-        tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = a.A, a.B
+    """A lorascope run folder on `base` with the base-weight fingerprint of `state` (if given), s = 2
+    (`factories.lora_run`)."""
+    from factories import lora_run
+
     fingerprint = {m: runs.base_fingerprint(state[m + ".weight"]) for m in adapters} if state else {}
     rank = next(iter(adapters.values())).rank
-    meta = runs.adapter_metadata(
-        rank=rank, alpha=2.0 * rank, scaling=2.0, base_model=base, targets=["q_proj", "v_proj"],
-        init="gaussian", rslora=False, base_fingerprint=fingerprint,
-    )  # fmt: skip
-    runs.save_adapter(root / name / runs.ADAPTER_FILE, tensors, meta)
-    runs.write_summary(root / name, {"status": "complete"})
-    return root / name
+    factors = {m: (a.A, a.B) for m, a in adapters.items()}
+    targets = ["q_proj", "v_proj"]
+    alpha = 2.0 * rank
+    return lora_run(root, name, factors, alpha=alpha, base=base, fingerprint=fingerprint, targets=targets)

@@ -19,7 +19,6 @@ Arrays in, arrays out; the comparison layer (`lorascope.compare.maps`) loads the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -36,24 +35,16 @@ MAP_FACTORS = ("dW-right", "dW-left", "A", "B")
 BLOCK_BYTES = 2**26
 
 
-def top_basis(
-    factor: str,
-    k: int,
-    *,
-    A=None,
-    B=None,
-    scaling: float = 1.0,
-    delta=None,
-    rtol: float = RANK_RTOL,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def top_basis(factor: str, k: int, delta, *, rtol: float = RANK_RTOL) -> tuple[torch.Tensor, torch.Tensor]:
     """Orthonormal top-k basis of one module: (basis (n, k'), σ (k',)), float64, σ descending.
 
-    From the factors A (r, in), B (out, r) of ΔW = s · B A, or from a dense ΔW (out, in):
-      factor "dW-right": right singular vectors of ΔW, n = in (factored: `delta_svd`, ΔW never formed)
+    delta: the module's ΔW of the protocol (`lorascope.delta`):
+      factor "dW-right": right singular vectors of ΔW, n = in (`delta.svd(k)`: from the factors for
+                         LoRA, ΔW never formed; truncated for a dense ΔW)
       factor "dW-left":  left singular vectors of ΔW, n = out
       factor "A":        right singular vectors of A, n = in;  "B": left singular vectors of B, n = out
-    A dense ΔW takes a truncated SVD (dW-right / dW-left only). k' = min(k, numerical rank), the
-    numerical rank counting σ > rtol · σ_1; k' = 0 when the matrix is zero.
+                         (`delta.factors`: a dense ΔW has none)
+    k' = min(k, numerical rank), the numerical rank counting σ > rtol · σ_1; k' = 0 when the matrix is zero.
     """
     if factor not in MAP_FACTORS:
         raise LorascopeError(
@@ -61,15 +52,7 @@ def top_basis(
         )
     if int(k) < 1:
         raise LorascopeError(f"k must be at least 1, got {k}")
-    if delta is not None:
-        if A is not None or B is not None:
-            raise LorascopeError("give either the factors A, B or a dense ΔW, not both")
-        module = SimpleNamespace(delta_weight=lambda: delta)
-    else:
-        if (factor != "B" and A is None) or (factor != "A" and B is None):
-            raise LorascopeError(f"factor {factor} needs the factors it is taken of (or delta=ΔW)")
-        module = SimpleNamespace(A=A, B=B, scaling=scaling)
-    basis, S = get_factor(factor).basis(module, k=int(k))
+    basis, S = get_factor(factor).basis(delta, k=int(k))
     keep = numerical_rank(S, rtol)
     return basis[:, :keep], S[:keep]
 

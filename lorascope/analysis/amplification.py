@@ -7,26 +7,21 @@ amplification = ‖ΔW‖_F / ‖Uᵀ W V‖_F: large when ΔW boosts directions
 
 Only W's top-k singular values are needed for the ceiling, and only W's top singular vectors
 for Figure 8 with `top_w`: they come from the truncated SVD (`truncated.top_svd`), or from a
-cache (`w_top=`, e.g. `lorascope.wspectra.top_svd`), never from a dense SVD of W.
+cache (`w_top=`, e.g. `lorascope.wspectra.SpectraCache().entry(W).top(k)`), never from a dense SVD of W.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from lorascope.analysis.linalg import random_orthonormal
 from lorascope.analysis.similarity import phi_grid
-from lorascope.analysis.truncated import (
-    as_f64,
-    delta_shape,
-    delta_top_svd,
-    factors_of,
-    full_svd,
-    resolve_device,
-    stream_product,
-    top_svd,
-)
+from lorascope.analysis.truncated import full_svd, resolve_device, stream_product, top_svd
+from lorascope.delta import Delta, check_shape, frobenius_norm
 from lorascope.errors import LorascopeError
 
 # The side the paper's Figure 8 compares W's and ΔW's singular vectors on: the left (output space),
@@ -40,24 +35,6 @@ def _matrix(W) -> torch.Tensor:
     if t.ndim != 2:
         raise LorascopeError(f"W must be a 2-D matrix, got shape {tuple(t.shape)}")
     return t
-
-
-def _check_shapes(W: torch.Tensor, shape: tuple[int, int]) -> None:
-    if tuple(W.shape) != tuple(shape):
-        raise LorascopeError(
-            f"W {tuple(W.shape)} does not match ΔW {tuple(shape)}: W must be (out, in) of the same module"
-        )
-
-
-def _delta(A, B, scaling, delta):
-    """ΔW as the factors (A, B, s) or as the dense matrix `delta`, exactly one of the two."""
-    if delta is not None:
-        if A is not None or B is not None:
-            raise LorascopeError("give ΔW either as factors (A, B, scaling) or as a dense delta, not both")
-        return delta
-    if A is None or B is None:
-        raise LorascopeError("ΔW is missing: give A and B (and scaling), or a dense delta")
-    return (A, B, scaling)
 
 
 def _top_of_w(W, k: int, w_svd, w_top, device):
@@ -90,28 +67,60 @@ def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> floa
     return float(torch.linalg.matrix_norm(U_r.T @ stream_product(W, V_r, device=dev)[0]))
 
 
+@dataclass(frozen=True)
+class Amplification:
+    """Table 7's numbers for one module (see `amplification`); `asdict()` gives the table row."""
+
+    w_norm: float
+    dw_norm: float
+    proj_dw: float
+    proj_w: float
+    proj_random: float
+    amplification: float
+    k: int
+
+    def asdict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
+# How the top-k of a dense ΔW are found here: block Krylov, the method of W's own top-k.
+DENSE_ALGORITHM = "krylov"
+
+
+def _top_of_delta(delta: Delta, k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ΔW's top-k (U (out, k), S, V (in, k)); k None: every direction of its factored form (a dense
+    ΔW has none to default to: k must be given)."""
+    if k is None and delta.rank is None:
+        raise LorascopeError("a dense ΔW has no rank to default to: give k")
+    U, S, V = delta.svd(k, algorithm=DENSE_ALGORITHM)
+    if k is not None and S.shape[0] < int(k):
+        raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({S.shape[0]}): use k ≤ {S.shape[0]}")
+    return U, S, V
+
+
 def amplification(
     W,
-    A=None,
-    B=None,
-    scaling: float = 1.0,
+    delta: Delta,
+    *,
     k: int | None = None,
     seed: int = 0,
     w_svd=None,
-    *,
-    delta=None,
     w_top=None,
     proj_random: float | None = None,
     device: str = "auto",
-) -> dict:
-    """Table 7 numbers for one module. W (out, in); ΔW = s · B A with A (r, in), B (out, r), or a
-    dense `delta` (out, in) (then k must be given).
+) -> Amplification:
+    """Table 7 numbers for one module. W (out, in); `delta`: its ΔW, of the protocol (`lorascope.delta`).
 
-    k defaults to r. W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached),
-    `w_svd` (a full `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
+    k defaults to every direction of ΔW's factored form, min(out, in, r) (a dense ΔW needs k).
+    W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached), `w_svd` (a full
+    `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
     `random_projection(W, k, seed)`, if known. The products run in float64 on `device` ("auto":
     CUDA when available); W may be in any dtype (bf16 as stored): one pass over it gives both W V
-    and ‖W‖_F, converting a block of rows at a time (`truncated.stream_product`). Returns a dict:
+    and ‖W‖_F, converting a block of rows at a time (`truncated.stream_product`). Returns an
+    `Amplification`:
       w_norm       ‖W‖_F
       dw_norm      ‖ΔW‖_F
       proj_dw      ‖Uᵀ W V‖_F, U, V the top-k singular vectors of ΔW
@@ -120,22 +129,14 @@ def amplification(
       amplification  dw_norm / proj_dw (inf if proj_dw = 0; proj_dw and this are nan if ΔW = 0)
       k
     """
-    d = _delta(A, B, scaling, delta)
     dev = resolve_device(device)
     W = _matrix(W)
-    _check_shapes(W, delta_shape(d))
+    check_shape(delta, tuple(W.shape))
     if k is not None and not 1 <= int(k) <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    if factors_of(d) is not None:
-        U, S, V = delta_top_svd(d, None)  # every σ of ΔW: exact and cheap from the factors
-        dw_norm = float(torch.linalg.vector_norm(S))  # ‖ΔW‖_F = ‖σ(ΔW)‖_2
-        k = S.shape[0] if k is None else int(k)
-        if k > S.shape[0]:
-            raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({S.shape[0]}): use k ≤ {S.shape[0]}")
-        U, V = U[:, :k], V[:, :k]
-    else:
-        U, S, V = delta_top_svd(d, k, device=dev)
-        dw_norm = float(torch.linalg.matrix_norm(as_f64(d, dev)))
+    U, S, V = _top_of_delta(delta, k)
+    k = S.shape[0] if k is None else int(k)
+    dw_norm = frobenius_norm(delta)
     _, sigma_w, _ = _top_of_w(W, k, w_svd, w_top, dev)
     if proj_random is None:
         proj_random = random_projection(W, k, seed, device=dev)
@@ -147,46 +148,42 @@ def amplification(
     else:
         proj_dw = float(torch.linalg.matrix_norm(U.to(dev).T @ WV))  # ‖Uᵀ W V‖_F
         amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
-    return {
-        "w_norm": w_norm,
-        "dw_norm": dw_norm,
-        "proj_dw": proj_dw,
-        "proj_w": float(torch.linalg.vector_norm(sigma_w)),
-        "proj_random": float(proj_random),
-        "amplification": amp,
-        "k": k,
-    }
+    return Amplification(
+        w_norm=w_norm,
+        dw_norm=dw_norm,
+        proj_dw=proj_dw,
+        proj_w=float(torch.linalg.vector_norm(sigma_w)),
+        proj_random=float(proj_random),
+        amplification=amp,
+        k=k,
+    )
 
 
 def w_delta_similarity(
     W,
-    A=None,
-    B=None,
-    scaling: float = 1.0,
+    delta: Delta,
+    *,
     side: str = FIG8_SIDE,
     top_w: int | None = None,
-    w_svd=None,
-    *,
-    delta=None,
     k: int | None = None,
+    w_svd=None,
     w_top=None,
     device: str = "auto",
 ) -> np.ndarray:
-    """Figure 8: φ between W's top-i and ΔW's top-j singular vectors on the same side.
+    """Figure 8: φ between W's top-i and ΔW's top-j singular vectors on the same side, (top_w, k).
 
-    Returns (top_w, k): i ≤ top_w, j ≤ k, with k = min(out, in, r) for factors (a dense `delta`
-    needs k). side "left" (FIG8_SIDE, the paper's) compares output-space directions (U), "right"
-    input-space ones (V).
+    `delta`: ΔW of the protocol (`lorascope.delta`); k defaults to min(out, in, r) for a factored ΔW
+    (a dense one needs k). side "left" (FIG8_SIDE, the paper's) compares output-space directions
+    (U), "right" input-space ones (V).
     W's directions: `w_top` (cached top-k' with k' ≥ top_w), `w_svd` (a full `weight_svd(W)`),
     else the truncated top-`top_w`; top_w=None means every direction, which needs a dense SVD.
     """
-    d = _delta(A, B, scaling, delta)
     if side not in ("left", "right"):
         raise LorascopeError(f"side must be 'left' or 'right', got {side!r}")
     dev = resolve_device(device)
     W = _matrix(W)  # converted to float64 only where W itself is decomposed (not when w_top is given)
-    _check_shapes(W, delta_shape(d))
-    U, _, V = delta_top_svd(d, k, device=dev)
+    check_shape(delta, tuple(W.shape))
+    U, _, V = _top_of_delta(delta, k)
     if top_w is None and w_svd is None:
         w_svd = full_svd(W, device=dev)
     top_w = min(W.shape) if top_w is None else int(top_w)

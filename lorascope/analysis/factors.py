@@ -8,10 +8,9 @@
 
 Every place that needs to know a factor's side, the dimension n of its space, its label in text or
 TeX, or how to get its basis from a run's module reads it here: the library, the CLI and the figures.
-An "adapter" here is anything with .A (r, in), .B (out, r), .scaling, .in_features and .out_features
-(`lorascope.runs.Adapter`), or a dense update with .delta_weight() (out, in) and no factors
-(`lorascope.runs.DenseDelta`, full fine-tuning), which only the ΔW factors apply to; `init` is the
-same for A0, B0.
+An "adapter" here is one module's ΔW of the protocol (`lorascope.delta`): the ΔW factors take its
+`svd(k)`, the others its `factors` (.A (r, in), .B (out, r)), which a dense update (full fine-tuning)
+does not have; `init` is the same for A0, B0.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, dense_top_svd, factor_svd
+from lorascope.analysis.linalg import as_float64, factor_svd
 from lorascope.errors import LorascopeError
 
 
@@ -42,13 +41,13 @@ class Factor:
 
     def applies(self, adapter) -> bool:
         """Whether this factor exists for the module: A, B and A − A0 need LoRA factors."""
-        return self.matrix is None or is_factored(adapter)
+        return self.matrix is None or adapter.factors is not None
 
     def basis(self, adapter, init=None, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(orthonormal basis (n, k), σ (k,)) of one module, columns by descending σ, float64.
 
-        k None: every direction the factor has (r for LoRA, min(out, in) for a dense ΔW, whose top k
-        then come from a truncated SVD)."""
+        adapter (and init, A0/B0): ΔW of the protocol (`lorascope.delta`). k None: every direction
+        the factor has (r for LoRA, min(out, in) for a dense ΔW, whose top k come from `svd(k)`)."""
         if not self.applies(adapter):
             raise LorascopeError(
                 f"factor {self.name} ({self.text}) needs LoRA factors, and a full fine-tuning update has "
@@ -56,31 +55,25 @@ class Factor:
             )
         if self.needs_init and init is None:
             raise LorascopeError(f"factor {self.name} ({self.text}) needs the run's adapter_init.safetensors")
-        if not is_factored(adapter):
-            return dense_top_svd(adapter.delta_weight(), k, self.side)
-        if self.matrix is not None:
-            basis, S = factor_svd(self.matrix(adapter, init), self.side)
-        else:
-            U, S, V = delta_svd(adapter.A, adapter.B, adapter.scaling)
-            basis = V if self.side == "right" else U
+        if self.matrix is None:
+            U, S, V = adapter.svd(k)
+            return (V if self.side == "right" else U), S
+        basis, S = factor_svd(self.matrix(adapter, init), self.side)
         return (basis, S) if k is None else (basis[:, :k], S[:k])
 
 
-def is_factored(adapter) -> bool:
-    """A LoRA module (factors A, B), not a dense full fine-tuning update."""
-    return getattr(adapter, "A", None) is not None
-
-
 def _learned_part(adapter, init) -> torch.Tensor:
-    return as_float64(adapter.A, "A") - as_float64(init.A, "A0")
+    """A − A0, (r, in): the learned part of A."""
+    return as_float64(adapter.factors.A, "A") - as_float64(init.factors.A, "A0")
 
 
 FACTORS: dict[str, Factor] = {
     f.name: f
     for f in (
         Factor("A", "right", "A", "$A$", "right singular vectors of A, the paper's U_A",
-               matrix=lambda adapter, init: adapter.A),
-        Factor("B", "left", "B", "$B$", "left singular vectors of B", matrix=lambda adapter, init: adapter.B),
+               matrix=lambda adapter, init: adapter.factors.A),
+        Factor("B", "left", "B", "$B$", "left singular vectors of B",
+               matrix=lambda adapter, init: adapter.factors.B),
         Factor("dA", "right", "A − A0", "$(A - A_0)$",
                "right singular vectors of A - A0 (needs adapter_init)",
                matrix=_learned_part, needs_init=True),

@@ -7,47 +7,53 @@ to every singular vector of the pre-trained W: a new direction, not a reweighted
                                      u_j(W) all min(out, in) left singular vectors of W
     count(ε)  = #{i ≤ k : max_cos_i < ε}
 
-The top-k of W + ΔW come from the matrix-free truncated SVD (products W x + s·B (A x)); W's
+The top-k of W + ΔW come from the matrix-free truncated SVD (products W x + ΔW x); W's
 full left basis is the one decomposition that needs all of W's directions: pass it (`U_w=`,
-e.g. cached by `lorascope.wspectra.left_basis`) to compute it once per base weight.
+e.g. cached by `lorascope.wspectra`) to compute it once per base weight.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from lorascope.analysis.truncated import (
-    as_f64,
-    delta_shape,
-    left_basis,
-    resolve_device,
-    top_svd,
-)
+from lorascope.analysis.truncated import as_f64, left_basis, resolve_device, top_svd
+from lorascope.delta import Delta, check_shape
 from lorascope.errors import LorascopeError
 
 EPS_GRID = np.round(np.linspace(0.1, 0.9, 17), 2)  # ε = 0.10, 0.15, ..., 0.90 for the count curve
 
 
+@dataclass(frozen=True)
+class Intruders:
+    """Intruder dimensions of one module (see `intruder_dimensions`); reads like the dict it replaces."""
+
+    count: int  # how many of the top-k are intruders at ε
+    indices: list[int]  # their 0-based i < k
+    max_cos: np.ndarray  # (k,) max_j |u_iᵀ u_j(W)|
+    sigma: np.ndarray  # (k,) singular values of W + ΔW
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
+
+
 def intruder_dimensions(
-    W, delta, k: int = 10, eps: float = 0.5, *, U_w=None, device: str = "auto", seed: int = 0
-) -> dict:
+    W, delta: Delta, k: int = 10, eps: float = 0.5, *, U_w=None, device: str = "auto", seed: int = 0
+) -> Intruders:
     """Among the top-k left singular vectors u_i of W + ΔW, those with max_j |u_iᵀ u_j(W)| < eps.
 
-    W: (out, in). delta: ΔW dense (out, in), or factors (A (r, in), B (out, r), scaling) as a tuple
-    or an object with .A, .B, .scaling (W + s·B A is then never formed). U_w: all left singular
-    vectors of W, (out, min(out, in)), if already computed (`left_basis(W)`).
-    Float64 on `device` ("auto": CUDA when available).
-    Returns {"count": int, "indices": list of 0-based i < k that are intruders,
-    "max_cos": (k,) array of max_j |cos|, "sigma": (k,) singular values of W + ΔW}. Assumes W's
-    singular values are distinct enough for its singular vectors to be well defined (true of
-    trained weights).
+    W: (out, in). delta: ΔW of the protocol (`lorascope.delta`), applied by its products (W + ΔW is
+    never formed). U_w: all left singular vectors of W, (out, min(out, in)), if already computed
+    (`truncated.left_basis(W)` or the W-spectra cache). Float64 on `device` ("auto": CUDA when
+    available). Assumes W's singular values are distinct enough for its singular vectors to be well
+    defined (true of trained weights).
     """
     if not 0 < eps <= 1:
         raise LorascopeError(f"eps must be in (0, 1], got {eps}")
     dev = resolve_device(device)
     W = as_f64(W, dev, "W")
-    if delta_shape(delta) != tuple(W.shape):
-        raise LorascopeError(f"W {tuple(W.shape)} and ΔW {delta_shape(delta)} differ in shape")
+    check_shape(delta, tuple(W.shape))
     if not 1 <= k <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
     U_ft, S_ft, _ = top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
@@ -60,7 +66,7 @@ def intruder_dimensions(
         )
     max_cos = (U_ft.to(dev).T @ U_w).abs().amax(dim=1).cpu().numpy()  # (k,)
     indices = [int(i) for i in np.flatnonzero(max_cos < eps)]
-    return {"count": len(indices), "indices": indices, "max_cos": max_cos, "sigma": S_ft.numpy()}
+    return Intruders(len(indices), indices, max_cos, S_ft.numpy())
 
 
 def intruder_curve(max_cos, eps=EPS_GRID) -> tuple[np.ndarray, np.ndarray]:

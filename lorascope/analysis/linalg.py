@@ -1,4 +1,4 @@
-"""Orthonormal bases of LoRA factors and the SVD of ΔW = s · B A without forming ΔW.
+"""Orthonormal bases of LoRA factors (the SVD of ΔW = s · B A from its factors: `lorascope.delta`).
 
 Conventions (DESIGN.md): A is (r, in), B is (out, r), ΔW = s · B A is (out, in).
 Every function here works in float64 on the CPU and returns float64 tensors: the
@@ -8,33 +8,14 @@ extra precision is cheap and keeps φ trustworthy near 0 and 1.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
+from lorascope.delta import factored_svd as delta_svd  # noqa: F401  (public: la.delta_svd)
 from lorascope.errors import LorascopeError
+from lorascope.krylov import one_thread  # noqa: F401  (re-exported: the analyses import it here)
 
 SIDES = ("left", "right")
-
-
-@contextmanager
-def one_thread(device: torch.device | None = None):
-    """Small LAPACK calls (QRs and SVDs of r-column factors, eigh of small Gram matrices) on one CPU
-    thread; nothing changes for a GPU device.
-
-    They gain little from threads, and with OpenMP on a shared CPU they can lose a lot: measured
-    here with another process busy on one of two cores, eigvalsh of a 576² matrix took 0.07 s on
-    one thread and 0.4-15 s on two. `torch.set_num_threads` is process-wide: not thread-safe."""
-    if device is not None and torch.device(device).type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def as_float64(X, name: str = "matrix") -> torch.Tensor:
@@ -84,34 +65,6 @@ def factor_basis(X, side: str = "right") -> torch.Tensor:
     return factor_svd(X, side)[0]
 
 
-def delta_svd(A, B, scaling: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Thin SVD of ΔW = s · B A, (out, in), never forming ΔW.
-
-        B = Q_B R_B, Aᵀ = Q_A R_A          (thin QR; Q_B (out, p), Q_A (in, q))
-        R_B R_Aᵀ = u σ vᵀ                  (a p × q SVD, p, q ≤ r)
-        ΔW = Q_B R_B R_Aᵀ Q_Aᵀ = (Q_B u) σ (Q_A v)ᵀ
-
-    Returns U (out, k), S (k,), V (in, k) with S = |s| · σ descending and
-    k = min(out, in, r); ΔW = U diag(S) Vᵀ (a negative s flips the sign of U).
-    Cost O((out + in) r²) instead of O(out · in · min(out, in)).
-    A rank-deficient ΔW (B = 0 at init) gives trailing zeros in S; the matching
-    columns of U and V are orthonormal but arbitrary.
-    """
-    A = as_float64(A, "A")
-    B = as_float64(B, "B")
-    if A.shape[0] != B.shape[1]:
-        raise LorascopeError(f"A {tuple(A.shape)} and B {tuple(B.shape)}: want A (r, in), B (out, r)")
-    Q_B, R_B = torch.linalg.qr(B)  # (out, p), (p, r)
-    Q_A, R_A = torch.linalg.qr(A.T.contiguous())  # (in, q), (q, r); contiguous: LAPACK's fast path
-    u, sigma, vh = torch.linalg.svd(R_B @ R_A.T, full_matrices=False)  # (p, k), (k,), (k, q)
-    U = Q_B @ u
-    V = Q_A @ vh.T
-    s = float(scaling)
-    if s < 0:
-        U = -U
-    return U, abs(s) * sigma, V
-
-
 def random_orthonormal(n: int, k: int, seed: int = 0) -> torch.Tensor:
     """(n, k) orthonormal columns spanning a uniformly random k-dim subspace of R^n (seeded)."""
     g = torch.Generator().manual_seed(seed)
@@ -129,29 +82,3 @@ def numerical_rank(S: torch.Tensor, rtol: float = RANK_RTOL) -> int:
     """How many singular values (descending) exceed rtol · σ_1; 0 for an all-zero spectrum."""
     s1 = float(S[0]) if S.numel() else 0.0
     return int((S > rtol * s1).sum()) if s1 > 0 else 0
-
-
-# A dense ΔW (full fine-tuning) with min(out, in) up to this gets LAPACK's full SVD; above, the top k
-# come from ARPACK (scipy.sparse.linalg.svds): a truncated SVD, never a dense one when top-k suffices.
-DENSE_SVD_MAX = 1024
-
-
-def dense_top_svd(D, k: int | None, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(top-k singular vectors on `side` (n, k), σ (k,)) of a dense matrix D (out, in), σ descending.
-
-    k None: all min(out, in) of them (a full thin SVD)."""
-    _check_side(side)
-    D = as_float64(D, "ΔW")
-    m = min(D.shape)
-    k = m if k is None else min(int(k), m)
-    if m <= DENSE_SVD_MAX or k >= m // 2:
-        U, S, Vh = torch.linalg.svd(D, full_matrices=False)
-        return (U if side == "left" else Vh.T)[:, :k], S[:k]
-    from scipy.sparse.linalg import svds
-
-    # ARPACK converges to the extreme singular triplets; v0 fixed so results repeat exactly.
-    v0 = np.random.default_rng(0).standard_normal(m)
-    U, S, Vh = svds(D.numpy(), k=k, solver="arpack", v0=v0)
-    order = np.argsort(S)[::-1].copy()  # svds returns σ ascending
-    basis = U[:, order] if side == "left" else Vh[order].T
-    return torch.from_numpy(np.ascontiguousarray(basis)), torch.from_numpy(S[order].copy())

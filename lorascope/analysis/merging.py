@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lorascope.delta import Delta, frobenius_norm
 from lorascope.errors import LorascopeError
 
 METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune", "svd")
@@ -246,26 +247,19 @@ def refactor(
     return A, B
 
 
-def retention(U: torch.Tensor, V: torch.Tensor, delta) -> tuple[float, float, float]:
-    """(two-sided, left, right) retention of one ΔW_i by the merged ΔW's top-k bases U (out, k), V (in, k).
+def retention(U: torch.Tensor, V: torch.Tensor, delta: Delta) -> tuple[float, float, float]:
+    """(two-sided, left, right) retention of one ΔW_i by the merged ΔW's top-k bases U (out, k), V (in, k):
+    ‖Uᵀ ΔW_i V‖²_F, ‖Uᵀ ΔW_i‖²_F and ‖ΔW_i V‖²_F over ‖ΔW_i‖²_F.
 
-    delta: factors (A (r, in), B (out, r), s) of ΔW_i = s B A (cheap: k × r products), or dense (out, in)."""
+    delta: ΔW_i of the protocol (`lorascope.delta`), through its products ΔW_i V and ΔW_iᵀ U (for
+    factors: (out + in) · r · k, ΔW_i never formed)."""
     U, V = U.to(torch.float64), V.to(torch.float64)
-    if isinstance(delta, tuple):
-        A, B, s = (torch.as_tensor(delta[0]).to(torch.float64), torch.as_tensor(delta[1]).to(torch.float64),
-                   float(delta[2]))  # fmt: skip
-        UB, AV = U.T @ B, A @ V  # (k, r), (r, k)
-        total = s * s * float(((B.T @ B) * (A @ A.T)).sum())  # ‖B A‖²_F = tr(BᵀB A Aᵀ)
-        both = s * s * float((UB @ AV).square().sum())
-        left = s * s * float(((UB.T @ UB) * (A @ A.T)).sum())  # ‖Uᵀ B A‖²
-        right = s * s * float(((B.T @ B) * (AV @ AV.T)).sum())  # ‖B A V‖²
-    else:
-        D = torch.as_tensor(delta).to(torch.float64)
-        UD = U.T @ D
-        total = float(D.square().sum())
-        both = float((UD @ V).square().sum())
-        left = float(UD.square().sum())
-        right = float((D @ V).square().sum())
+    DV = delta.matvec(V)  # (out, k)
+    DtU = delta.rmatvec(U)  # (in, k)
+    total = frobenius_norm(delta) ** 2
+    both = float((U.T @ DV).square().sum())
+    left = float(DtU.square().sum())
+    right = float(DV.square().sum())
     if not total > 0:
         return (float("nan"),) * 3
     return both / total, left / total, right / total
@@ -302,18 +296,19 @@ def interference(bases: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]
     return (out + out.T) / 2, np.maximum(kw[:, None], kw[None, :]) / n
 
 
-def cosine(delta_i, merged: torch.Tensor) -> float:
-    """⟨ΔW_i, ΔW_M⟩_F / (‖ΔW_i‖_F ‖ΔW_M‖_F) with ΔW_M dense (out, in) and ΔW_i dense or as factors
-    (A (r, in), B (out, r), s): then ⟨ΔW_i, ΔW_M⟩ = s Σ (Bᵀ ΔW_M) ∘ A, an r × out × in product."""
+def cosine(delta_i: Delta, merged: torch.Tensor) -> float:
+    """⟨ΔW_i, ΔW_M⟩_F / (‖ΔW_i‖_F ‖ΔW_M‖_F) with ΔW_M dense (out, in) and ΔW_i of the protocol
+    (`lorascope.delta`); with factors ⟨ΔW_i, ΔW_M⟩ = s Σ (Bᵀ ΔW_M) ∘ A, an r × out × in product."""
     M = torch.as_tensor(merged)
-    if isinstance(delta_i, tuple):
-        A, B, s = delta_i
+    f = delta_i.factors
+    if f is not None:
+        A, B, s = f.A, f.B, f.scaling
         A, B = torch.as_tensor(A).to(M.dtype), torch.as_tensor(B).to(M.dtype)
         dot = float(s) * float(((B.T @ M).double() * A.double()).sum())
         gram = (B.double().T @ B.double()) * (A.double() @ A.double().T)
         norm_i = abs(float(s)) * float(gram.sum()) ** 0.5
     else:
-        D = torch.as_tensor(delta_i)
+        D = torch.as_tensor(delta_i.delta_weight())
         dot = float(torch.sum(D * M, dtype=torch.float64))
         norm_i = float(torch.linalg.vector_norm(D))
     norms = norm_i * float(torch.linalg.vector_norm(M))

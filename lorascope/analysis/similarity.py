@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, factor_svd
+from lorascope.analysis.linalg import as_float64, factor_svd
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,13 @@ def learned_a_similarity(A1, A1_init, A2, A2_init) -> np.ndarray:
     return factor_phi(as_float64(A1) - as_float64(A1_init), as_float64(A2) - as_float64(A2_init))
 
 
-def delta_similarity(A1, B1, A2, B2, side: str = "right") -> np.ndarray:
-    """φ grid of ΔW1 = B1 A1 and ΔW2 = B2 A2 singular vectors (side "right": input space, "left": output).
+def delta_similarity(delta1, delta2, side: str = "right") -> np.ndarray:
+    """φ grid of the singular vectors of ΔW1 and ΔW2 (side "right": input space, "left": output).
 
-    The scalings do not change singular vectors, so they are not needed."""
-    U1, _, V1 = delta_svd(A1, B1)
-    U2, _, V2 = delta_svd(A2, B2)
+    delta1, delta2: ΔW of the protocol (`lorascope.delta`); every direction each `svd()` gives
+    (all r of a factored ΔW, from its factors)."""
+    U1, _, V1 = delta1.svd()
+    U2, _, V2 = delta2.svd()
     return phi_grid(V1, V2) if side == "right" else phi_grid(U1, U2)
 
 

@@ -1,4 +1,4 @@
-"""The singular value spectrum of ΔW = s · B A and three summaries of how many directions it uses.
+"""The singular value spectrum of ΔW and three summaries of how many directions it uses.
 
     energy rank     smallest k with Σ_{i≤k} σ_i² ≥ 0.9 · Σ σ_i²
     stable rank     ‖ΔW‖²_F / ‖ΔW‖²_2 = Σ σ_i² / σ_1²
@@ -9,10 +9,11 @@ All three are between 1 and rank(ΔW) for ΔW ≠ 0; for ΔW = 0 (B = 0 at init)
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from dataclasses import dataclass
 
-from lorascope.analysis.linalg import as_float64, delta_svd
+import numpy as np
+
+from lorascope.delta import Delta
 from lorascope.errors import LorascopeError
 
 
@@ -37,16 +38,30 @@ def spectrum_metrics(sigma, energy: float = 0.9) -> dict:
     }
 
 
-def spectrum(A, B, scaling: float = 1.0, energy: float = 0.9) -> dict:
-    """Spectrum of ΔW = s · B A (A (r, in), B (out, r)) from the factored SVD.
+@dataclass(frozen=True)
+class Spectrum:
+    """σ(ΔW) and its summaries (`spectrum_metrics`). Reads like the dict it replaces: res["stable_rank"]."""
 
-    Returns `spectrum_metrics(σ)` plus "singular_values": σ (k,) descending, k = min(out, in, r)."""
-    _, S, _ = delta_svd(A, B, scaling)
-    sigma = S.numpy()
-    return {"singular_values": sigma, **spectrum_metrics(sigma, energy)}
+    singular_values: np.ndarray  # (k,) descending
+    sigma_1: float
+    fro_norm: float
+    energy_rank: int
+    stable_rank: float
+    effective_rank: float
+
+    def metrics(self) -> dict:
+        """The five summaries as a dict (a table row), without the singular values."""
+        return {f: getattr(self, f) for f in METRICS}
+
+    def __getitem__(self, name: str):
+        return getattr(self, name)
 
 
-def dense_spectrum(delta, energy: float = 0.9) -> dict:
-    """The same for a dense ΔW (out, in), e.g. full fine-tuning's: all min(out, in) singular values."""
-    sigma = torch.linalg.svdvals(as_float64(delta, "ΔW")).numpy()
-    return {"singular_values": sigma, **spectrum_metrics(sigma, energy)}
+METRICS = ("sigma_1", "fro_norm", "energy_rank", "stable_rank", "effective_rank")
+
+
+def spectrum(delta: Delta, energy: float = 0.9) -> Spectrum:
+    """Spectrum of a ΔW of the protocol (`lorascope.delta`): every σ it has, `delta.svd()` — from
+    the factors for LoRA (k = min(out, in, r)), all min(out, in) of a dense ΔW."""
+    sigma = delta.svd()[1].numpy()
+    return Spectrum(sigma, **spectrum_metrics(sigma, energy))

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.linalg import as_float64, delta_svd, factor_basis, numerical_rank
+from lorascope.analysis.linalg import as_float64, factor_basis, numerical_rank
 from lorascope.analysis.similarity import phi_grid
 from lorascope.analysis.spectrum import spectrum_metrics
 from lorascope.errors import LorascopeError
@@ -71,24 +71,28 @@ class Reference:
 
     @classmethod
     def of(cls, final, init=None, k: int = 8, label: str = "") -> Reference:
-        """From the final adapter and the initial one (objects with .A, .B, .scaling; init may be None)."""
-        U, S, V = delta_svd(final.A, final.B, final.scaling)
+        """From the final ΔW and the initial one (of the protocol, `lorascope.delta`; init may be None;
+        A0 is `init.factors.A`)."""
+        U, S, V = final.svd()
         k = min(k, numerical_rank(S))
         if k == 0:
             log.warning(
                 "%s: the final ΔW is 0, so no step has a direction to compare with", label or "module"
             )
-        A0 = as_float64(init.A, "A0") if init is not None else None
-        if A0 is not None and A0.shape != tuple(final.A.shape):
-            raise LorascopeError(f"{label}: A0 is {tuple(A0.shape)} but A is {tuple(final.A.shape)}")
+        A0 = as_float64(init.factors.A, "A0") if init is not None and init.factors is not None else None
+        if A0 is not None and A0.shape != (final.rank, final.in_features):
+            raise LorascopeError(
+                f"{label}: A0 is {tuple(A0.shape)} but A is {(final.rank, final.in_features)}"
+            )
         V_A0 = factor_basis(A0, "right") if A0 is not None else None
         return cls(A0, V_A0, U[:, :k], V[:, :k])
 
 
-def step_metrics(A, B, scaling: float, ref: Reference, energy: float = 0.9) -> dict:
-    """The quantities of the module docstring for one step: A (r, in), B (out, r), ΔW = s · B A."""
-    A, B = as_float64(A, "A"), as_float64(B, "B")
-    U, S, V = delta_svd(A, B, scaling)
+def step_metrics(delta, ref: Reference, energy: float = 0.9) -> dict:
+    """The quantities of the module docstring for one step's ΔW (of the protocol, `lorascope.delta`):
+    its `svd()` for the spectrum and φ columns, its `factors` A (r, in), B (out, r), s for the
+    A / B columns (NaN without factors)."""
+    U, S, V = delta.svd()
     spec = spectrum_metrics(S.numpy(), energy)
     dW_norm = spec["fro_norm"]
     k = ref.k
@@ -99,8 +103,12 @@ def step_metrics(A, B, scaling: float, ref: Reference, energy: float = 0.9) -> d
             grid = phi_grid(basis[:, :k], ref_basis)  # (k, k)
             phi[f"phi_{side}_11"] = float(grid[0, 0])
             phi[f"phi_{side}_kk"] = float(grid[k - 1, k - 1]) if full_k else NAN
-    dA_norm = dA_rel = phi_A = ratio = NAN
-    if ref.A0 is not None:
+    dA_norm = dA_rel = phi_A = ratio = B_norm = NAN
+    f = delta.factors
+    if f is not None:
+        A, B, scaling = as_float64(f.A, "A"), as_float64(f.B, "B"), f.scaling
+        B_norm = float(torch.linalg.matrix_norm(B))
+    if f is not None and ref.A0 is not None:
         D = A - ref.A0  # (r, in)
         dA_norm = float(torch.linalg.matrix_norm(D))
         A0_norm = float(torch.linalg.matrix_norm(ref.A0))
@@ -113,7 +121,7 @@ def step_metrics(A, B, scaling: float, ref: Reference, energy: float = 0.9) -> d
     return {
         "dA_norm": dA_norm,
         "dA_rel": dA_rel,
-        "B_norm": float(torch.linalg.matrix_norm(B)),
+        "B_norm": B_norm,
         "dW_norm": dW_norm,
         "stable_rank": spec["stable_rank"],
         "energy_rank": spec["energy_rank"],
@@ -133,8 +141,9 @@ def trajectory_frame(
 ) -> pd.DataFrame:
     """The trajectory of every module of `final`: one row per (module, step), columns COLUMNS.
 
-    states: (step, {module: adapter}) in increasing step order, adapters with .A (r, in), .B (out, r)
-    and .scaling; consumed one at a time, so a lazy iterable keeps memory flat in the number of steps.
+    states: (step, {module: ΔW}) in increasing step order, each ΔW of the protocol (`lorascope.delta`,
+    with factors for the A / B columns); consumed one at a time, so a lazy iterable keeps memory flat
+    in the number of steps.
     final: the adapters at step T (the reference of the φ columns); init: A0/B0 (None: the A0 columns
     are NaN). Rows are ordered by module (as in `final`), then step.
     """
@@ -154,22 +163,22 @@ def trajectory_frame(
             if m not in adapters:
                 raise LorascopeError(f"step {step} has no module {m}")
             ad, ref = adapters[m], final[m]
-            if tuple(ad.A.shape) != tuple(ref.A.shape) or tuple(ad.B.shape) != tuple(ref.B.shape):
+            if tuple(ad.shape) != tuple(ref.shape) or ad.rank != ref.rank:
                 raise LorascopeError(
-                    f"module {m}: A {tuple(ad.A.shape)}, B {tuple(ad.B.shape)} at step {step} but "
-                    f"A {tuple(ref.A.shape)}, B {tuple(ref.B.shape)} at the end"
+                    f"module {m}: A {(ad.rank, ad.in_features)}, B {(ad.out_features, ad.rank)} at step "
+                    f"{step} but A {(ref.rank, ref.in_features)}, B {(ref.out_features, ref.rank)} at the end"
                 )
             head = {
                 "module": m,
                 "kind": module_kind(m),
                 "layer": layer_index(m),
                 "step": int(step),
-                "rank": ref.A.shape[0],
+                "rank": ref.rank,
                 "k": refs[m].k,
-                "in_features": ref.A.shape[1],
-                "out_features": ref.B.shape[0],
+                "in_features": ref.in_features,
+                "out_features": ref.out_features,
             }
-            rows[m].append({**head, **step_metrics(ad.A, ad.B, ad.scaling, refs[m], energy)})
+            rows[m].append({**head, **step_metrics(ad, refs[m], energy)})
     frame = pd.DataFrame([row for m in names for row in rows[m]], columns=COLUMNS)
     frame["layer"] = frame["layer"].astype("Int64")  # None for a module without a layer index
     return frame

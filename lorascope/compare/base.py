@@ -8,8 +8,8 @@ Each takes one run or several runs of one base model ({label: run}, e.g. a sweep
 W is read once from the base checkpoint (`lorascope.weights`, one tensor at a time, checked
 against every run's fingerprint), its decompositions come from the on-disk cache
 (`lorascope.wspectra`: computed once per base, truncated where the top-k suffice), and the
-analysis runs once per run on it. A module's ΔW is the run's factors (A, B, s), or a dense
-(out, in) tensor for a full fine-tuning run.
+analysis runs once per run on it. A module's ΔW is the run's module, of the ΔW protocol
+(`lorascope.delta`): LoRA factors, or a dense ΔW for a full fine-tuning run.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lorascope.analysis.amplification import (
     ENERGY_COLUMNS,
@@ -33,6 +32,7 @@ from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dime
 from lorascope.analysis.truncated import full_svd, resolve_device
 from lorascope.base_identity import check_weight
 from lorascope.checkpoint import Checkpoint, run_weights
+from lorascope.delta import directions
 from lorascope.errors import LorascopeError
 from lorascope.names import select_modules, shared_modules
 from lorascope.run_format import base_fingerprint
@@ -64,23 +64,10 @@ def _modules(runs: dict, modules: str | None, layers) -> list[str]:
     return select_modules(common, modules, layers)
 
 
-def _delta(adapter):
-    """ΔW of one module as the analysis takes it: the factors object (.A, .B, .scaling) or a dense tensor."""
-    if hasattr(adapter, "A") and hasattr(adapter, "B"):
-        return adapter
-    if isinstance(adapter, torch.Tensor):
-        return adapter
-    if hasattr(adapter, "delta_weight"):
-        return adapter.delta_weight()
-    raise LorascopeError(f"cannot take ΔW from a {type(adapter).__name__}")
-
-
-def _rank(adapter) -> int | None:
-    """r of the trained factors: the LoRA rank, also for DoRA and shifted inits (their `factors`)."""
-    factors = getattr(adapter, "factors", None)
-    if factors is not None:
-        return int(factors.rank)
-    return int(adapter.A.shape[0]) if hasattr(adapter, "A") else None
+def _rank(delta) -> int | None:
+    """r of the trained LoRA factors (also of DoRA and of shifted inits, whose ΔW has another rank);
+    None for a dense ΔW."""
+    return delta.factors.rank if delta.factors is not None else None
 
 
 def _cache(cache) -> SpectraCache | None:
@@ -154,20 +141,16 @@ def amplification_table(
         w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
         w_svd = _full_svd(W, entry, dev)
         for label, a in adapters.items():
-            d = _delta(a)
             k_a = int(k) if k is not None else _rank(a)
             cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k_a}
             if entry and k_a and k_a <= min(W.shape):
                 cached["proj_random"] = entry.random_projection(k_a, seed, device=dev)
-            if hasattr(d, "A"):
-                numbers = amplification(W, d.A, d.B, d.scaling, **cached)
-            else:
-                numbers = amplification(W, delta=d, **cached)
+            numbers = amplification(W, a, **cached)
             if not rows or rows[-1]["module"] != m:  # ‖W‖_F from amplification's pass over W
-                _check_fingerprints(runs, m, numbers["w_norm"])
-            r = min(int(k) if k is not None else (_rank(a) or numbers["k"]), min(W.shape))
+                _check_fingerprints(runs, m, numbers.w_norm)
+            r = min(int(k) if k is not None else (_rank(a) or numbers.k), min(W.shape))
             shares = energy_share(w_svd, a, r)
-            rows.append({"run": label, "module": m, "rank": _rank(a), **numbers, **shares})
+            rows.append({"run": label, "module": m, "rank": _rank(a), **numbers.asdict(), **shares})
     return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS, *ENERGY_COLUMNS])
 
 
@@ -212,7 +195,7 @@ def intruder_tables(
         U_w = store.entry(W, key).left(device=dev) if store else None
         for label, run in runs.items():
             a = run.adapters[m]
-            res = intruder_dimensions(W, _delta(a), k=k, eps=eps, U_w=U_w, device=dev)
+            res = intruder_dimensions(W, a, k=k, eps=eps, U_w=U_w, device=dev)
             rows.append(
                 {
                     "run": label,
@@ -220,12 +203,12 @@ def intruder_tables(
                     "rank": _rank(a),
                     "k": k,
                     "eps": eps,
-                    "count": res["count"],
-                    "intruders": " ".join(map(str, res["indices"])),
-                    "min_max_cos": float(np.min(res["max_cos"])),
+                    "count": res.count,
+                    "intruders": " ".join(map(str, res.indices)),
+                    "min_max_cos": float(np.min(res.max_cos)),
                 }
             )
-            grid, counts = intruder_curve(res["max_cos"], eps_grid)
+            grid, counts = intruder_curve(res.max_cos, eps_grid)
             curve += [
                 {"run": label, "module": m, "eps": float(e), "count": int(c)}
                 for e, c in zip(grid, counts, strict=True)
@@ -260,12 +243,8 @@ def w_delta_frame(
         n_w = min(n_w, min(W.shape)) if n_w else None
         w_top = store.entry(W, key).top(n_w, device=dev) if store and n_w else None
         for label, a in adapters.items():
-            d = _delta(a)
-            factors = (d.A, d.B, d.scaling) if hasattr(d, "A") else (None, None, 1.0)
-            phi = w_delta_similarity(
-                W, *factors, side=side, top_w=n_w, delta=None if hasattr(d, "A") else d,
-                k=None if hasattr(d, "A") else n_w, w_top=w_top, device=dev,
-            )  # fmt: skip
+            k_d = directions(a, n_w) if n_w else None  # all of a factored ΔW, the top n_w of a dense one
+            phi = w_delta_similarity(W, a, side=side, top_w=n_w, k=k_d, w_top=w_top, device=dev)
             i, j = np.meshgrid(np.arange(1, phi.shape[0] + 1), np.arange(1, phi.shape[1] + 1), indexing="ij")
             parts.append(
                 pd.DataFrame({"run": label, "module": m, "i": i.ravel(), "j": j.ravel(), "phi": phi.ravel()})

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import torch
 
-from lorascope.analysis.factors import get_factor, is_factored
+from lorascope.analysis.factors import get_factor
 from lorascope.analysis.linalg import numerical_rank
 from lorascope.compare.inputs import resolve_sources, unique_names
+from lorascope.delta import directions
 from lorascope.errors import LorascopeError
 from lorascope.names import selected, shared_modules
 from lorascope.runs import Run
@@ -98,7 +99,7 @@ def _basis(adapter, side: str, k: int | None) -> tuple[torch.Tensor, torch.Tenso
     """ΔW's top-k basis on `side` and its σ, cut to ΔW's numerical rank: factored for LoRA (all r
     directions when k is None), a truncated SVD for a dense ΔW (DENSE_TOP_K unless k is given)."""
     spec = get_factor("dW-right" if side == "right" else "dW-left")
-    top = k if k is not None or is_factored(adapter) else DENSE_TOP_K
+    top = k if k is not None else directions(adapter, DENSE_TOP_K)
     U, S = spec.basis(adapter, k=top)
     keep = numerical_rank(S)
     return U[:, :keep], S[:keep]

@@ -34,6 +34,7 @@ from lorascope.analysis.adapter_map import (
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
+from lorascope.delta import rank_bound
 from lorascope.errors import LorascopeError
 from lorascope.names import module_kind, selected, shared_modules
 from lorascope.runs import Run, load_run
@@ -194,11 +195,11 @@ def _collect_bases(sources, names, factor, k, modules, layers, same_base, progre
         for m in kept:
             a = run.adapters[m]
             # k cut to the rank: a basis never has more columns, and a huge --k must allocate nothing
-            U, S = spec.basis(a, k=min(k, a.rank))  # factored for LoRA, truncated for a dense ΔW
+            U, S = spec.basis(a, k=min(k, rank_bound(a)))  # factored for LoRA, truncated for a dense ΔW
             U = U[:, : numerical_rank(S)]
             if U.shape[1] == 0:
                 raise LorascopeError(f"{name}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)")
-            thin += U.shape[1] < min(k, a.rank)
+            thin += U.shape[1] < min(k, rank_bound(a))
             if i == 0:  # n columns at most per basis in R^n, whatever k asks
                 bases[m] = (torch.zeros(U.shape[0], N * min(k, U.shape[0]), dtype=torch.float32), [])
             Z, widths = bases[m]

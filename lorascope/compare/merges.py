@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 
 from lorascope.analysis import merging as mg
-from lorascope.analysis.factors import is_factored
-from lorascope.analysis.linalg import delta_svd, dense_top_svd, numerical_rank, one_thread
+from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.compare.inputs import SameBase
 from lorascope.compare.many import DENSE_TOP_K, _base_meta, _check_k, _select, _Shared, _sources
+from lorascope.delta import directions, factored_svd, truncated_svd
 from lorascope.errors import LorascopeError
 from lorascope.names import layer_index, module_kind
 from lorascope.runs import Run, load_run
@@ -118,14 +118,15 @@ class MergeReport:
 
 
 def _delta_dense(adapter) -> torch.Tensor:
-    """ΔW_i (out, in) float32 as PEFT's get_delta_weight forms it: (B @ A) · s."""
-    if is_factored(adapter):
-        return (adapter.B.to(torch.float32) @ adapter.A.to(torch.float32)) * float(adapter.scaling)
+    """ΔW_i (out, in) float32 as PEFT's get_delta_weight forms it from LoRA factors: (B @ A) · s."""
+    f = adapter.factors
+    if f is not None:
+        return (f.B.to(torch.float32) @ f.A.to(torch.float32)) * float(f.scaling)
     return adapter.delta_weight().to(torch.float32)
 
 
 def _rank(adapter) -> int:
-    return int(adapter.A.shape[0]) if is_factored(adapter) else DENSE_TOP_K
+    return directions(adapter, DENSE_TOP_K)
 
 
 def run_merge(
@@ -218,18 +219,17 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
                       seed=seed, module=mod)  # fmt: skip
     need = max(k_m, r_save) if method != "svd" else r_save
     with one_thread() if out_dim * in_dim < 2**20 else nullcontext():
-        if method in ("task_arithmetic", "svd") and all(is_factored(a) for a in ads):
+        fs = [a.factors for a in ads]
+        if method in ("task_arithmetic", "svd") and all(f is not None for f in fs):
             # Σ w_i s_i B_i A_i = [w_1 s_1 B_1 | …] [A_1; …]: its SVD from the factors, exactly.
-            A_cat = torch.cat([a.A.to(torch.float64) for a in ads], 0)
+            A_cat = torch.cat([f.A.to(torch.float64) for f in fs], 0)
             B_cat = torch.cat(
-                [w * float(a.scaling) * a.B.to(torch.float64) for w, a in zip(weights, ads, strict=True)], 1
+                [w * float(f.scaling) * f.B.to(torch.float64) for w, f in zip(weights, fs, strict=True)], 1
             )
-            U, S, V = delta_svd(A_cat, B_cat, 1.0)
+            U, S, V = factored_svd(A_cat, B_cat, 1.0)
             exact_spectrum = True
         else:
-            from lorascope.analysis.truncated import top_svd
-
-            U, S, V = top_svd(merged.delta, min(need, cap), device="cpu")
+            U, S, V = truncated_svd(merged.delta, min(need, cap), "krylov", device="cpu")
             exact_spectrum = min(need, cap) == cap
     delta_m = merged.delta
     sum_norm = float(torch.linalg.vector_norm(merged.delta))
@@ -245,18 +245,12 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
     bases_l, bases_r, rows = [], [], []
     floor_both, floor_l, floor_r = mg.retention_floor(k_eff, out_dim, in_dim)
     for i, (name, a) in enumerate(zip(names, ads, strict=True)):
-        if is_factored(a):
-            Ui, Si, Vi = delta_svd(a.A, a.B, a.scaling)
-            delta = (a.A, a.B, float(a.scaling))
-        else:
-            Ui, Si = dense_top_svd(deltas[i], DENSE_TOP_K, "left")
-            Vi, _ = dense_top_svd(deltas[i], DENSE_TOP_K, "right")
-            delta = deltas[i]
+        Ui, Si, Vi = a.svd(_rank(a))  # from the factors for LoRA, truncated for a dense ΔW
         keep = max(1, numerical_rank(Si))
         Ui, Vi = Ui[:, :keep], Vi[:, :keep]
         bases_l.append(Ui)
         bases_r.append(Vi)
-        both, left, right = mg.retention(Uk, Vk, delta)
+        both, left, right = mg.retention(Uk, Vk, a)
         phi_l, phi_l_floor = mg.phi_top(Ui, Uk)
         phi_r, phi_r_floor = mg.phi_top(Vi, Vk)
         row = {
@@ -271,7 +265,7 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
             "phi_left_floor": phi_l_floor,
             "phi_right": phi_r,
             "phi_right_floor": phi_r_floor,
-            "cosine": mg.cosine(delta, delta_m),
+            "cosine": mg.cosine(a, delta_m),
         }
         if sign is not None:
             row.update(kept=float(sign.kept[i]), against_sign=float(sign.against[i]),

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lorascope.analysis.factors import get_factor, is_factored
+from lorascope.analysis.factors import get_factor
 from lorascope.analysis.similarity import (
     factor_phi,
     gaussian_phi_baseline,
@@ -24,6 +24,7 @@ from lorascope.analysis.similarity import (
     phi_grid,
     random_phi_baseline,
 )
+from lorascope.delta import directions
 from lorascope.errors import LorascopeError
 from lorascope.names import match_modules, select_modules, short_name
 
@@ -120,7 +121,7 @@ def run_similarity(
             X1, X2 = (spec.matrix(a, i) for a, i in zip(ads, inits, strict=True))
             grids[m] = grid_frame(factor_phi(X1, X2, spec.side, label=f"{m} ({factor})"))
         else:
-            tops = [k or (None if is_factored(a) else DENSE_TOP_K) for a in ads]
+            tops = [k or directions(a, DENSE_TOP_K) for a in ads]
             (U1, S1), (U2, S2) = (spec.basis(a, i, t) for a, i, t in zip(ads, inits, tops, strict=True))
             for run, S in ((run_a, S1), (run_b, S2)):
                 if S.numel() and float(S[-1]) <= 1e-12 * max(float(S[0]), 1e-300):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lorascope.analysis.factors import is_factored
-from lorascope.analysis.spectrum import dense_spectrum, spectrum
+from lorascope.analysis.spectrum import spectrum
+from lorascope.delta import rank_bound
 
 
 def spectrum_frames(run, modules: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -16,12 +16,9 @@ def spectrum_frames(run, modules: list[str]) -> tuple[pd.DataFrame, pd.DataFrame
     rows, sigmas = [], []
     for m in modules:
         ad = run.adapters[m]
-        if is_factored(ad):
-            res = spectrum(ad.A, ad.B, ad.scaling)
-        else:  # a full fine-tuning ΔW: every singular value, for its energy and effective ranks
-            res = dense_spectrum(ad.delta_weight())
-        s = res.pop("singular_values")
-        rows.append({"module": m, "rank": ad.rank, **res})
+        res = spectrum(ad)  # every σ: r from the factors, all min(out, in) of a full fine-tuning ΔW
+        s = res.singular_values
+        rows.append({"module": m, "rank": rank_bound(ad), **res.metrics()})
         sigmas.append(pd.DataFrame({"module": m, "k": range(1, len(s) + 1), "sigma": s}))
     return pd.DataFrame(rows).set_index("module"), pd.concat(sigmas, ignore_index=True)
 

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -311,7 +310,7 @@ def project_adapter(
     run = source if isinstance(source, Run) else load_run(source)
     if check_base:
         same = SameBase()
-        same.add(SimpleNamespace(meta=header), "the shared basis")
+        same.add(Run(path=Path("shared basis"), adapters={}, meta=header), "the shared basis")
         same.add(run, run.name)
     mine = set(_select(run, modules, layers))
     common = [mod for mod in bases if mod in mine]
