@@ -16,6 +16,7 @@ from lorascope.analysis.amplification import amplification, energy_share
 from lorascope.analysis.factors import FACTORS
 from lorascope.analysis.intruders import intruder_dimensions
 from lorascope.compare.base import amplification_table
+from lorascope.delta import DenseDelta
 from lorascope.errors import LorascopeError
 from lorascope.families.shifted import initial_factors
 from lorascope.runs import load_run
@@ -68,8 +69,11 @@ def test_protocol_products_and_svd_of_the_new_kinds(family):
         want = torch.linalg.svdvals(D)[:k]
         assert rel(S[:k], want) < 1e-5
         assert rel(U[:, :k] * S[:k] @ V[:, :k].T, D) < 1e-5 or k < S.shape[0]
-        assert d.factors.A.shape[0] == 4  # the trained LoRA factors, r = 4
-        assert d.rank == (8 if name != "dora" else None)
+        if name in KIND:  # the new kinds: trained factors of r = 4 beside a ΔW of another rank
+            assert d.factors.A.shape[0] == 4
+            assert d.rank == (8 if name != "dora" else None)
+        else:  # a plain factored Adapter: its factors are its ΔW's
+            assert d.rank == d.factors.A.shape[0] == S.shape[0]
 
 
 def test_w_side_analyses_equal_the_dense_reference(family):
@@ -82,11 +86,11 @@ def test_w_side_analyses_equal_the_dense_reference(family):
     for m in ref:
         W = ckpt.weight(m, tuple(ref[m].shape)).double()
         r = table.loc[m, "k"]
-        want = amplification(W, delta=ref[m], k=int(r), device="cpu")
+        want = amplification(W, DenseDelta(ref[m]), k=int(r), device="cpu")
         for col in ("w_norm", "dw_norm", "proj_dw", "proj_w"):
             assert table.loc[m, col] == pytest.approx(want[col], rel=1e-5), (m, col)
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        shares = energy_share((U, S, Vh.T), ref[m], int(r))
+        shares = energy_share((U, S, Vh.T), DenseDelta(ref[m]), int(r))
         for col, v in shares.items():
             assert table.loc[m, col] == pytest.approx(v, rel=1e-5, abs=1e-9), (m, col)
         for side in ("right", "left"):  # the subspace `similarity --factor dW-*` compares
@@ -97,8 +101,8 @@ def test_w_side_analyses_equal_the_dense_reference(family):
             P, Q = basis @ basis.T, want_basis @ want_basis.T
             assert float(torch.linalg.norm(P - Q)) < 1e-4, (m, side)
         if name in ("dora", "pissa", "olora"):
-            got = intruder_dimensions(W, run.adapters[m].delta_weight(), k=4, device="cpu")
-            exp = intruder_dimensions(W, ref[m], k=4, device="cpu")
+            got = intruder_dimensions(W, run.adapters[m], k=4, device="cpu")
+            exp = intruder_dimensions(W, DenseDelta(ref[m]), k=4, device="cpu")
             np.testing.assert_allclose(got["max_cos"], exp["max_cos"], atol=1e-5)
 
 
@@ -193,16 +197,18 @@ def test_energy_share_planted_subspaces():
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     svd = (U, S, Vh.T)
     top = U[:, :2] @ torch.randn(2, 8, generator=g, dtype=torch.float64)  # in W's top-2 output space
-    got = energy_share(svd, top, 2)
+    got = energy_share(svd, DenseDelta(top), 2)
     assert got["energy_top_left"] == pytest.approx(1.0) and got["energy_bottom_left"] == pytest.approx(
         0, abs=1e-12
     )
     bottom = torch.randn(10, 2, generator=g, dtype=torch.float64) @ Vh[-2:]  # in W's bottom-2 input space
-    got = energy_share(svd, bottom, 2)
+    got = energy_share(svd, DenseDelta(bottom), 2)
     assert got["energy_bottom_right"] == pytest.approx(1.0) and got["energy_top_right"] == pytest.approx(
         0, abs=1e-12
     )
-    assert np.isnan(energy_share(svd, torch.zeros(10, 8, dtype=torch.float64), 2)["energy_top_left"])
+    assert np.isnan(
+        energy_share(svd, DenseDelta(torch.zeros(10, 8, dtype=torch.float64)), 2)["energy_top_left"]
+    )
 
 
 @pytest.mark.parametrize("lora", [{"dora": True}, {"init": "pissa"}, {"init": "olora"}, {"init": "milora"}])

@@ -196,15 +196,6 @@ def w_delta_similarity(
 ENERGY_COLUMNS = ["energy_top_left", "energy_bottom_left", "energy_top_right", "energy_bottom_right"]
 
 
-def _delta_products(delta):
-    """(X ↦ ΔW X, Y ↦ ΔWᵀ Y) in float64 from the ΔW protocol's matvec / rmatvec; from delta_weight()
-    for the objects that do not offer them yet (issue 18 gives every kind the products)."""
-    if hasattr(delta, "matvec"):
-        return delta.matvec, delta.rmatvec
-    D = (delta if isinstance(delta, torch.Tensor) else delta.delta_weight()).double()
-    return (lambda X: D @ X), (lambda Y: D.T @ Y)
-
-
 def energy_share(W_svd, delta, r: int) -> dict[str, float]:
     """The share of ΔW's energy in W's top-r and bottom-r singular subspaces (PiSSA / MiLoRA's measure).
 
@@ -215,19 +206,13 @@ def energy_share(W_svd, delta, r: int) -> dict[str, float]:
       energy_top_right    ‖ΔW V_top‖²_F / ‖ΔW‖²_F       (input space)
       energy_bottom_right ‖ΔW V_bot‖²_F / ‖ΔW‖²_F
     Each is in [0, 1]; r directions of a random ΔW carry about r/m. nan where ΔW = 0.
-    ‖ΔW‖²_F = ‖ΔWᵀ U‖²_F + ‖ΔWᵀ U_⊥‖²_F needs a full basis: it is taken from ΔW's own products on an
-    identity block of the smaller side (out ≤ in: ΔWᵀ I_out)."""
+    ‖ΔW‖²_F from ΔW's own factored SVD where it has one (`lorascope.delta.frobenius_norm`)."""
     U, _, V = (t.double() for t in W_svd)
     m = U.shape[1]
     if not 1 <= int(r) <= m:
         raise LorascopeError(f"r must be in 1..{m}, got {r}")
     r = int(r)
-    matvec, rmatvec = _delta_products(delta)
-    out, n_in = U.shape[0], V.shape[0]
-    if out <= n_in:
-        total = float(torch.linalg.matrix_norm(rmatvec(torch.eye(out, dtype=torch.float64)))) ** 2
-    else:
-        total = float(torch.linalg.matrix_norm(matvec(torch.eye(n_in, dtype=torch.float64)))) ** 2
+    total = frobenius_norm(delta) ** 2
     if total == 0:
         return dict.fromkeys(ENERGY_COLUMNS, float("nan"))
 
@@ -235,10 +220,10 @@ def energy_share(W_svd, delta, r: int) -> dict[str, float]:
         return float(torch.linalg.matrix_norm(X)) ** 2 / total
 
     return {
-        "energy_top_left": share(rmatvec(U[:, :r])),
-        "energy_bottom_left": share(rmatvec(U[:, m - r :])),
-        "energy_top_right": share(matvec(V[:, :r])),
-        "energy_bottom_right": share(matvec(V[:, m - r :])),
+        "energy_top_left": share(delta.rmatvec(U[:, :r])),
+        "energy_bottom_left": share(delta.rmatvec(U[:, m - r :])),
+        "energy_top_right": share(delta.matvec(V[:, :r])),
+        "energy_bottom_right": share(delta.matvec(V[:, m - r :])),
     }
 
 

@@ -71,7 +71,7 @@ class ShiftedDelta:
     @property
     def initial(self) -> Adapter:
         """A0, B0 (and s) of the init, computed once."""
-        if callable(self._initial) and not isinstance(self._initial, Adapter):
+        if callable(self._initial):  # a function computing them on first use
             init = self._initial()
             if (init.A.shape, init.B.shape) != (self.trained.A.shape, self.trained.B.shape):
                 raise LorascopeError(
