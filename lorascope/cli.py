@@ -296,8 +296,8 @@ def cmd_amplification(args) -> int:
     run = _load(args.run, args)
     table = amplification_table(
         run, k=args.k, modules=args.modules, layers=_layers(args, run.adapters), device=args.device,
-        progress=_progress(), base=args.base,
-    ).set_index("module")[AMPLIFICATION_COLUMNS + ENERGY_COLUMNS]  # fmt: skip
+        progress=_progress(), base=args.base, energy=args.energy_share,
+    ).set_index("module")[AMPLIFICATION_COLUMNS + (ENERGY_COLUMNS if args.energy_share else [])]  # fmt: skip
     _print_table(
         table,
         f"amplification {run.name}: proj_* = ||U^T W V||_F with U, V the top-k singular "
@@ -306,8 +306,9 @@ def cmd_amplification(args) -> int:
     _quantized_note(run, args.base)
     out = args.out or _default_out(run.path, run.name)
     written = write_table(table, out / "amplification")
-    fig = plot_energy_share(table, f"{run.name}: dW's energy in W's top-r / bottom-r singular subspaces")
-    written += write_figure(fig, out / "energy_share", table[ENERGY_COLUMNS].reset_index())
+    if args.energy_share:
+        fig = plot_energy_share(table, f"{run.name}: dW's energy in W's top-r / bottom-r singular subspaces")
+        written += write_figure(fig, out / "energy_share", table[ENERGY_COLUMNS].reset_index())
     _report(written)
     return 0
 
@@ -325,6 +326,12 @@ def _add_amplification(sub) -> None:
     )
     p.add_argument("run", metavar="RUN", type=Path, help="run folder")
     p.add_argument("--k", type=int, default=None, help="number of singular directions (default: the rank)")
+    p.add_argument(
+        "--energy-share",
+        action="store_true",
+        help="also the shares of dW's energy in W's top-r and bottom-r singular subspaces (PiSSA / MiLoRA's "
+        "measure; needs W's whole decomposition, cached) and their figure",
+    )
     _add_filters(p)
     _add_device(p)
     _add_base(p)

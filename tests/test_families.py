@@ -81,7 +81,7 @@ def test_w_side_analyses_equal_the_dense_reference(family):
     analyses of the dense reference ΔW and the base tensor as stored."""
     name, folder, ref = family
     run = load_run(folder)
-    table = amplification_table(run, cache=False, device="cpu").set_index("module")
+    table = amplification_table(run, cache=False, device="cpu", energy=True).set_index("module")
     ckpt = open_base(run)
     for m in ref:
         W = ckpt.weight(m, tuple(ref[m].shape)).double()
@@ -172,7 +172,7 @@ def test_unreconstructible_init_exits_2_in_one_line(tmp_path):
     config = json.loads((folder / "adapter_config.json").read_text())
     config["init_lora_weights"] = "corda"
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    res = run_cli("amplification", folder, "--out", tmp_path / "out")
+    res = run_cli("amplification", folder, "--energy-share", "--out", tmp_path / "out")
     assert res.returncode == 2
     line = res.stderr.strip()
     assert len(line.splitlines()) == 1 and "CorDA" in line and "cannot be recomputed" in line
@@ -249,10 +249,10 @@ def test_amplification_command_writes_the_energy_shares_and_figure(tmp_path):
     import pandas as pd
 
     folder, _ = llama_adapter(tmp_path, init_lora_weights="pissa")
-    res = run_cli("amplification", folder, "--out", tmp_path / "out")
+    res = run_cli("amplification", folder, "--energy-share", "--out", tmp_path / "out")
     assert res.returncode == 0, res.stderr
     table = pd.read_csv(tmp_path / "out" / "amplification.csv", index_col="module")
-    want = amplification_table(load_run(folder), cache=False, device="cpu").set_index("module")
+    want = amplification_table(load_run(folder), cache=False, device="cpu", energy=True).set_index("module")
     for col in ("energy_top_left", "energy_bottom_right", "amplification"):
         np.testing.assert_allclose(table[col], want.loc[table.index, col], rtol=1e-4)
     assert (tmp_path / "out" / "energy_share.png").is_file() and (

@@ -120,13 +120,16 @@ def amplification_table(
     cache: SpectraCache | bool = True,
     progress: bool = False,
     base=None,
+    energy: bool = False,
 ) -> pd.DataFrame:
     """Paper Table 7 for every module of one run or of {label: run} sharing a base.
 
     One row per (run, module): run, module, rank, k (the rank unless given), w_norm, dw_norm,
-    proj_dw, proj_w, proj_random, amplification (see `analysis.amplification`), and the shares of
-    ΔW's energy in W's top-r / bottom-r singular subspaces, r = k or the rank (`energy_share`). W's top-k come
-    from the cache (truncated SVD on a miss). `modules`: a regex; `layers`: layer indices.
+    proj_dw, proj_w, proj_random, amplification (see `analysis.amplification`); with `energy`, also
+    the shares of ΔW's energy in W's top-r / bottom-r singular subspaces, r = k or the rank
+    (`energy_share`), which need W's whole left basis (cached, and shared with `intruder_tables`),
+    where Table 7 needs only W's top-k. W's top-k come from the cache (truncated SVD on a miss).
+    `modules`: a regex; `layers`: layer indices.
     """
     runs = _labelled(runs)
     names = _modules(runs, modules, layers)
@@ -139,7 +142,7 @@ def amplification_table(
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
         entry = store.entry(W, key) if store else None
         w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
-        w_svd = _full_svd(W, entry, dev)
+        w_svd = _full_svd(W, entry, dev) if energy else None
         for label, a in adapters.items():
             k_a = int(k) if k is not None else _rank(a)
             cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k_a}
@@ -148,10 +151,13 @@ def amplification_table(
             numbers = amplification(W, a, **cached)
             if not rows or rows[-1]["module"] != m:  # ‖W‖_F from amplification's pass over W
                 _check_fingerprints(runs, m, numbers.w_norm)
-            r = min(int(k) if k is not None else (_rank(a) or numbers.k), min(W.shape))
-            shares = energy_share(w_svd, a, r)
-            rows.append({"run": label, "module": m, "rank": _rank(a), **numbers.asdict(), **shares})
-    return pd.DataFrame(rows, columns=["run", "module", *AMPLIFICATION_COLUMNS, *ENERGY_COLUMNS])
+            row = {"run": label, "module": m, "rank": _rank(a), **numbers.asdict()}
+            if energy:
+                r = min(int(k) if k is not None else (_rank(a) or numbers.k), min(W.shape))
+                row.update(energy_share(w_svd, a, r))
+            rows.append(row)
+    columns = [*AMPLIFICATION_COLUMNS, *(ENERGY_COLUMNS if energy else ())]
+    return pd.DataFrame(rows, columns=["run", "module", *columns])
 
 
 def _full_svd(W, entry, device):
