@@ -1,14 +1,22 @@
-"""A pre-trained checkpoint's weights, read from safetensors one tensor at a time (the model is never built).
+"""The base model's W, read from its safetensors checkpoint one tensor at a time (the model is never built).
+
+    for module, W in iter_base_weights(run, modules):    # W (out, in) float32, fingerprint-checked
+        ...
+    base_weights(run, modules)                          # {module: W}, a few at once
 
     <folder>/config.json                      model_type: GPT-2's Conv1D layers store W as (in, out)
     <folder>/model.safetensors                one file, or
     <folder>/model.safetensors.index.json     {"weight_map": {key: shard}} and the shards it names
 
-A folder, or a hub id found in the local Hugging Face cache: never a network call. Pickle
-checkpoints (pytorch_model.bin) are refused, never unpickled. Any stored dtype (bf16, fp16, fp32)
-is returned as float32 in nn.Linear's (out, in) layout. Module names map to checkpoint keys
-through their dotted suffixes, so a run's "bert.encoder.layer.0.attention.self.query" finds the
-key "encoder.layer.0.attention.self.query.weight" of a BertModel checkpoint, and the reverse.
+The base is the run's `base_model`: a preset (`minilm`: the embedded safetensors; `smollm2`: the
+dequantized copy of its GGUF in the lorascope cache, built once), a local folder, or a hub id found
+in the local Hugging Face cache: never a network call. Pickle checkpoints (pytorch_model.bin) are
+refused, never unpickled. Only the tensors asked for are read, so peak memory is about one W on top
+of the adapters, whatever the number of layers. Any stored dtype (bf16, fp16, fp32) is returned as
+float32 (or as stored, dtype=None) in nn.Linear's (out, in) layout. Module names map to checkpoint
+keys through their dotted suffixes, so a run's "bert.encoder.layer.0.attention.self.query" finds
+the key "encoder.layer.0.attention.self.query.weight" of a BertModel checkpoint, and the reverse.
+(A run's own training snapshots are `checkpoints/` in its folder: `lorascope.run_format`.)
 """
 
 from __future__ import annotations
@@ -17,20 +25,18 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
+from lorascope import models
 from lorascope.errors import LorascopeError
+from lorascope.model_files import CONFIG_FILE, INDEX_FILE, PICKLE_FILES, SINGLE_FILE, refuse_pickle_only
 from lorascope.run_format import base_fingerprint
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # Model types whose attention/MLP projections are transformers' Conv1D, stored (in, out).
 CONV1D_LAYERS = {
     model_type: ("c_attn", "c_proj", "c_fc", "q_attn")
@@ -39,18 +45,6 @@ CONV1D_LAYERS = {
 
 # Tensor key -> times read, over the process: lets tests and benchmarks check what was read.
 TENSORS_READ: Counter = Counter()
-
-
-def refuse_pickle_only(folder: Path) -> None:
-    """Refuse a model folder whose weights are pickle only: loading them would run arbitrary code."""
-    folder = Path(folder)
-    if (folder / SINGLE_FILE).is_file() or (folder / INDEX_FILE).is_file():
-        return
-    if any((folder / name).is_file() for name in PICKLE_FILES):
-        raise LorascopeError(
-            f"{folder}: holds only pickle weights (pytorch_model.bin), which lorascope never loads; convert "
-            "them to safetensors once (from_pretrained(folder).save_pretrained(out) writes model.safetensors)"
-        )
 
 
 def _shards(folder: Path) -> dict[str, Path]:
@@ -264,18 +258,6 @@ def adapter_shape(adapter) -> tuple[int, int] | None:
     return tuple(shape) if shape is not None and len(shape) == 2 else None
 
 
-def run_weights(
-    checkpoint: Checkpoint, run, modules: list[str], dtype: torch.dtype | None = torch.float32
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """(module, W (out, in) in `dtype`, None: as stored) for each module of `run`, one tensor at a time.
-
-    Shapes are checked against the run's adapters; Conv1D from the checkpoint's config.json,
-    else the run's fan_in_fan_out. The fingerprint check is the caller's (`check_fingerprint`)."""
-    fan_in_fan_out = run.meta.get("fan_in_fan_out")
-    for m in modules:
-        yield m, checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
-
-
 def open_named(name: str, resolve) -> Checkpoint:
     """The checkpoint of a base model by name. resolve: name -> (folder or hub id, is_local), as
     `models.resolve` (presets, local folders, hub ids); a hub id is looked up in the local cache."""
@@ -314,3 +296,41 @@ def check_fingerprint(run, weights: dict[str, torch.Tensor | float]) -> None:
                 f"{run.path}: base weight of {name} does not match the run's "
                 f"(‖W‖_F {got:.6g} != recorded {expected:.6g}): a different base model?"
             )
+
+
+def open_base(run) -> Checkpoint:
+    """The run's base checkpoint: a preset, a local folder, or a hub id in the local cache."""
+    return open_for_run(run, models.resolve)
+
+
+def iter_base_weights(
+    run,
+    modules: Iterable[str],
+    *,
+    checkpoint: Checkpoint | None = None,
+    also: Iterable = (),
+    dtype: torch.dtype | None = torch.float32,
+    check: bool = True,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """(module, W) for each module of `run`, W (out, in) in `dtype` (float32 by default, whatever the
+    stored dtype; None: as stored, a read-only view of the mapped file), read one at a time (a
+    generator: keep only what you need). Shapes are checked against the run's adapters; Conv1D from
+    the checkpoint's config.json, else the run's fan_in_fan_out. Each W is checked against the
+    fingerprint ‖W‖_F of `run` and of every run in `also` (runs that must share the base, e.g. the
+    rest of a sweep) to rtol 1e-4; check=False leaves that to the caller (`check_fingerprint` with a
+    ‖W‖_F it computes anyway). `checkpoint`: an already opened `open_base(run)`."""
+    checkpoint = checkpoint or open_base(run)
+    others = list(also)
+    fan_in_fan_out = run.meta.get("fan_in_fan_out")
+    for m in modules:
+        W = checkpoint.weight(m, adapter_shape(run.adapters.get(m)), fan_in_fan_out, dtype)
+        if check:
+            w_norm = base_fingerprint(W)
+            for r in (run, *others):
+                check_fingerprint(r, {m: w_norm})
+        yield m, W
+
+
+def base_weights(run, modules: Iterable[str]) -> dict[str, torch.Tensor]:
+    """{module: W} for a few modules at once (all of them in memory: prefer `iter_base_weights`)."""
+    return dict(iter_base_weights(run, modules))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope.runs import adapter_metadata, save_adapter, write_config, write_summary
+from lorascope.run_format import adapter_metadata, save_adapter, write_config, write_summary
 
 MODULES = [f"encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
 
@@ -71,7 +71,7 @@ def write_adapter(
 ):
     """A complete lorascope run folder from {module: (A (r, in), B (out, r))}; s = α / r of the first
     module's rank."""
-    from lorascope.runs import adapter_metadata, save_adapter, write_summary
+    from lorascope.run_format import adapter_metadata, save_adapter, write_summary
 
     rank = next(iter(factors.values()))[0].shape[0]
     tensors = {}

@@ -1,4 +1,4 @@
-"""The `lorascope` commands end to end on runs saved with runs.save_adapter (synthetic factors)."""
+"""The `lorascope` commands end to end on runs saved with run_format.save_adapter (synthetic factors)."""
 
 import subprocess
 import sys
@@ -139,10 +139,10 @@ def test_ls_reads_summaries(sweep, capsys):
 
 def _with_base(run_dir, base: Path) -> None:
     """Point a synthetic run at a base checkpoint folder (its header's base_model)."""
-    from lorascope import runs
+    from lorascope import run_format
 
-    tensors, meta = runs.read_tensors(run_dir / "adapter.safetensors")
-    runs.save_tensors(run_dir / "adapter.safetensors", tensors, {**meta, "base_model": str(base)})
+    tensors, meta = run_format.read_tensors(run_dir / "adapter.safetensors")
+    run_format.save_tensors(run_dir / "adapter.safetensors", tensors, {**meta, "base_model": str(base)})
 
 
 def test_amplification_and_intruders_read_w_from_the_base_checkpoint(sweep, tmp_path, capsys):
@@ -177,11 +177,11 @@ def test_amplification_and_intruders_read_w_from_the_base_checkpoint(sweep, tmp_
 
 def _poison(run_dir, value=float("nan")):
     """Rewrite a run's adapter with one entry of one factor set to `value`, as a diverged run leaves it."""
-    from lorascope import runs
+    from lorascope import run_format
 
-    adapters, meta = runs.read_tensors(run_dir / "adapter.safetensors")
+    adapters, meta = run_format.read_tensors(run_dir / "adapter.safetensors")
     adapters[f"{MODULES[1]}.lora_B"][0, 0] = value
-    runs.save_tensors(run_dir / "adapter.safetensors", adapters, meta)
+    run_format.save_tensors(run_dir / "adapter.safetensors", adapters, meta)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from analysis_fixtures import make_run
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,8 +20,8 @@ def _error(capsys, argv) -> str:
 
 
 def _on_base(run, base: str) -> None:
-    tensors, meta = runs.read_tensors(run / runs.ADAPTER_FILE)
-    runs.save_tensors(run / runs.ADAPTER_FILE, tensors, {**meta, "base_model": base})
+    tensors, meta = run_format.read_tensors(run / run_format.ADAPTER_FILE)
+    run_format.save_tensors(run / run_format.ADAPTER_FILE, tensors, {**meta, "base_model": base})
 
 
 @pytest.fixture

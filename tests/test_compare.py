@@ -12,7 +12,8 @@ from lorascope import analysis as la
 from lorascope.cli import main
 from lorascope.compare import heatmap_pages, run_similarity, spectrum_frames, sweep_table
 from lorascope.errors import LorascopeError
-from lorascope.runs import adapter_metadata, load_run, save_adapter, write_summary
+from lorascope.run_format import adapter_metadata, save_adapter, write_summary
+from lorascope.runs import load_run
 
 # A GQA attention block: q maps 32 -> 32, v maps 32 -> 16 (fewer key/value heads).
 GQA = {"model.layers.0.self_attn.q_proj": (32, 32), "model.layers.0.self_attn.v_proj": (16, 32)}

@@ -9,9 +9,9 @@ import torch
 from weights_fixtures import llama_modules, lorascope_run, peft_folder, random_adapters, save_tiny_llama
 
 from lorascope import analysis as la
-from lorascope import checkpoint, runs, wspectra
+from lorascope import base_model, run_format, runs, wspectra
 from lorascope.analysis import truncated
-from lorascope.compare.base import amplification_table, intruder_tables, w_delta_frame
+from lorascope.compare.w_and_delta import amplification_table, intruder_tables, w_delta_frame
 
 PLANTED = "model.layers.1.self_attn.q_proj"
 
@@ -36,7 +36,7 @@ def _planted(state):
     and a = W's weakest right singular vector: the top direction of W + ΔW is b, new to W."""
     U, _, Vh = torch.linalg.svd(state[PLANTED + ".weight"].double())
     b = U[:, -16:].sum(dim=1) / 4.0
-    return runs.Adapter(Vh[-1][None, :].float(), b[:, None].float(), 50.0)
+    return run_format.Adapter(Vh[-1][None, :].float(), b[:, None].float(), 50.0)
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,9 @@ def peft_run(base, tmp_path_factory):
 def test_amplification_reads_only_the_adapted_tensors_and_equals_the_dense_answer(base, peft_run):
     folder, state = base
     assert len(list(folder.glob("model-*.safetensors"))) > 1
-    checkpoint.TENSORS_READ.clear()
+    base_model.TENSORS_READ.clear()
     table = amplification_table(peft_run)
-    assert dict(checkpoint.TENSORS_READ) == {m + ".weight": 1 for m in llama_modules()}
+    assert dict(base_model.TENSORS_READ) == {m + ".weight": 1 for m in llama_modules()}
     assert list(table["module"]) == sorted(llama_modules())
     for row in table.itertuples():
         a = peft_run.adapters[row.module]
@@ -116,9 +116,9 @@ def test_a_rewritten_base_file_is_hashed_again(base, peft_run, tmp_path):
 
 def test_planted_intruder_is_found_and_zero_delta_gives_none(base, peft_run, tmp_path):
     folder, state = base
-    checkpoint.TENSORS_READ.clear()
+    base_model.TENSORS_READ.clear()
     table, curve = intruder_tables(peft_run, k=10, eps=0.5)
-    assert dict(checkpoint.TENSORS_READ) == {m + ".weight": 1 for m in llama_modules()}
+    assert dict(base_model.TENSORS_READ) == {m + ".weight": 1 for m in llama_modules()}
     planted = table.set_index("module").loc[PLANTED]
     assert planted["count"] >= 1 and planted["intruders"].split()[0] == "0"
     assert planted["min_max_cos"] < 0.3
@@ -141,7 +141,9 @@ def test_planted_intruder_is_found_and_zero_delta_gives_none(base, peft_run, tmp
     assert truncated.SVD_CALLS - calls == {"top-delta": len(llama_modules())}
     pd.testing.assert_frame_equal(again, table)
     # ΔW = 0 (B = 0, as at initialisation): the top directions of W + ΔW are W's own.
-    zero = {m: runs.Adapter(a.A, torch.zeros_like(a.B), a.scaling) for m, a in peft_run.adapters.items()}
+    zero = {
+        m: run_format.Adapter(a.A, torch.zeros_like(a.B), a.scaling) for m, a in peft_run.adapters.items()
+    }
     zero_run = runs.load_run(peft_folder(tmp_path, folder, zero, "zero"))
     assert intruder_tables(zero_run)[0]["count"].sum() == 0
 
@@ -152,9 +154,9 @@ def test_several_runs_share_one_read_of_each_w(base, tmp_path):
     r4 = lorascope_run(tmp_path, str(folder), random_adapters(state, modules, 4, seed=3), state, "r4-s0")
     r8 = lorascope_run(tmp_path, str(folder), random_adapters(state, modules, 8, seed=4), state, "r8-s0")
     both = {"r=4": runs.load_run(r4), "r=8": runs.load_run(r8)}
-    checkpoint.TENSORS_READ.clear()
+    base_model.TENSORS_READ.clear()
     table = amplification_table(both, layers={0, 2})
-    assert sorted(checkpoint.TENSORS_READ) == [f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 2)]
+    assert sorted(base_model.TENSORS_READ) == [f"model.layers.{i}.self_attn.q_proj.weight" for i in (0, 2)]
     assert list(table["run"]) == ["r=4", "r=8"] * 2 and list(table["k"]) == [4, 8] * 2
     frame = w_delta_frame(both, modules="layers.0")
     for label, run in both.items():
@@ -169,7 +171,7 @@ def test_a_base_of_another_shape_is_refused(base, tmp_path):
     from lorascope.errors import LorascopeError
 
     folder, _ = base
-    other = {PLANTED: runs.Adapter(torch.zeros(2, 32), torch.zeros(32, 2), 1.0)}
+    other = {PLANTED: run_format.Adapter(torch.zeros(2, 32), torch.zeros(32, 2), 1.0)}
     run = runs.load_run(lorascope_run(tmp_path, str(folder), other))
     with pytest.raises(LorascopeError, match="the run's base model"):
         amplification_table(run)

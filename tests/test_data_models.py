@@ -1,13 +1,13 @@
-"""Embedded data sets, tokenized batches, and base weights for the analysis (lorascope.weights)."""
+"""Embedded data sets, tokenized batches, and base weights for the analysis (lorascope.base_model)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from lorascope import data, models, weights
+from lorascope import base_model, data, models
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, base_fingerprint
+from lorascope.run_format import Run, base_fingerprint
 
 
 def test_bbc_has_5_classes_2225_docs_and_a_fixed_split():
@@ -85,21 +85,21 @@ def test_base_weights_match_names_and_check_fingerprint(tiny_bert, tmp_path):
         "num_labels": 3,
         "base_fingerprint": {name: base_fingerprint(W_ref)},
     }
-    got = weights.base_weights(
+    got = base_model.base_weights(
         _run(tmp_path, tiny_bert, **meta), [name, "encoder.layer.0.attention.self.query"]
     )
     assert torch.equal(got[name], W_ref) and got[name].dtype == torch.float32
     assert got["encoder.layer.0.attention.self.query"].shape == (32, 32)  # matched by suffix
     # A PEFT folder's meta: base_model_name_or_path and task_type only.
-    peft = weights.base_weights(_run(tmp_path, tiny_bert, task_type="SEQ_CLS"), [name])
+    peft = base_model.base_weights(_run(tmp_path, tiny_bert, task_type="SEQ_CLS"), [name])
     assert torch.equal(peft[name], W_ref)
     meta["base_fingerprint"][name] *= 1.001
     with pytest.raises(LorascopeError, match=name):
-        weights.base_weights(_run(tmp_path, tiny_bert, **meta), [name])
+        base_model.base_weights(_run(tmp_path, tiny_bert, **meta), [name])
     with pytest.raises(LorascopeError, match="ambiguous"):
-        weights.base_weights(_run(tmp_path, tiny_bert, **meta), ["query"])
+        base_model.base_weights(_run(tmp_path, tiny_bert, **meta), ["query"])
     with pytest.raises(LorascopeError, match="offline"):
-        weights.base_weights(_run(tmp_path, tmp_path / "gone"), [name])
+        base_model.base_weights(_run(tmp_path, tmp_path / "gone"), [name])
 
 
 def test_conv1d_weight_is_read_transposed(tmp_path):
@@ -109,6 +109,8 @@ def test_conv1d_weight_is_read_transposed(tmp_path):
     GPT2LMHeadModel(
         GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32)
     ).save_pretrained(tmp_path / "gpt2")
-    got = weights.base_weights(_run(tmp_path, tmp_path / "gpt2", task_type="CAUSAL_LM"), ["h.0.attn.c_attn"])
+    got = base_model.base_weights(
+        _run(tmp_path, tmp_path / "gpt2", task_type="CAUSAL_LM"), ["h.0.attn.c_attn"]
+    )
     ref = GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").transformer.h[0].attn.c_attn.weight  # (in, out)
     assert torch.equal(got["h.0.attn.c_attn"], ref.T) and got["h.0.attn.c_attn"].shape == (48, 16)

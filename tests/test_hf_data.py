@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT, TOPICS, WORDS, sweep_cmd
 
-from lorascope import config, data, hf_data, hf_task, instruct, models, runs
+from lorascope import config, data, hf_data, hf_task, instruct, models, run_format, runs
 from lorascope.errors import LorascopeError
 
 pytestmark = pytest.mark.usefixtures("one_thread", "datasets_cache")
@@ -377,9 +377,9 @@ def test_a_sweep_trains_on_instruction_data_and_refuses_a_bad_field_before_any_m
     assert not any(tmp_path.rglob("config.yaml"))  # no run was started
     ok = run("task.response_field=response")
     assert ok.returncode == 0, ok.stderr[-3000:]
-    summary = runs.read_summary(tmp_path / "smoke-tiny-code" / "r2-s0")
+    summary = run_format.read_summary(tmp_path / "smoke-tiny-code" / "r2-s0")
     assert summary["status"] == "complete" and summary["val_perplexity"] > 1
-    cfg = runs.read_config(tmp_path / "smoke-tiny-code" / "r2-s0")
+    cfg = run_format.read_config(tmp_path / "smoke-tiny-code" / "r2-s0")
     assert cfg["task"]["name"] == "code" and cfg["task"]["prompt_field"] == "prompt"
 
 

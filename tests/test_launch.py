@@ -13,7 +13,7 @@ import sys
 import pytest
 from conftest import sweep_cmd, tiny_config, tiny_overrides
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.hydra_glue import remove_stale_ledgers
 from lorascope.launch import WRITER_LOCK, launch, lock_path, run_lock
 
@@ -49,7 +49,7 @@ def test_two_processes_with_two_configs_never_both_write_a_run(tiny_bert, topic_
     run = runs.load_run(out)
     # every file of the run tells the same story: one config, one training
     assert run.config["train"]["steps"] == run.meta["step"] == run.summary["steps"]
-    assert (out / runs.INIT_FILE).is_file() and run.status == "complete"
+    assert (out / run_format.INIT_FILE).is_file() and run.status == "complete"
 
 
 def test_a_held_lock_is_skipped_and_a_killed_holders_lock_is_not(tiny_bert, topic_jsonl, tmp_path):
@@ -77,13 +77,13 @@ def test_divergence_is_a_failed_run_with_strict_json(tiny_bert, topic_jsonl, tmp
     out = tmp_path / "r2-s0"
     s = launch(_cfg(tiny_bert, topic_jsonl, **train_kw), out)
     assert s["status"] == "failed" and why in s["reason"].lower(), s
-    assert not runs.is_complete(out) and not (out / runs.ADAPTER_FILE).exists()
+    assert not runs.is_complete(out) and not (out / run_format.ADAPTER_FILE).exists()
 
     def refuse(token):
         raise AssertionError(f"non-standard JSON token {token}")
 
-    json.loads((out / runs.SUMMARY_FILE).read_text(), parse_constant=refuse)
-    for line in (out / runs.METRICS_FILE).read_text().splitlines():
+    json.loads((out / run_format.SUMMARY_FILE).read_text(), parse_constant=refuse)
+    for line in (out / run_format.METRICS_FILE).read_text().splitlines():
         json.loads(line, parse_constant=refuse)
 
 
@@ -129,13 +129,13 @@ def test_run_files_are_readable_as_the_umask_allows(tiny_bert, topic_jsonl, tmp_
 
 KILL_AFTER_STEP_5 = """
 import os
-from lorascope import runs
-_append = runs.append_metrics
+from lorascope import run_format, runs
+_append = run_format.append_metrics
 def _append_then_die(run_dir, record):
     _append(run_dir, record)
     if record.get("step") == 5:
         os.kill(os.getpid(), 9)  # killed mid-training, after the snapshot of step 4
-runs.append_metrics = _append_then_die
+run_format.append_metrics = _append_then_die
 """
 
 
@@ -155,23 +155,25 @@ def test_a_killed_run_resumes_from_its_last_snapshot_byte_identical(tiny_bert, t
     proc = _launch_in_subprocess(cfg, out, patch=KILL_AFTER_STEP_5)
     proc.communicate(timeout=300)
     assert proc.returncode == -9 and not runs.is_complete(out)
-    assert sorted(runs.snapshot_files(out)) == [2, 4]
+    assert sorted(run_format.snapshot_files(out)) == [2, 4]
     (out / ".adapter.safetensors.1234.tmp").write_bytes(b"half a file")  # a write the kill cut short
-    early = {s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in runs.snapshot_files(out).items()}
+    early = {s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in run_format.snapshot_files(out).items()}
 
     assert launch(cfg, out)["status"] == "complete"
     assert not (out / ".adapter.safetensors.1234.tmp").exists()
     # the snapshots written before the kill are the run's trajectory: kept as they were
     assert {
-        s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in runs.snapshot_files(out).items() if s <= 4
+        s: (p.stat().st_mtime_ns, p.read_bytes()) for s, p in run_format.snapshot_files(out).items() if s <= 4
     } == early
     got, want = _files(out), _files(whole)
     assert set(got) == set(want) and "checkpoints/resume.safetensors" not in map(str, got)
     for name in want:
-        if name.name != runs.SUMMARY_FILE:  # wall times differ
+        if name.name != run_format.SUMMARY_FILE:  # wall times differ
             assert got[name] == want[name], name
-    summary = json.loads((out / runs.SUMMARY_FILE).read_text())
-    assert summary["val_accuracy"] == json.loads((whole / runs.SUMMARY_FILE).read_text())["val_accuracy"]
+    summary = json.loads((out / run_format.SUMMARY_FILE).read_text())
+    assert (
+        summary["val_accuracy"] == json.loads((whole / run_format.SUMMARY_FILE).read_text())["val_accuracy"]
+    )
 
 
 def test_stale_ledgers_are_removed_and_live_ones_kept(tmp_path):

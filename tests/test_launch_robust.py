@@ -7,7 +7,7 @@ import subprocess
 
 from conftest import sweep_cmd, tiny_config, tiny_overrides
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.launch import launch
 
 
@@ -16,9 +16,9 @@ def test_a_complete_run_whose_summary_is_damaged_is_redone(tiny_bert, topic_json
     cfg = tiny_config(tiny_bert, topic_jsonl, steps=2)
     assert launch(cfg, out)["status"] == "complete"
     for damage in (b"\xff\xfe not UTF-8", b"[1, 2]"):
-        (out / runs.SUMMARY_FILE).write_bytes(damage)
+        (out / run_format.SUMMARY_FILE).write_bytes(damage)
         assert launch(cfg, out)["status"] == "complete"  # not trusted as complete: trained again
-    (out / runs.CONFIG_FILE).write_bytes(b"- a\n- list\n")
+    (out / run_format.CONFIG_FILE).write_bytes(b"- a\n- list\n")
     failed = launch(cfg, out)
     assert failed["status"] == "failed" and "config.yaml" in failed["reason"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import sweep_cmd, tiny_overrides
 
-from lorascope import runs, slurm
+from lorascope import run_format, runs, slurm
 
 PARTITION = os.environ.get("LORASCOPE_SLURM_PARTITION")
 needs_slurm = pytest.mark.skipif(
@@ -176,7 +176,7 @@ def test_slurm_runs_one_run_as_two_tasks(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     _assert_complete(sweep, ["r2-s0"])
-    assert runs.read_summary(sweep / "r2-s0")["processes"] == 2
+    assert run_format.read_summary(sweep / "r2-s0")["processes"] == 2
     assert "sweep done: 1 complete" in out
-    steps = [rec["step"] for rec in runs.read_metrics(sweep / "r2-s0").to_dict("records")]
+    steps = [rec["step"] for rec in run_format.read_metrics(sweep / "r2-s0").to_dict("records")]
     assert steps == sorted(set(steps))  # one record per step: rank 0 alone wrote them

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import sweep_cmd, tiny_config, tiny_overrides
 
-from lorascope import data, models, runs
+from lorascope import data, models, run_format, runs
 from lorascope.cli import main
 from lorascope.config import from_dict
 from lorascope.methods import LoRAUpdate
@@ -28,7 +28,7 @@ def test_full_fine_tuning_saves_the_change_of_the_trained_weights(tiny_bert, top
     summary = train(cfg, tmp_path / "full-s0")
     assert summary["status"] == "complete" and summary["method"] == "full"
     run = runs.load_run(tmp_path / "full-s0")
-    assert run.method == "full" and not (tmp_path / "full-s0" / runs.ADAPTER_FILE).exists()
+    assert run.method == "full" and not (tmp_path / "full-s0" / run_format.ADAPTER_FILE).exists()
     assert run.config["rank"] is None and run.config["lora"] is None  # what does not apply is null
     names = [f"bert.encoder.layer.{i}.attention.self.{t}" for i in range(2) for t in TARGETS]
     assert sorted(run.adapters) == sorted(names)  # only the targets' W changed (and the head)
@@ -37,7 +37,7 @@ def test_full_fine_tuning_saves_the_change_of_the_trained_weights(tiny_bert, top
     tok = models.load_tokenizer(str(tiny_bert))
     task = data.build_task(cfg["task"], tok, 16)
     model = models.load_model(str(tiny_bert), models.SEQ_CLS, task.num_labels)
-    head, _ = runs.read_tensors(tmp_path / "full-s0" / runs.HEAD_FILE)
+    head, _ = run_format.read_tensors(tmp_path / "full-s0" / run_format.HEAD_FILE)
     with torch.no_grad():
         for m in names:
             model.get_submodule(m).weight.add_(run.adapters[m].delta)
@@ -98,7 +98,7 @@ def test_frozen_a_stays_at_its_start_and_only_b_moves(tiny_bert, topic_jsonl, tm
     for m, a in run.adapters.items():
         assert torch.equal(a.A, run.init[m].A)  # exactly A0
         assert float(a.B.norm()) > 0
-    records = [json.loads(line) for line in (out / runs.METRICS_FILE).read_text().splitlines()][1:]
+    records = [json.loads(line) for line in (out / run_format.METRICS_FILE).read_text().splitlines()][1:]
     assert all("grad_norm_B" in r and "update_norm_B" in r and r["update_norm_B"] > 0 for r in records)
     assert not any("grad_norm_A" in r or "update_norm_A" in r for r in records)
     assert all(r["dA_rel"] == 0.0 for r in records)
@@ -118,7 +118,9 @@ def test_frozen_b_starts_random_and_a_starts_at_zero(tiny_bert, topic_jsonl, tmp
 def test_step_statistics_agree_with_the_snapshot_files(tiny_bert, topic_jsonl, tmp_path):
     out = tmp_path / "r2-s0"
     train(_cfg(tiny_bert, topic_jsonl, train={"steps": 4, "log_every": 1, "snapshot_every": 2}), out)
-    records = {r["step"]: r for r in map(json.loads, (out / runs.METRICS_FILE).read_text().splitlines())}
+    records = {
+        r["step"]: r for r in map(json.loads, (out / run_format.METRICS_FILE).read_text().splitlines())
+    }
     run = runs.load_run(out)
     snap = run.load_checkpoint(2)
     dW = sum(float(a.delta_weight().double().norm() ** 2) for a in snap.values()) ** 0.5

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lorascope import analysis as la
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.cli import main as cli_main
 from lorascope.lora import add_lora, factors
 from lorascope.paper.recipes import make_figures
@@ -42,7 +42,7 @@ def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tenso
         for layer in wrapped.values():
             layer.A.add_(_planted(rank, layer.in_features, shared, seed))
             layer.B.copy_(0.1 * torch.randn(layer.B.shape, generator=g))
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=rank,
         alpha=8,
         scaling=8 / rank,
@@ -50,22 +50,24 @@ def write_run(sweep: Path, base: Path, rank: int, seed: int, shared: torch.Tenso
         targets=TARGETS,
         init="gaussian",
         rslora=False,
-        base_fingerprint={n: runs.base_fingerprint(m.base_weight()) for n, m in wrapped.items()},
+        base_fingerprint={n: run_format.base_fingerprint(m.base_weight()) for n, m in wrapped.items()},
         model_class="AutoModelForSequenceClassification",
         num_labels=3,
         seed=seed,
         task=task,
     )
     run_dir = sweep / f"r{rank}-s{seed}"
-    runs.write_config(run_dir, {"rank": rank, "seed": seed})
-    runs.save_adapter(run_dir / runs.INIT_FILE, initial, meta)
+    run_format.write_config(run_dir, {"rank": rank, "seed": seed})
+    run_format.save_adapter(run_dir / run_format.INIT_FILE, initial, meta)
     final = factors(wrapped)
-    runs.save_adapter(run_dir / runs.ADAPTER_FILE, final, {**meta, "step": 2})
+    run_format.save_adapter(run_dir / run_format.ADAPTER_FILE, final, {**meta, "step": 2})
     if rank == 4:  # one snapshot half way, for the trajectory recipe
         half = {k: (initial[k] + v) / 2 for k, v in final.items()}
-        runs.save_adapter(runs.snapshot_dir(run_dir, 1) / runs.ADAPTER_FILE, half, {**meta, "step": 1})
+        run_format.save_adapter(
+            run_format.snapshot_dir(run_dir, 1) / run_format.ADAPTER_FILE, half, {**meta, "step": 1}
+        )
     summary = {"status": "complete", "val_accuracy": 0.5 + rank / 100, "update_params": rank * 4 * 64}
-    runs.write_summary(
+    run_format.write_summary(
         run_dir, {**summary, "steps": 2, "wall_time_s": 1.5 * rank, "initial_eval": {"val_accuracy": 0.3}}
     )
     return run_dir
@@ -84,16 +86,18 @@ def write_full_run(sweep: Path, base: Path, shared: torch.Tensor) -> Path:
             deltas[name] = 2.0 * torch.outer(out / out.norm(), shared) + 0.02 * torch.randn(
                 module.weight.shape, generator=g
             )
-            fingerprint[name] = runs.base_fingerprint(module.weight)
-    meta = runs.adapter_metadata(
+            fingerprint[name] = run_format.base_fingerprint(module.weight)
+    meta = run_format.adapter_metadata(
         rank=None, alpha=None, scaling=None, base_model=str(base), targets=TARGETS, init=None, rslora=None,
         base_fingerprint=fingerprint, method="full", model_class="AutoModelForSequenceClassification",
         num_labels=3, seed=0, step=2,
     )  # fmt: skip
     run_dir = sweep / "full-s0"
-    runs.write_config(run_dir, {"method": "full", "rank": None, "seed": 0})
-    runs.save_delta(run_dir / runs.DELTA_FILE, deltas, meta)
-    runs.write_summary(run_dir, {"status": "complete", "method": "full", "val_accuracy": 0.6, "steps": 2})
+    run_format.write_config(run_dir, {"method": "full", "rank": None, "seed": 0})
+    run_format.save_delta(run_dir / run_format.DELTA_FILE, deltas, meta)
+    run_format.write_summary(
+        run_dir, {"status": "complete", "method": "full", "val_accuracy": 0.6, "steps": 2}
+    )
     return run_dir
 
 
@@ -247,8 +251,8 @@ def test_unloadable_base_model_skips_only_what_needs_w(sweep, tmp_path):
     shutil.copytree(sweep, moved)
     for run_dir in runs.list_runs(moved):
         path = run_dir / runs.load_run(run_dir).update_file
-        tensors, meta = runs.read_tensors(path)
-        runs.save_tensors(path, tensors, {**meta, "base_model": str(tmp_path / "gone")})
+        tensors, meta = run_format.read_tensors(path)
+        run_format.save_tensors(path, tensors, {**meta, "base_model": str(tmp_path / "gone")})
     written, skipped = make_figures(
         moved, tmp_path / "out", formats=("png",), recipes=["fig3", "fig8", "table7"]
     )
@@ -260,7 +264,7 @@ def test_unloadable_base_model_skips_only_what_needs_w(sweep, tmp_path):
 def test_incomplete_runs_are_left_out(sweep, tmp_path):
     partial = tmp_path / "partial"
     shutil.copytree(sweep, partial)
-    (partial / "r4-s0" / runs.SUMMARY_FILE).unlink()
+    (partial / "r4-s0" / run_format.SUMMARY_FILE).unlink()
     loaded = Sweep.load(partial)
     assert sorted(loaded.runs) == [(1, 0), (8, 0), (8, 1)]
     assert loaded.skipped == {"r4-s0": "status incomplete"}
@@ -301,10 +305,12 @@ def test_cli_figures(sweep, tmp_path, capsys):
 def test_a_run_trained_on_another_base_is_refused(sweep, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(sweep, mixed)
-    adapter, meta = runs.read_adapter(mixed / "r8-s1" / runs.ADAPTER_FILE)
+    adapter, meta = run_format.read_adapter(mixed / "r8-s1" / run_format.ADAPTER_FILE)
     tensors = {f"{m}.lora_{p}": getattr(a, p) for m, a in adapter.items() for p in "AB"}
     wrong = {m: 2 * v for m, v in meta["base_fingerprint"].items()}
-    runs.save_adapter(mixed / "r8-s1" / runs.ADAPTER_FILE, tensors, {**meta, "base_fingerprint": wrong})
+    run_format.save_adapter(
+        mixed / "r8-s1" / run_format.ADAPTER_FILE, tensors, {**meta, "base_fingerprint": wrong}
+    )
     _, skipped = make_figures(mixed, tmp_path / "out", formats=("png",), recipes=["table7"])
     assert [s.recipe for s in skipped] == ["run r8-s1"]
     assert "trained on another base than r1-s0" in skipped[0].reason

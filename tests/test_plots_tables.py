@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from lorascope import analysis as la
-from lorascope.analysis import plots, tables
+from lorascope import writers
+from lorascope.analysis import plots
 from lorascope.errors import LorascopeError
 
 
@@ -41,12 +42,12 @@ def test_spectrum_plot_draws_normalized_spectra():
 
 
 def test_number_formatting():
-    assert tables.format_number(61.9512) == "61.95"
-    assert tables.format_number(0.0123456) == "0.0123"
-    assert tables.format_number(21.0) == "21"
-    assert tables.format_number(3) == "3"
-    assert tables.format_number(1.5e-7) == "1.50e-07"
-    assert tables.format_number(float("nan")) == "--"
+    assert writers.format_number(61.9512) == "61.95"
+    assert writers.format_number(0.0123456) == "0.0123"
+    assert writers.format_number(21.0) == "21"
+    assert writers.format_number(3) == "3"
+    assert writers.format_number(1.5e-7) == "1.50e-07"
+    assert writers.format_number(float("nan")) == "--"
 
 
 def _df():
@@ -57,9 +58,9 @@ def _df():
 
 
 def test_markdown_and_latex():
-    md = tables.to_markdown(_df())
+    md = writers.to_markdown(_df())
     assert "| module" in md and "21.50" in md and "1.90" in md
-    tex = tables.to_latex(_df(), caption="Table 7")
+    tex = writers.to_latex(_df(), caption="Table 7")
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert rule in tex
     assert r"layer\_48.q" in tex and "proj\\_dw" in tex and "21.50" in tex
@@ -67,25 +68,25 @@ def test_markdown_and_latex():
 
 
 def test_write_table_and_figure(tmp_path):
-    paths = tables.write_table(_df(), tmp_path / "sub" / "amp")
+    paths = writers.write_table(_df(), tmp_path / "sub" / "amp")
     assert [p.name for p in paths] == ["amp.csv", "amp.md", "amp.tex"]
     back = pd.read_csv(paths[0], index_col="module")
     pd.testing.assert_frame_equal(back, _df())
     fig, _ = plots.plot_phi({"x": np.eye(3)})
     data = pd.DataFrame({"i": [1, 2], "j": [1, 1], "phi": [1.0, 0.25]})
-    written = tables.write_figure(fig, tmp_path / "fig", data, ["png", "pdf"])
+    written = writers.write_figure(fig, tmp_path / "fig", data, ["png", "pdf"])
     assert [p.name for p in written] == ["fig.png", "fig.pdf", "fig.csv"]
     assert written[0].read_bytes()[:4] == b"\x89PNG" and written[1].read_bytes()[:4] == b"%PDF"
     pd.testing.assert_frame_equal(pd.read_csv(written[2]), data)
     with pytest.raises(LorascopeError, match="--format"):
-        tables.parse_formats("png,gif")
-    assert tables.parse_formats("PNG, pdf") == ["png", "pdf"]
+        writers.parse_formats("png,gif")
+    assert writers.parse_formats("PNG, pdf") == ["png", "pdf"]
 
 
 def test_markdown_of_a_multiindex_has_plain_columns():
     import pandas as pd
 
-    from lorascope.analysis.tables import to_markdown
+    from lorascope.writers import to_markdown
 
     df = pd.DataFrame({"module": ["q", "q"], "r": [1, 4], "amplification": [21.5, 1.9]})
     text = to_markdown(df.set_index(["module", "r"]))
@@ -98,7 +99,7 @@ def test_markdown_of_a_multiindex_has_plain_columns():
 def test_latex_of_a_multiindex_is_plain_columns_and_pdflatex_safe():
     import pandas as pd
 
-    from lorascope.analysis.tables import to_latex
+    from lorascope.writers import to_latex
 
     df = pd.DataFrame({"module": ["q_proj"], "r": [4], "‖UᵀWV‖_F ΔW": [0.32]}).set_index(["module", "r"])
     text = to_latex(df)

@@ -14,7 +14,7 @@ import torch
 from browser import CHROMIUM, open_page
 from test_paper import write_full_run, write_run
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +55,9 @@ def reported(tiny_bert, tmp_path_factory):
         write_run(sweep, tiny_bert, rank, seed, shared)
     write_full_run(sweep, tiny_bert, shared)
     failed = sweep / "r2-s0"
-    runs.write_config(failed, {"rank": 2, "seed": 0, "note": "<script>alert(1)</script>"})
-    runs.write_summary(failed, {"status": "failed", "reason": "loss nan at step 3: the run diverged"})
-    runs.write_config(sweep / "r16-s0", {"rank": 16, "seed": 0})  # killed before its summary
+    run_format.write_config(failed, {"rank": 2, "seed": 0, "note": "<script>alert(1)</script>"})
+    run_format.write_summary(failed, {"status": "failed", "reason": "loss nan at step 3: the run diverged"})
+    run_format.write_config(sweep / "r16-s0", {"rank": 16, "seed": 0})  # killed before its summary
     out = sweep / "figures"
     recipes = "fig3,fig6,spectrum,ranks,findings"
     assert cli_main(["figures", str(sweep), "--out", str(out), "--only", recipes]) == 0

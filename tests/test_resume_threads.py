@@ -8,18 +8,18 @@ import sys
 
 from conftest import tiny_config
 
-from lorascope import resume, runs
+from lorascope import resume, run_format, runs
 from lorascope.launch import launch
 
 KILL_AFTER_STEP_3 = """
 import os
-from lorascope import runs
-_append = runs.append_metrics
+from lorascope import run_format, runs
+_append = run_format.append_metrics
 def _append_then_die(run_dir, record):
     _append(run_dir, record)
     if record.get("step") == 3:
         os.kill(os.getpid(), 9)
-runs.append_metrics = _append_then_die
+run_format.append_metrics = _append_then_die
 """
 
 
@@ -43,4 +43,4 @@ def test_a_resume_with_another_thread_count_is_refused(tiny_bert, topic_jsonl, t
 
     done = launch(cfg, out)
     assert done["status"] == "complete" and done["threads"] == 1
-    assert json.loads((out / runs.SUMMARY_FILE).read_text())["threads"] == 1
+    assert json.loads((out / run_format.SUMMARY_FILE).read_text())["threads"] == 1

@@ -10,7 +10,7 @@ import time
 import pytest
 from conftest import ROOT, sweep_cmd, tiny_overrides
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.launch import lock_path, run_lock
 
 # Imported at start-up by the sweep process whose PYTHONPATH holds it: every metrics record takes a
@@ -49,7 +49,7 @@ def test_a_deleted_lock_never_lets_a_second_sweep_take_a_running_run(
     first = _sweep(tmp_path, runs_dir, *common, slow=True)
     try:
         deadline = time.monotonic() + 240
-        while not (out / runs.METRICS_FILE).is_file() or len(runs.read_metrics(out)) < 3:
+        while not (out / run_format.METRICS_FILE).is_file() or len(run_format.read_metrics(out)) < 3:
             assert first.poll() is None and time.monotonic() < deadline, first.communicate()[0][-3000:]
             time.sleep(0.2)
         lock_path(out).unlink()  # a tidy-up while the run trains
@@ -66,7 +66,7 @@ def test_a_deleted_lock_never_lets_a_second_sweep_take_a_running_run(
     assert first.returncode == 0, text[-3000:]
     run = runs.load_run(out)
     assert run.status == "complete" and run.config["train"]["lr"] == 3e-3  # the first sweep's run
-    steps = [json.loads(line)["step"] for line in (out / runs.METRICS_FILE).read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / run_format.METRICS_FILE).read_text().splitlines()]
     assert steps == list(range(31))  # one record per step, all from one writer
 
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 from conftest import sweep_cmd, tiny_overrides
 
-from lorascope import runs
+from lorascope import run_format, runs
 
 
 def _sweep(tmp_path, *overrides):
@@ -57,8 +57,8 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tiny_bert, topic_jsonl, t
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     sweep = runs_dir / "tiny-topics"
-    assert runs.read_summary(sweep / "r1-s1")["status"] == "failed"
-    assert "step 1" in runs.read_summary(sweep / "r1-s1")["reason"]
+    assert run_format.read_summary(sweep / "r1-s1")["status"] == "failed"
+    assert "step 1" in run_format.read_summary(sweep / "r1-s1")["reason"]
     assert runs.is_complete(sweep / "r1-s0")
     assert "1 complete, 1 failed" in out
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from analysis_fixtures import make_run, shared_directions
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,17 +17,17 @@ def _write(name: str, data: bytes):
 
 
 def _truncate(run):
-    path = run / runs.ADAPTER_FILE
+    path = run / run_format.ADAPTER_FILE
     path.write_bytes(path.read_bytes()[:100])
 
 
 CORRUPTIONS = {
-    "summary not UTF-8": _write(runs.SUMMARY_FILE, b'{"status": "compl\xff\xfe"}'),
-    "summary a JSON list": _write(runs.SUMMARY_FILE, b"[1, 2]"),
-    "summary not JSON": _write(runs.SUMMARY_FILE, b"{status: complete"),
-    "config not UTF-8": _write(runs.CONFIG_FILE, b"rank: \xff\xfe\n"),
-    "config a YAML list": _write(runs.CONFIG_FILE, b"- 1\n- 2\n"),
-    "config a YAML string": _write(runs.CONFIG_FILE, b"just text\n"),
+    "summary not UTF-8": _write(run_format.SUMMARY_FILE, b'{"status": "compl\xff\xfe"}'),
+    "summary a JSON list": _write(run_format.SUMMARY_FILE, b"[1, 2]"),
+    "summary not JSON": _write(run_format.SUMMARY_FILE, b"{status: complete"),
+    "config not UTF-8": _write(run_format.CONFIG_FILE, b"rank: \xff\xfe\n"),
+    "config a YAML list": _write(run_format.CONFIG_FILE, b"- 1\n- 2\n"),
+    "config a YAML string": _write(run_format.CONFIG_FILE, b"just text\n"),
     "adapter cut short": _truncate,
 }
 
@@ -76,7 +76,7 @@ def test_a_corrupt_run_is_named_and_the_good_ones_are_listed_drawn_and_compared(
 def test_a_broken_run_in_a_sibling_sweep_never_stops_figures(sweep, tmp_path, capsys):
     sibling = tmp_path / "other-task"
     make_run(sibling, "r8-s0", 8, seed=3)
-    (sibling / "r8-s0" / runs.CONFIG_FILE).write_bytes(b"task: \xff\n")
+    (sibling / "r8-s0" / run_format.CONFIG_FILE).write_bytes(b"task: \xff\n")
     figs = tmp_path / "figs"
     assert main(["figures", str(sweep), "--out", str(figs), "--only", "cross_task", "--factor", "A"]) == 0
     assert "cross_task" in capsys.readouterr().out  # skipped with its reason: no other task beside it

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import sweep_cmd, tiny_config, tiny_overrides
 
-from lorascope import config, runs, trackers
+from lorascope import config, run_format, trackers
 from lorascope.errors import LorascopeError
 
 CADENCE = ("train.log_every=1", "train.eval_every=2")
@@ -26,7 +26,7 @@ def _sweep(tmp_path, *overrides):
 def _series(run_dir) -> dict[str, dict[int, float]]:
     """metrics.jsonl as {metric: {step: value}}, the numbers a tracker must hold."""
     out: dict[str, dict[int, float]] = {}
-    for record in runs.read_metrics(run_dir).to_dict("records"):
+    for record in run_format.read_metrics(run_dir).to_dict("records"):
         for key, value in trackers.numbers(record).items():
             out.setdefault(key, {})[int(record["step"])] = value
     return out
@@ -57,7 +57,7 @@ def test_tensorboard_events_hold_every_metric_of_metrics_jsonl(tracked_sweep):
     for key, by_step in expected.items():
         got = {e.step: e.value for e in events.Scalars(key)}
         assert got == pytest.approx(by_step, rel=1e-6), key  # TensorBoard keeps float32
-    summary = runs.read_summary(tracked_sweep)
+    summary = run_format.read_summary(tracked_sweep)
     final = events.Scalars(trackers.SUMMARY_PREFIX + "val_accuracy")
     assert final[-1].value == pytest.approx(summary["val_accuracy"], rel=1e-6)
 
@@ -70,18 +70,21 @@ def test_mlflow_store_holds_the_config_the_metrics_and_the_summary(tracked_sweep
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == "r1-s0" and run.info.status == "FINISHED"
     assert run.data.params["rank"] == "1" and run.data.params["train.steps"] == "4"
-    assert run.data.params["model.name_or_path"] == runs.read_config(tracked_sweep)["model"]["name_or_path"]
+    assert (
+        run.data.params["model.name_or_path"]
+        == run_format.read_config(tracked_sweep)["model"]["name_or_path"]
+    )
     for key, by_step in _series(tracked_sweep).items():
         got = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
         assert got == by_step, key  # float64 in the store: exact
-    summary = runs.read_summary(tracked_sweep)
+    summary = run_format.read_summary(tracked_sweep)
     assert run.data.metrics[trackers.SUMMARY_PREFIX + "wall_time_s"] == summary["wall_time_s"]
     assert run.data.tags["status"] == "complete"
 
 
 def test_csv_is_metrics_jsonl_as_a_table(tracked_sweep):
     table = pd.read_csv(tracked_sweep / "metrics.csv")
-    pd.testing.assert_frame_equal(table, runs.read_metrics(tracked_sweep), check_dtype=False)
+    pd.testing.assert_frame_equal(table, run_format.read_metrics(tracked_sweep), check_dtype=False)
 
 
 def test_a_relaunch_with_a_tracker_skips_the_complete_run(tracked_sweep, tiny_bert, topic_jsonl):

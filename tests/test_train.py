@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.launch import launch
 from lorascope.train import lr_lambda, train
 
@@ -34,9 +34,9 @@ def test_run_folder_is_complete_and_loads(tiny_bert, topic_jsonl, tmp_path):
     assert set(run.meta["base_fingerprint"]) == set(run.adapters)
     assert run.meta["model_class"] == "AutoModelForSequenceClassification" and run.meta["num_labels"] == 3
     assert sorted(run.checkpoints()) == [3, 6]
-    head, _ = runs.read_tensors(out / runs.HEAD_FILE)
+    head, _ = run_format.read_tensors(out / run_format.HEAD_FILE)
     assert "classifier.weight" in head
-    steps = [json.loads(line)["step"] for line in (out / runs.METRICS_FILE).read_text().splitlines()]
+    steps = [json.loads(line)["step"] for line in (out / run_format.METRICS_FILE).read_text().splitlines()]
     assert steps[0] == 0 and steps[-1] == 6
     assert run.config["rank"] == 2 and run.config["lora"]["targets"] == ["query", "value"]
 
@@ -51,10 +51,10 @@ def test_same_seed_gives_identical_adapters(tiny_bert, topic_jsonl, tmp_path):
     cfg = _cfg(tiny_bert, topic_jsonl, steps=3)
     train(cfg, tmp_path / "a")
     train(cfg, tmp_path / "b")
-    for f in (runs.ADAPTER_FILE, runs.INIT_FILE, runs.HEAD_FILE):  # bit-identical files
+    for f in (run_format.ADAPTER_FILE, run_format.INIT_FILE, run_format.HEAD_FILE):  # bit-identical files
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     train({**cfg, "seed": 1}, tmp_path / "c")
-    assert _payload(tmp_path / "a" / runs.INIT_FILE) != _payload(tmp_path / "c" / runs.INIT_FILE)
+    assert _payload(tmp_path / "a" / run_format.INIT_FILE) != _payload(tmp_path / "c" / run_format.INIT_FILE)
 
 
 def _shared_rows(A1, A2) -> int:
@@ -75,7 +75,9 @@ def test_runs_of_a_sweep_start_independently(tiny_bert, topic_jsonl, tmp_path):
 
 def test_every_training_record_has_grad_norm(tiny_bert, topic_jsonl, tmp_path):
     train(_cfg(tiny_bert, topic_jsonl, steps=4, eval_every=2, log_every=1), tmp_path / "r")
-    records = [json.loads(line) for line in (tmp_path / "r" / runs.METRICS_FILE).read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "r" / run_format.METRICS_FILE).read_text().splitlines()
+    ]
     training = [r for r in records if r["step"] > 0]
     assert [r["step"] for r in training] == [1, 2, 3, 4]
     assert all("grad_norm" in r and "loss" in r for r in training)
@@ -102,7 +104,7 @@ def test_failure_is_recorded_not_raised(tiny_bert, topic_jsonl, tmp_path, bad, w
     out = tmp_path / "r2-s0"
     s = launch(_cfg(tiny_bert, topic_jsonl, **bad), out)
     assert s["status"] == "failed" and why in s["reason"]
-    assert runs.read_summary(out)["status"] == "failed" and not runs.is_complete(out)
+    assert run_format.read_summary(out)["status"] == "failed" and not runs.is_complete(out)
 
 
 def test_a_bad_value_fails_before_the_run_folder_is_touched(tiny_bert, topic_jsonl, tmp_path):
@@ -121,7 +123,7 @@ def test_launch_skips_same_refuses_different_redoes_incomplete(tiny_bert, topic_
     other = launch(_cfg(tiny_bert, topic_jsonl, steps=3), out)
     assert other["status"] == "failed" and "name=" in other["reason"]
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == before
-    (out / runs.SUMMARY_FILE).unlink()  # now it is an interrupted run
+    (out / run_format.SUMMARY_FILE).unlink()  # now it is an interrupted run
     (out / "stale.tmp").write_text("x")
     assert launch(cfg, out)["status"] == "complete" and not (out / "stale.tmp").exists()
 
@@ -141,7 +143,7 @@ def test_schedule_warms_up_then_decays():
 @pytest.mark.slow
 def test_embedded_minilm_on_bbc_end_to_end(tmp_path):
     """The real default (MiniLM + BBC News), a few tiny steps: a complete run the analysis can use."""
-    from lorascope.weights import base_weights
+    from lorascope.base_model import base_weights
 
     cfg = {
         "rank": 4,

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import sweep_cmd, tiny_config, tiny_overrides
 
-from lorascope import models, runs
+from lorascope import models, run_format, runs
 from lorascope.config import from_dict
 from lorascope.errors import LorascopeError
 from lorascope.launch import launch
@@ -80,7 +80,9 @@ def _lm_config(model, corpus, steps=3, **train_kw):
 
 def _losses(run_dir):
     return [
-        r["loss"] for r in runs.read_metrics(run_dir).to_dict("records") if r.get("loss") == r.get("loss")
+        r["loss"]
+        for r in run_format.read_metrics(run_dir).to_dict("records")
+        if r.get("loss") == r.get("loss")
     ]
 
 
@@ -106,12 +108,12 @@ def test_bf16_run_records_its_base_and_its_fingerprint_is_the_stored_w(bf16_llam
     run = runs.load_run(tmp_path / "r")
     assert run.meta["base_dtype"] == "bf16"
     assert run.adapters["model.layers.0.self_attn.q_proj"].A.dtype == torch.float32
-    from lorascope.checkpoint import Checkpoint
+    from lorascope.base_model import Checkpoint
 
     stored = Checkpoint(bf16_llama).weight("model.layers.1.self_attn.v_proj", dtype=None)
     assert stored.dtype == torch.bfloat16
     assert run.meta["base_fingerprint"]["model.layers.1.self_attn.v_proj"] == pytest.approx(
-        runs.base_fingerprint(stored), rel=1e-12
+        run_format.base_fingerprint(stored), rel=1e-12
     )
 
 
@@ -170,9 +172,9 @@ def test_qlora_trains_on_a_quantized_base_and_analyses_read_the_original_w(
     assert quantization in run.meta["quantized_note"]
     assert float(run.adapters["model.layers.0.self_attn.q_proj"].B.abs().max()) > 0
     # The fingerprint is the checkpoint's W, so the W-side analyses accept the run's base.
-    from lorascope import weights
+    from lorascope import base_model
 
-    (name, W), *_ = weights.iter_base_weights(run, ["model.layers.0.self_attn.q_proj"])
+    (name, W), *_ = base_model.iter_base_weights(run, ["model.layers.0.self_attn.q_proj"])
     assert W.shape == (128, 128)
 
 
@@ -213,7 +215,7 @@ def test_two_processes_train_what_one_does(dropless_bert, topic_jsonl, tmp_path,
     assert one["status"] == two["status"] == "complete", two.get("reason")
     assert two["processes"] == 2 and two["strategy"] == strategy
     assert _max_diff(_factors(tmp_path / "one"), _factors(tmp_path / "two")) < 1e-5
-    steps = [r["step"] for r in runs.read_metrics(tmp_path / "two").to_dict("records")]
+    steps = [r["step"] for r in run_format.read_metrics(tmp_path / "two").to_dict("records")]
     assert steps == [0, 1, 2, 3, 4]  # written once, by rank 0
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), abs=1e-6)
 
@@ -225,7 +227,7 @@ def test_a_killed_rank_fails_the_run_and_a_relaunch_redoes_it(
     monkeypatch.setenv("LORASCOPE_TEST_KILL", "1:2")  # rank 1 dies (SIGKILL) at step 2
     s = launch(cfg, tmp_path / "r")
     assert s["status"] == "failed" and "rank 1 of 2 was killed by signal 9" in s["reason"]
-    assert runs.read_summary(tmp_path / "r")["status"] == "failed"
+    assert run_format.read_summary(tmp_path / "r")["status"] == "failed"
     assert not runs.is_complete(tmp_path / "r")
     monkeypatch.delenv("LORASCOPE_TEST_KILL")
     assert launch(cfg, tmp_path / "r")["status"] == "complete"
@@ -261,7 +263,7 @@ def test_torchrun_trains_one_run_over_two_processes(dropless_bert, topic_jsonl, 
                        text=True, timeout=180)  # fmt: skip
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     run_dir = tmp_path / "runs" / "tiny-topics" / "r2-s0"
-    assert runs.read_summary(run_dir)["processes"] == 2
+    assert run_format.read_summary(run_dir)["processes"] == 2
     assert _max_diff(_factors(tmp_path / "ref"), _factors(run_dir)) < 1e-5
     assert (p.stdout + p.stderr).count("sweep done") == 1  # rank 0 alone reports the sweep
 

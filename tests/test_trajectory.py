@@ -11,7 +11,7 @@ import pytest
 import torch
 from analysis_fixtures import MODULES, make_run
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.analysis.modules import module_kind
 from lorascope.analysis.trajectory import (
     COLUMNS,
@@ -23,13 +23,13 @@ from lorascope.analysis.trajectory import (
 )
 from lorascope.compare.trajectories import final_step, run_trajectory, trajectory_plan
 from lorascope.errors import LorascopeError
-from lorascope.runs import Adapter
+from lorascope.run_format import Adapter
 
 N_IN, N_OUT, RANK = 20, 12, 4
 
 
 def _meta(scaling: float, **extra):
-    return runs.adapter_metadata(
+    return run_format.adapter_metadata(
         rank=RANK, alpha=scaling * RANK, scaling=scaling, base_model="synthetic",
         targets=["query", "value"], init="gaussian", rslora=False, **extra,
     )  # fmt: skip
@@ -39,7 +39,7 @@ def _write(path, adapters: dict[str, Adapter], **extra):
     tensors = {}
     for m, ad in adapters.items():
         tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = ad.A, ad.B
-    runs.save_adapter(path, tensors, _meta(next(iter(adapters.values())).scaling, **extra))
+    run_format.save_adapter(path, tensors, _meta(next(iter(adapters.values())).scaling, **extra))
 
 
 def planted_run(root, factors_at, steps, final, scaling=2.0, snapshots=True, init=True):
@@ -49,12 +49,12 @@ def planted_run(root, factors_at, steps, final, scaling=2.0, snapshots=True, ini
         t: {m: Adapter(*factors_at(i, t), scaling) for i, m in enumerate(MODULES)} for t in (0, *steps, final)
     }
     if init:
-        _write(run / runs.INIT_FILE, at[0])
+        _write(run / run_format.INIT_FILE, at[0])
     for t in steps if snapshots else ():
-        _write(run / runs.CHECKPOINT_DIR / f"step-{t}" / runs.ADAPTER_FILE, at[t], step=t)
-    _write(run / runs.ADAPTER_FILE, at[final], step=final)
-    runs.write_config(run, {"rank": RANK})
-    runs.write_summary(run, {"status": "complete", "steps": final})
+        _write(run / run_format.CHECKPOINT_DIR / f"step-{t}" / run_format.ADAPTER_FILE, at[t], step=t)
+    _write(run / run_format.ADAPTER_FILE, at[final], step=final)
+    run_format.write_config(run, {"rank": RANK})
+    run_format.write_summary(run, {"status": "complete", "steps": final})
     return run
 
 
@@ -108,13 +108,13 @@ def _dense_row(ad: Adapter, A0, final: Adapter, k: int) -> dict:
 def _check_against_files(frame: pd.DataFrame, run_dir, k: int):
     """Every number of the frame equals the dense recomputation from the files on disk."""
     run = runs.load_run(run_dir)
-    init = runs.read_adapter(run_dir / runs.INIT_FILE)[0]
-    final = runs.read_adapter(run_dir / runs.ADAPTER_FILE)[0]
-    files = {0: run_dir / runs.INIT_FILE, **run.checkpoints()}
-    files.setdefault(final_step(run), run_dir / runs.ADAPTER_FILE)
+    init = run_format.read_adapter(run_dir / run_format.INIT_FILE)[0]
+    final = run_format.read_adapter(run_dir / run_format.ADAPTER_FILE)[0]
+    files = {0: run_dir / run_format.INIT_FILE, **run.checkpoints()}
+    files.setdefault(final_step(run), run_dir / run_format.ADAPTER_FILE)
     assert sorted(frame["step"].unique()) == sorted(files)
     for step, path in files.items():
-        adapters = runs.read_adapter(path)[0]
+        adapters = run_format.read_adapter(path)[0]
         for m, ad in adapters.items():
             row = frame[(frame["module"] == m) & (frame["step"] == step)]
             assert len(row) == 1

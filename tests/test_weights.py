@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 from weights_fixtures import llama_modules, lorascope_run, peft_folder, random_adapters, save_tiny_llama
 
-from lorascope import checkpoint, models, runs, weights
+from lorascope import base_model, models, run_format, runs
 from lorascope.errors import LorascopeError
 
 
@@ -27,11 +27,11 @@ def _one_line(e: pytest.ExceptionInfo) -> str:
 
 def test_sharded_bf16_checkpoint_reads_only_the_tensors_asked_for(llama, tmp_path):
     folder, state = llama
-    assert len(list(folder.glob("model-*.safetensors"))) > 1 and (folder / checkpoint.INDEX_FILE).is_file()
+    assert len(list(folder.glob("model-*.safetensors"))) > 1 and (folder / base_model.INDEX_FILE).is_file()
     modules = llama_modules()
     run = runs.load_run(peft_folder(tmp_path, folder, random_adapters(state, modules)))
-    ckpt = weights.open_base(run)
-    pairs = weights.iter_base_weights(run, modules, checkpoint=ckpt)
+    ckpt = base_model.open_base(run)
+    pairs = base_model.iter_base_weights(run, modules, checkpoint=ckpt)
     m, W = next(pairs)  # a generator: one W read so far
     assert ckpt.reads == [m + ".weight"]
     assert W.dtype == torch.float32 and W.is_contiguous()
@@ -43,12 +43,12 @@ def test_sharded_bf16_checkpoint_reads_only_the_tensors_asked_for(llama, tmp_pat
 
 def test_module_names_map_to_checkpoint_keys():
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.self.key"]
-    assert checkpoint.match_module(names, "bert.encoder.layer.0.attention.self.query") == names[0]
-    assert checkpoint.match_module(["bert." + n for n in names], names[1]) == "bert." + names[1]
+    assert base_model.match_module(names, "bert.encoder.layer.0.attention.self.query") == names[0]
+    assert base_model.match_module(["bert." + n for n in names], names[1]) == "bert." + names[1]
     with pytest.raises(LorascopeError, match="ambiguous"):
-        checkpoint.match_module(["a.layer.0.q", "b.layer.0.q"], "layer.0.q")
+        base_model.match_module(["a.layer.0.q", "b.layer.0.q"], "layer.0.q")
     with pytest.raises(LorascopeError, match="not in"):
-        checkpoint.match_module(names, "encoder.layer.1.attention.self.query")
+        base_model.match_module(names, "encoder.layer.1.attention.self.query")
 
 
 def test_embedded_minilm_through_a_run_module_name(tmp_path):
@@ -56,20 +56,20 @@ def test_embedded_minilm_through_a_run_module_name(tmp_path):
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         ref = f.get_tensor("encoder.layer.0.attention.self.query.weight")
     name = "bert.encoder.layer.0.attention.self.query"  # what training a classifier on MiniLM records
-    adapters = {name: runs.Adapter(torch.zeros(2, 384), torch.zeros(384, 2), 1.0)}
+    adapters = {name: run_format.Adapter(torch.zeros(2, 384), torch.zeros(384, 2), 1.0)}
     run = runs.load_run(lorascope_run(tmp_path, "minilm", adapters, state={name + ".weight": ref}))
-    ((m, W),) = weights.iter_base_weights(run, [name])
+    ((m, W),) = base_model.iter_base_weights(run, [name])
     assert m == name and torch.equal(W, ref.float())
-    assert torch.equal(weights.base_weights(run, [name])[name], W)  # all at once, the same reader
+    assert torch.equal(base_model.base_weights(run, [name])[name], W)  # all at once, the same reader
 
 
 def test_smollm2_preset_reads_the_dequantized_cache(tmp_path):
     name = "model.layers.3.self_attn.v_proj"
     with safe_open(str(models.smollm2_dir() / "model.safetensors"), "pt") as f:
         ref = f.get_tensor(name + ".weight")
-    adapters = {name: runs.Adapter(torch.zeros(2, 576), torch.zeros(192, 2), 1.0)}
+    adapters = {name: run_format.Adapter(torch.zeros(2, 576), torch.zeros(192, 2), 1.0)}
     run = runs.load_run(lorascope_run(tmp_path, "smollm2", adapters, state={name + ".weight": ref}))
-    W = weights.base_weights(run, [name])[name]
+    W = base_model.base_weights(run, [name])[name]
     assert W.shape == (192, 576) and torch.equal(W, ref)
 
 
@@ -79,13 +79,13 @@ def test_gpt2_conv1d_is_transposed_from_the_config_not_the_shape(tmp_path):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=50, n_positions=32))
     model.save_pretrained(tmp_path / "gpt2")
-    ckpt = checkpoint.Checkpoint(tmp_path / "gpt2")
+    ckpt = base_model.Checkpoint(tmp_path / "gpt2")
     stored = model.transformer.h[0].attn.c_proj.weight.detach()  # (in, out), square
     assert torch.equal(ckpt.weight("h.0.attn.c_proj"), stored.T)
     assert ckpt.weight("transformer.h.0.attn.c_attn").shape == (48, 16)
     # Without config.json the adapter's fan_in_fan_out decides (PEFT sets it for Conv1D).
     (tmp_path / "gpt2" / "config.json").unlink()
-    bare = checkpoint.Checkpoint(tmp_path / "gpt2")
+    bare = base_model.Checkpoint(tmp_path / "gpt2")
     assert torch.equal(bare.weight("h.0.attn.c_proj", fan_in_fan_out=True), stored.T)
     assert torch.equal(bare.weight("h.0.attn.c_proj", fan_in_fan_out=False), stored)
 
@@ -109,10 +109,10 @@ def test_hub_id_from_the_local_cache_without_network(llama, tmp_path, monkeypatc
     monkeypatch.setattr(socket.socket, "connect", no_network)
     name = "model.layers.1.self_attn.q_proj"
     run = runs.load_run(peft_folder(tmp_path, "org/tiny-llama", random_adapters(state, [name])))
-    assert torch.equal(weights.base_weights(run, [name])[name], state[name + ".weight"])
+    assert torch.equal(base_model.base_weights(run, [name])[name], state[name + ".weight"])
     missing = runs.load_run(peft_folder(tmp_path, "org/not-cached", random_adapters(state, [name]), "p2"))
     with pytest.raises(LorascopeError) as e:
-        weights.base_weights(missing, [name])
+        base_model.base_weights(missing, [name])
     assert "not in the Hugging Face cache" in _one_line(e) and "org/not-cached" in str(e.value)
 
 
@@ -126,7 +126,7 @@ def test_bad_bases_are_one_line_errors(llama, tmp_path):
     def error_for(base, adapters=adapters, state=None) -> str:
         run = runs.load_run(lorascope_run(tmp_path / f"run{next(count)}", base, adapters, state))
         with pytest.raises(LorascopeError) as e:
-            dict(weights.iter_base_weights(run, list(adapters)))
+            dict(base_model.iter_base_weights(run, list(adapters)))
         return _one_line(e)
 
     empty = tmp_path / "no-weights"
@@ -136,7 +136,7 @@ def test_bad_bases_are_one_line_errors(llama, tmp_path):
     shutil.copytree(empty, pickled)
     (pickled / "pytorch_model.bin").write_bytes(b"not to be unpickled")
     assert "pickle" in error_for(str(pickled)) and "safetensors" in error_for(str(pickled))
-    other = {name: runs.Adapter(torch.zeros(2, 32), torch.zeros(32, 2), 1.0)}  # hidden 32, not 64
+    other = {name: run_format.Adapter(torch.zeros(2, 32), torch.zeros(32, 2), 1.0)}  # hidden 32, not 64
     assert "the run's base model" in error_for(str(folder), other)
     wrong = {name + ".weight": 1.01 * state[name + ".weight"]}
     assert "does not match the run's" in error_for(str(folder), adapters, wrong)
@@ -153,7 +153,7 @@ def test_bad_bases_are_one_line_errors(llama, tmp_path):
 
 def test_the_stored_dtype_on_request(llama, tmp_path):
     folder, state = llama
-    ckpt = checkpoint.Checkpoint(folder)
+    ckpt = base_model.Checkpoint(folder)
     stored = ckpt.weight("model.layers.0.self_attn.v_proj", dtype=None)
     assert stored.dtype == torch.bfloat16 and stored.shape == (32, 64)
     assert torch.equal(stored.float(), state["model.layers.0.self_attn.v_proj.weight"])
@@ -163,9 +163,33 @@ def test_the_stored_dtype_on_request(llama, tmp_path):
 
 def test_reads_are_counted_per_key(llama):
     folder, _ = llama
-    ckpt = checkpoint.Checkpoint(folder)
+    ckpt = base_model.Checkpoint(folder)
     key = ckpt.key("model.layers.0.mlp.down_proj")
-    before = checkpoint.TENSORS_READ[key]
-    assert ckpt.shape(key) == (64, 96) and checkpoint.TENSORS_READ[key] == before  # header only
+    before = base_model.TENSORS_READ[key]
+    assert ckpt.shape(key) == (64, 96) and base_model.TENSORS_READ[key] == before  # header only
     ckpt.read(key)
-    assert checkpoint.TENSORS_READ[key] == before + 1 and ckpt.reads == [key]
+    assert base_model.TENSORS_READ[key] == before + 1 and ckpt.reads == [key]
+
+
+def test_the_w_commands_read_w_through_the_one_iterator(llama, tmp_path, monkeypatch):
+    """amplification, intruders and Fig. 8 read W only through `base_model.iter_base_weights`."""
+    from lorascope.compare import w_and_delta
+
+    folder, state = llama
+    modules = llama_modules()[:2]
+    run = runs.load_run(peft_folder(tmp_path, folder, random_adapters(state, modules)))
+    calls = []
+
+    def spy(*args, **kw):
+        calls.append((args, kw))
+        yield from base_model.iter_base_weights(*args, **kw)
+
+    monkeypatch.setattr(w_and_delta, "iter_base_weights", spy)
+    monkeypatch.setenv("LORASCOPE_CACHE", str(tmp_path / "cache"))
+    base_model.TENSORS_READ.clear()
+    w_and_delta.amplification_table(run, cache=False)
+    w_and_delta.intruder_tables(run, k=2, cache=False)
+    w_and_delta.w_delta_frame(run, cache=False)
+    assert len(calls) == 3 and all(args[0] is run for args, _ in calls)
+    assert all(sorted(args[1]) == sorted(modules) for args, _ in calls)
+    assert dict(base_model.TENSORS_READ) == {m + ".weight": 3 for m in modules}  # once per command

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.peft_format import export_peft
 
 HIDDEN, LAYERS = 64, 3
@@ -38,13 +38,13 @@ def random_adapters(state: dict[str, torch.Tensor], modules, rank: int = 4, seed
         n_out, n_in = state[m + ".weight"].shape
         A = torch.randn(rank, n_in, generator=g) / rank**0.5
         B = 0.05 * torch.randn(n_out, rank, generator=g)
-        out[m] = runs.Adapter(A, B, scaling)
+        out[m] = run_format.Adapter(A, B, scaling)
     return out
 
 
 def peft_folder(root: Path, base: Path, adapters: dict, name: str = "peft") -> Path:
     """A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on `base`."""
-    run = runs.Run(path=root / name, adapters=adapters, meta={"base_model": str(base), "rslora": False})
+    run = run_format.Run(path=root / name, adapters=adapters, meta={"base_model": str(base), "rslora": False})
     return export_peft(run, root / name)
 
 
@@ -53,12 +53,12 @@ def lorascope_run(root: Path, base: str, adapters: dict, state=None, name: str =
     tensors = {}
     for m, a in adapters.items():
         tensors[f"{m}.lora_A"], tensors[f"{m}.lora_B"] = a.A, a.B
-    fingerprint = {m: runs.base_fingerprint(state[m + ".weight"]) for m in adapters} if state else {}
+    fingerprint = {m: run_format.base_fingerprint(state[m + ".weight"]) for m in adapters} if state else {}
     rank = next(iter(adapters.values())).rank
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=rank, alpha=2.0 * rank, scaling=2.0, base_model=base, targets=["q_proj", "v_proj"],
         init="gaussian", rslora=False, base_fingerprint=fingerprint,
     )  # fmt: skip
-    runs.save_adapter(root / name / runs.ADAPTER_FILE, tensors, meta)
-    runs.write_summary(root / name, {"status": "complete"})
+    run_format.save_adapter(root / name / run_format.ADAPTER_FILE, tensors, meta)
+    run_format.write_summary(root / name, {"status": "complete"})
     return root / name

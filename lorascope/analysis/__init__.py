@@ -11,7 +11,7 @@
     la.intruder_dimensions(W, delta)     # Shuttleworth et al. 2024
 
 Pure functions: arrays in, arrays / dicts / DataFrames out. Plots return (fig, axes);
-only `tables.write_*` (used by the CLI and recipes) touch the disk. Runs in, DataFrames out
+only `lorascope.writers` (used by the CLI and recipes) touches the disk. Runs in, DataFrames out
 (two runs compared module by module, a sweep listed) is `lorascope.compare`.
 """
 

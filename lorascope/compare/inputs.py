@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, is_run_dir, list_runs, load_run, read_summary
+from lorascope.run_format import Run, read_summary
+from lorascope.runs import is_run_dir, list_runs, load_run
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from lorascope.analysis.linalg import numerical_rank
 from lorascope.analysis.modules import layer_index, parse_layers, select_modules
 from lorascope.compare.inputs import resolve_sources, unique_names
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run
+from lorascope.run_format import Run
 
 log = logging.getLogger(__name__)
 

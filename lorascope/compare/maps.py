@@ -36,7 +36,8 @@ from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.analysis.modules import layer_index, module_kind, parse_layers, select_modules
 from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, load_run
+from lorascope.run_format import Run
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

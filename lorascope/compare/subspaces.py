@@ -39,7 +39,8 @@ from lorascope.compare.many import (
     _sources,
 )
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, load_run
+from lorascope.run_format import Run
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@
     w_delta_frame(run, top_w=64)              Fig. 8: φ(W's top-i, ΔW's top-j), long-format
 
 Each takes one run or several runs of one base model ({label: run}, e.g. a sweep's ranks): every
-W is read once from the base checkpoint (`lorascope.weights`, one tensor at a time, checked
-against every run's fingerprint), its decompositions come from the on-disk cache
+W is read once from the base checkpoint (`lorascope.base_model.iter_base_weights`, one tensor at
+a time, checked against every run's fingerprint), its decompositions come from the on-disk cache
 (`lorascope.wspectra`: computed once per base, truncated where the top-k suffice), and the
 analysis runs once per run on it. A module's ΔW is the run's factors (A, B, s), or a dense
 (out, in) tensor for a full fine-tuning run.
@@ -25,10 +25,8 @@ from lorascope.analysis.amplification import FIG8_SIDE, amplification, w_delta_s
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
 from lorascope.analysis.modules import select_modules
 from lorascope.analysis.truncated import resolve_device
-from lorascope.checkpoint import check_fingerprint, run_weights
+from lorascope.base_model import check_fingerprint, iter_base_weights, open_base
 from lorascope.errors import LorascopeError
-from lorascope.run_format import base_fingerprint
-from lorascope.weights import open_base
 from lorascope.wspectra import SpectraCache
 
 log = logging.getLogger(__name__)
@@ -92,10 +90,8 @@ def _weights(
     checkpoint = open_base(first)
     log.info("%s: reading W of %d module(s) from %s", what, len(modules), checkpoint.folder)
     fan_in_fan_out = first.meta.get("fan_in_fan_out")
-    pairs = run_weights(checkpoint, first, modules, dtype=None)
+    pairs = iter_base_weights(first, modules, checkpoint=checkpoint, also=rest, dtype=None, check=check)
     for m, W in tqdm(pairs, total=len(modules), desc=what, unit="module", disable=not progress):
-        if check:
-            _check_fingerprints(runs, m, base_fingerprint(W))
         key = None
         if store is not None:
             identity = checkpoint.identity(m, fan_in_fan_out)
