@@ -32,7 +32,7 @@ import torch
 
 from lorascope import models
 from lorascope.errors import LorascopeError
-from lorascope.model_files import CONFIG_FILE, INDEX_FILE, PICKLE_FILES, SINGLE_FILE, refuse_pickle_only
+from lorascope.model_files import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, hub_folder, refuse_pickle_only
 from lorascope.run_format import base_fingerprint
 
 log = logging.getLogger(__name__)
@@ -93,36 +93,6 @@ def match_module(names, wanted: str, where: str = "the base model") -> str:
     if not hits:
         raise LorascopeError(f"module {wanted!r} is not in {where}")
     raise LorascopeError(f"module {wanted!r} is ambiguous in {where}: {', '.join(hits[:4])}")
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache: $HF_HUB_CACHE, else $HF_HOME/hub, else huggingface_hub's default."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
-def hub_folder(repo_id: str) -> Path:
-    """The cached snapshot folder (refs/main) of a hub model, found on disk only: never a network call."""
-    from huggingface_hub import try_to_load_from_cache  # reads the cache folders; no network
-
-    cache = hub_cache_dir()
-    for name in (INDEX_FILE, SINGLE_FILE, CONFIG_FILE, *PICKLE_FILES):
-        try:
-            found = try_to_load_from_cache(repo_id, name, cache_dir=cache)
-        except ValueError:  # not a valid repo id
-            break
-        if isinstance(found, str):
-            return Path(found).parent
-    raise LorascopeError(
-        f"model {repo_id!r} is not in the Hugging Face cache ({cache}) and lorascope reads base weights "
-        f"offline only: download it once (huggingface-cli download {repo_id} --include '*.safetensors' "
-        "'*.json') or give a local folder"
-    )
 
 
 class Checkpoint:
