@@ -270,16 +270,16 @@ def test_incomplete_runs_are_left_out(sweep, tmp_path):
     assert loaded.skipped == {"r4-s0": "status incomplete"}
 
 
-def test_recipe_script_runs_alone(sweep, tmp_path):
-    script = ROOT / "analysis" / "table7_amplification.py"
+def test_a_recipe_runs_alone(sweep, tmp_path):
+    """`lorascope figures SWEEP --only NAME` runs one recipe, and writes only what it makes."""
+    argv = [sys.executable, "-m", "lorascope", "figures"]
     res = subprocess.run(
-        [sys.executable, str(script), str(sweep), "--out", str(tmp_path)], capture_output=True, text=True
+        [*argv, str(sweep), "--only", "table7", "--out", str(tmp_path)], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "table7_amplification.md").is_file()
-    bad = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "nope")], capture_output=True, text=True
-    )
+    assert not any(p.name.startswith(("fig", "table_ranks")) for p in tmp_path.iterdir())
+    bad = subprocess.run([*argv, str(tmp_path / "nope"), "--only", "table7"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "no such sweep folder" in bad.stderr
 
