@@ -208,12 +208,12 @@ def test_first_step_reached_stay_or_first():
 
 
 def test_real_tiny_training_run(tiny_bert, topic_jsonl, tmp_path):
-    from test_train import _cfg
+    from conftest import tiny_config
 
     from lorascope.train import train
 
     out = tmp_path / "r2-s0"
-    train(_cfg(tiny_bert, topic_jsonl, steps=5, snapshot_every=2, eval_every=0), out)
+    train(tiny_config(tiny_bert, topic_jsonl, steps=5, train={"snapshot_every": 2, "eval_every": 0}), out)
     df = run_trajectory(out)
     run = runs.load_run(out)
     assert sorted(run.checkpoints()) == [2, 4]

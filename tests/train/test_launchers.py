@@ -99,7 +99,7 @@ def test_slurm_preset_asks_for_no_gpu_and_brings_the_callback():
     from lorascope import hydra_glue
 
     hydra_glue.register()  # as sweep.py does
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(Path(__file__).resolve().parents[2] / "conf")
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose("config", ["hydra/launcher=submitit_slurm"], return_hydra_config=True).hydra
     # Only a partition is needed on a CPU-only cluster: null leaves GPUs, CPUs and memory to its defaults.

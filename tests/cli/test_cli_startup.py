@@ -12,7 +12,7 @@ import pytest
 
 from lorascope.cli import COMMANDS, build_parser, choices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "transformers", "matplotlib", "safetensors", "scipy")
 COMMAND_NAMES = sorted(build_parser()._subparsers._group_actions[0].choices)
 

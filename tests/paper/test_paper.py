@@ -17,7 +17,7 @@ from lorascope.lora import add_lora, factors
 from lorascope.paper.recipes import make_figures
 from lorascope.paper.sweep import Sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ["query", "value"]
 MIDDLE = "bert.encoder.layer.1.attention.self.{}"
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from lorascope import config, hydra_glue
 
 pytestmark = pytest.mark.filterwarnings("ignore:(?s).*validated against ConfigStore schema")
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 hydra_glue.register()
 
 

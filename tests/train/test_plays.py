@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from lorascope import config, data, hydra_glue, models
 from lorascope.errors import LorascopeError
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
 hydra_glue.register()
 
 

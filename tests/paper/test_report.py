@@ -17,7 +17,7 @@ from test_paper import write_full_run, write_run
 from lorascope import run_format, runs
 from lorascope.cli import main as cli_main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Attributes(HTMLParser):
