@@ -22,11 +22,11 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
 
-# The SLURM tests (tests/test_launchers.py) on a real one-node cluster started on this machine by
+# The SLURM tests (tests/train/test_launchers.py) on a real one-node cluster started on this machine by
 # scripts/slurm_cluster.sh (root; installs slurm-wlm and munge with apt-get if missing), which stops
 # it again whatever the outcome (unless it was already running).
 test-slurm: setup
-	scripts/slurm_cluster.sh run $(BIN)/python -m pytest tests/test_launchers.py -k slurm
+	scripts/slurm_cluster.sh run $(BIN)/python -m pytest tests/train/test_launchers.py -k slurm
 
 # Debian's chromium, for the browser test of `lorascope report`'s page: installed with apt-get where this
 # runs as root, else said in one line (the test then skips with that reason).

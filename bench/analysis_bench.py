@@ -27,7 +27,8 @@ from report import Report, drop_page_cache  # bench/report.py: run as a script, 
 
 from lorascope import analysis as la
 from lorascope.compare import run_similarity
-from lorascope.runs import adapter_metadata, load_run, save_adapter
+from lorascope.run_format import adapter_metadata, save_adapter
+from lorascope.runs import load_run
 
 OUT, IN, RANK, LAYERS = 4096, 4096, 64, 32
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -7,9 +7,9 @@ over a Gaussian bulk); every other tensor is zeros, written so that the files ha
 sizes. On it, a PEFT adapter (q_proj, v_proj, r = 64). Then, each route in its own process (so
 that its peak RSS is its own), side by side in one run:
 
-  read          the 64 W tensors through lorascope.weights (the floor: no analysis)
-  amplification lorascope.compare.base.amplification_table, cold (empty W-spectra cache) and warm
-  intruders     lorascope.compare.base.intruder_tables (k = 10), cold and warm
+  read          the 64 W tensors through lorascope.base_model (the floor: no analysis)
+  amplification lorascope.compare.w_and_delta.amplification_table, cold (empty W-spectra cache) and warm
+  intruders     lorascope.compare.w_and_delta.intruder_tables (k = 10), cold and warm
   dense         on one module, the dense route these replace: SVDs of the whole W (and W + ΔW)
 
 Routes that leave nothing behind (hot reads, warm analyses) run `--repeat` times (3) and the
@@ -147,15 +147,15 @@ def build_adapter(folder: Path, base: Path) -> None:
         return
     import torch
 
-    from lorascope import runs
+    from lorascope import run_format
     from lorascope.peft_format import export_peft
 
     g = torch.Generator().manual_seed(0)
     adapters = {}
     for m in modules():
         A = torch.randn(RANK, HIDDEN, generator=g) / RANK**0.5
-        adapters[m] = runs.Adapter(A, 0.01 * torch.randn(HIDDEN, RANK, generator=g), 2.0)
-    export_peft(runs.Run(path=folder, adapters=adapters, meta={"base_model": str(base)}), folder)
+        adapters[m] = run_format.Adapter(A, 0.01 * torch.randn(HIDDEN, RANK, generator=g), 2.0)
+    export_peft(run_format.Run(path=folder, adapters=adapters, meta={"base_model": str(base)}), folder)
 
 
 # ----------------------------------------------------------------------------- the routes (child processes)
@@ -195,11 +195,10 @@ def child(route: str, adapter: Path) -> None:
     import torch
 
     # Every route's modules imported before the clock starts: compiling or importing them is not the
-    # route's cost (without a bytecode cache, importing lorascope.weights alone took about 1 s).
+    # route's cost (without a bytecode cache, importing lorascope.base_model alone took about 1 s).
     import lorascope.analysis.amplification
     import lorascope.analysis.intruders
-    import lorascope.compare.base
-    import lorascope.weights  # noqa: F401
+    import lorascope.base_model  # noqa: F401
     from lorascope.runs import load_run
 
     run = load_run(adapter)
@@ -207,17 +206,17 @@ def child(route: str, adapter: Path) -> None:
     t0 = time.perf_counter()
     out: dict = {}
     if route == "read":
-        from lorascope.weights import iter_base_weights
+        from lorascope.base_model import iter_base_weights
 
         out["tensors"] = sum(1 for _ in iter_base_weights(run, modules()))
     elif route == "amplification":
-        from lorascope.compare.base import amplification_table
+        from lorascope.compare.w_and_delta import amplification_table
 
         df = amplification_table(run)
         out["amplification_q0"] = float(df["amplification"].iloc[0])
         out["proj_w_q0"] = float(df["proj_w"].iloc[0])
     elif route == "intruders":
-        from lorascope.compare.base import intruder_tables
+        from lorascope.compare.w_and_delta import intruder_tables
 
         table, _ = intruder_tables(run)
         out["count"] = int(table["count"].sum())
@@ -226,7 +225,7 @@ def child(route: str, adapter: Path) -> None:
         import numpy as np
 
         from lorascope.analysis.truncated import left_basis, top_svd
-        from lorascope.weights import base_weights
+        from lorascope.base_model import base_weights
 
         m = modules()[0]
         W = base_weights(run, [m])[m]
@@ -240,7 +239,7 @@ def child(route: str, adapter: Path) -> None:
         out["max_cos_diff"] = float(np.abs(max_cos["eigh"] - max_cos["svd"]).max())
         out["same_count"] = bool(((max_cos["eigh"] < 0.5) == (max_cos["svd"] < 0.5)).all())
     elif route in ("dense-amplification", "dense-intruders", "one-amplification", "one-intruders"):
-        from lorascope.weights import base_weights
+        from lorascope.base_model import base_weights
 
         m = modules()[0]
         W = base_weights(run, [m])[m]

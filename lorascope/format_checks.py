@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import numbers
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from lorascope.errors import LorascopeError
 
+if TYPE_CHECKING:  # only the checks of tensors need torch, and they get tensors: reading a header does not
+    import torch
+
 # ΔW is formed in float32 (Adapter.delta_weight): a scale that overflows float32 is no update.
-_F32_MAX = float(torch.finfo(torch.float32).max)
-_FLOATING = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_F32_MAX = 3.4028234663852886e38  # float(torch.finfo(torch.float32).max)
+_FLOATING = ("float16", "bfloat16", "float32", "float64")
 
 
 def _fail(path: Path, why: str) -> LorascopeError:
@@ -65,7 +66,7 @@ def format_version(path: Path, value: Any) -> int:
 def check_dtype(path: Path, name: str, t: torch.Tensor) -> None:
     """Factors and updates are real floating point: integers, booleans or complex values are not an
     adapter (and converting them would silently change what is analysed)."""
-    if t.dtype not in _FLOATING:
+    if str(t.dtype).removeprefix("torch.") not in _FLOATING:
         raise _fail(path, f"tensor {name} has dtype {str(t.dtype).removeprefix('torch.')}; want a float type")
 
 
@@ -87,6 +88,8 @@ def check_factors(path: Path, module: str, A: torch.Tensor, B: torch.Tensor, ran
 
 def check_scale(path: Path, module: str, A: torch.Tensor, B: torch.Tensor, scaling: float) -> None:
     """s · ‖B‖_F · ‖A‖_F bounds ‖ΔW‖_F: where it overflows float32 (α = 1e308), ΔW is not a number."""
+    import torch
+
     bound = (
         scaling * float(torch.linalg.vector_norm(A.double())) * float(torch.linalg.vector_norm(B.double()))
     )

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from lorascope import distributed, resume, runs, spawned, trackers
+from lorascope import distributed, resume, run_format, runs, spawned, trackers
 from lorascope.config import SweepConfig, comparable, from_dict, to_dict
 from lorascope.distributed import World
 from lorascope.errors import LorascopeError, one_line
@@ -156,7 +156,7 @@ def _busy(out: Path, holder: str) -> dict[str, Any]:
 
 
 def _same_experiment(out: Path, cfg: SweepConfig) -> bool:
-    saved = runs.read_config(out)
+    saved = run_format.read_config(out)
     with contextlib.suppress(LorascopeError):  # keys added since the run was saved take their defaults
         saved = to_dict(from_dict(saved))
     return comparable(saved) == comparable(to_dict(cfg))
@@ -179,10 +179,10 @@ def _thread_change(state: resume.ResumeState, cfg: SweepConfig) -> str | None:
 def _status(out: Path) -> str | None:
     """The status its summary.json gives a run folder (None: no summary); "damaged" for a summary
     that cannot be read, which proves nothing complete, so that the run is redone."""
-    if not (out / runs.SUMMARY_FILE).is_file():
+    if not (out / run_format.SUMMARY_FILE).is_file():
         return None
     try:
-        return runs.read_summary(out).get("status") or "incomplete"
+        return run_format.read_summary(out).get("status") or "incomplete"
     except LorascopeError as e:
         log.warning("%s", e)
         return "damaged"
@@ -194,7 +194,7 @@ def _decide(cfg: SweepConfig, out: Path) -> bool | dict[str, Any]:
     if runs.is_complete(out):
         if _same_experiment(out, cfg):
             log.info("%s: complete with the same config; skipped", out)
-            return {**runs.read_summary(out), "status": "skipped"}
+            return {**run_format.read_summary(out), "status": "skipped"}
         reason = (
             f"{out} holds a complete run with a different config; not overwritten. "
             "Choose another folder with name=<sweep> (or run_name=...), or remove that folder"
@@ -212,7 +212,7 @@ def _decide(cfg: SweepConfig, out: Path) -> bool | dict[str, Any]:
             if other_threads:
                 log.error("%s", other_threads)
                 return _failed(other_threads)  # nothing written: the same thread count still resumes it
-            removed = runs.remove_temporaries(out)
+            removed = run_format.remove_temporaries(out)
             log.info(
                 "%s: killed after step %d; resuming (%d partial file(s) removed)",
                 out,
@@ -248,7 +248,7 @@ def _run(cfg: SweepConfig, out: Path, resuming: bool, world: World) -> dict[str,
         summary = _failed(reason)
         if world.is_main:
             with contextlib.suppress(Exception):
-                runs.write_summary(out, summary)
+                run_format.write_summary(out, summary)
             trackers.fail_open(summary)  # each tracker records the run as failed
         elif world.distributed:
             # The other ranks wait for this one in a collective: end the process so that torchrun (or

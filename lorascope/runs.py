@@ -4,9 +4,10 @@
     run.adapters[module].A / .B / .scaling / .delta_weight()
     list_runs("runs/minilm-bbc")                     # run folders, by rank then seed
 
-The file format itself (Adapter, Run, reading and writing tensors, atomic writes) lives in
-`lorascope.run_format`, which both this reader and `lorascope.peft_format` build on; its names are
-re-exported here so that `from lorascope.runs import Run, save_adapter, ...` keeps working.
+The file format itself (Adapter, Run, the file names, reading and writing tensors, atomic writes)
+is `lorascope.run_format`, which both this reader and `lorascope.peft_format` build on: import
+those names from there. Listing a sweep (`list_runs`, `is_run_dir`, `is_complete`) reads file
+names and summary.json only, without torch.
 """
 
 from __future__ import annotations
@@ -16,45 +17,18 @@ import re
 from pathlib import Path
 
 from lorascope.errors import LorascopeError
-from lorascope.families.own_runs import attach_kinds
-from lorascope.peft_format import load_peft_run
-from lorascope.run_format import (  # noqa: F401  (re-exported: the run format's public names)
+from lorascope.run_format import (
     ADAPTER_FILE,
-    CHECKPOINT_DIR,
     CONFIG_FILE,
     DELTA_FILE,
-    FORMAT,
-    FORMAT_VERSION,
-    HEAD_FILE,
-    HEADER_KEY,
     INIT_FILE,
-    METRICS_FILE,
     PEFT_CONFIG_FILE,
     SUMMARY_FILE,
-    Adapter,
-    DenseDelta,
     Run,
-    adapter_metadata,
-    append_metrics,
-    atomic_write,
-    base_fingerprint,
     read_adapter,
     read_config,
     read_delta,
-    read_metrics,
     read_summary,
-    read_tensors,
-    read_update,
-    remove_temporaries,
-    save_adapter,
-    save_delta,
-    save_tensors,
-    snapshot_dir,
-    snapshot_files,
-    strict_json,
-    truncate_metrics,
-    write_config,
-    write_summary,
 )
 
 _RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
@@ -88,6 +62,8 @@ def load_run(path: str | os.PathLike) -> Run:
         )
     if not (path / ADAPTER_FILE).is_file():
         if (path / PEFT_CONFIG_FILE).is_file():
+            from lorascope.peft_format import load_peft_run  # PEFT's format needs torch: only when read
+
             return load_peft_run(path)
         if (path / CONFIG_FILE).is_file():
             status = read_summary(path).get("status", "incomplete")
@@ -104,6 +80,8 @@ def load_run(path: str | os.PathLike) -> Run:
         config=read_config(path),
         summary=read_summary(path),
     )
+    from lorascope.families.own_runs import attach_kinds  # the ΔW kinds need torch: only when read
+
     attach_kinds(run)  # DoRA and shifting-init runs: their ΔW kinds
     return run
 

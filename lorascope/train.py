@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
-from lorascope import models, resume, runs, trackers
-from lorascope.checkpoint import open_named
+from lorascope import models, resume, run_format, trackers
+from lorascope.base_model import open_named
 from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.distributed import World
 from lorascope.errors import LorascopeError
@@ -130,9 +130,9 @@ def _fingerprints(cfg, update, quantized: bool) -> dict[str, float]:
     """‖W‖_F of each target as the checkpoint stores it: what the analyses check W against. A quantized
     base's W is read from the checkpoint (the model holds only its quantized form)."""
     if not quantized:
-        return {n: runs.base_fingerprint(W) for n, W in update.base_weights().items()}
+        return {n: run_format.base_fingerprint(W) for n, W in update.base_weights().items()}
     ckpt = open_named(cfg.model.name_or_path, models.resolve)
-    return {n: runs.base_fingerprint(ckpt.weight(n, dtype=None)) for n in update.names()}
+    return {n: run_format.base_fingerprint(ckpt.weight(n, dtype=None)) for n in update.names()}
 
 
 def _parallel(model, cfg, world: World, device: torch.device, trainable: list):
@@ -210,7 +210,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
         _checkpointing(model)
     if not quantized:  # bitsandbytes placed a quantized base on its device while loading
         model.to(device)
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         **update.metadata(cfg), method=update.method, base_model=cfg.model.name_or_path,
         base_fingerprint=_fingerprints(cfg, update, quantized), base_dtype=dtype,
         model_class=model_class, num_labels=num_labels, classes=task.classes, task=cfg.task.name,
@@ -236,18 +236,18 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
     if state is not None:
         resume.restore(state, model, opt, sched)
         if main:
-            runs.truncate_metrics(out, state.step)
+            run_format.truncate_metrics(out, state.step)
         counters = state.counters
         log.info("%s: resuming after step %d of %d", out, state.step, tc.steps)
     else:
         if main:
-            runs.write_config(out, to_dict(cfg))
+            run_format.write_config(out, to_dict(cfg))
             if update.method == "lora":  # ΔW_0 = 0 for full fine-tuning: nothing to keep
-                update.save(out / runs.INIT_FILE, meta)
+                update.save(out / run_format.INIT_FILE, meta)
         first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
         _check_finite("evaluation", first, 0)
         if main:
-            runs.append_metrics(out, {"step": 0, **first})
+            run_format.append_metrics(out, {"step": 0, **first})
             tracking.log({"step": 0, **first}, 0)
         log.info("step 0: %s", _fmt(first))
         counters = {"step": 0, "tokens": 0, "train_time": 0.0, "first_loss": None, "first_eval": first,
@@ -305,10 +305,10 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
                       **counters["evals"]}  # fmt: skip
             log.info("step %d: %s", step, _fmt(counters["evals"]))
         if record and main:
-            runs.append_metrics(out, record)
+            run_format.append_metrics(out, record)
             tracking.log(record, step)
         if tc.snapshot_every and step % tc.snapshot_every == 0 and step < tc.steps and main:
-            update.save(runs.snapshot_dir(out, step) / update.file, {**meta, "step": step})
+            update.save(run_format.snapshot_dir(out, step) / update.file, {**meta, "step": step})
             resume.save_state(out, step, model, opt, sched, counters)
     bar.close()
     extra = {"base_dtype": dtype, "quantization": cfg.model.quantization, "processes": world.size,
@@ -340,7 +340,7 @@ def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: f
     if not main:
         return summary
     if tc.snapshot_every and tc.steps % tc.snapshot_every == 0:  # the last snapshot is the final update
-        update.save(runs.snapshot_dir(out, tc.steps) / update.file, {**meta, "step": tc.steps})
+        update.save(run_format.snapshot_dir(out, tc.steps) / update.file, {**meta, "step": tc.steps})
     update.save(out / update.file, {**meta, "step": tc.steps})
     if head:
         head_state = {
@@ -348,11 +348,11 @@ def _finish(cfg, out: Path, update, model, head, meta, counters, device, wall: f
             for h in head
             for k, v in model.get_submodule(h).state_dict().items()
         }
-        runs.save_tensors(
-            out / runs.HEAD_FILE, head_state, {"modules": head, "num_labels": meta["num_labels"]}
+        run_format.save_tensors(
+            out / run_format.HEAD_FILE, head_state, {"modules": head, "num_labels": meta["num_labels"]}
         )
     resume.remove_state(out)
-    runs.write_summary(out, summary)
+    run_format.write_summary(out, summary)
     return summary
 
 

@@ -15,7 +15,7 @@ key and byte range: `Checkpoint.identity`), the way git's index remembers file h
 an unchanged file is not hashed again; a rewritten one has a new ctime, so a new identity, and is.
 Each record also holds a probe, a hash of its key and of a few rows of the tensor, checked on every
 read: a record naming another tensor's key is not trusted, and W is hashed again. The
-comparison layer (`lorascope.compare.base`) hashes the tensor as stored (bf16: half the bytes of
+comparison layer (`lorascope.compare.w_and_delta`) hashes the tensor as stored (bf16: half the bytes of
 a float32 copy) and analyses its exact float64 conversion under that key.
 `cache_dir()` is $LORASCOPE_CACHE, else ~/.cache/lorascope.
 

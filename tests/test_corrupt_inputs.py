@@ -9,7 +9,7 @@ import pytest
 import torch
 from analysis_fixtures import MODULES, make_run
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.cli import main
 from lorascope.peft_format import export_peft
 
@@ -108,10 +108,10 @@ def pair(tmp_path):
 def test_a_corrupt_header_is_one_line_from_every_command(pair, tmp_path, capsys, case):
     good, bad = pair
     corrupt, needle = HEADERS[case]
-    path = bad / runs.ADAPTER_FILE
-    tensors, meta = runs.read_tensors(path)
+    path = bad / run_format.ADAPTER_FILE
+    tensors, meta = run_format.read_tensors(path)
     corrupt(meta, tensors)
-    runs.save_tensors(path, tensors, meta)  # written raw, as damage or another tool would
+    run_format.save_tensors(path, tensors, meta)  # written raw, as damage or another tool would
     _refused_everywhere(capsys, bad, good, tmp_path, [str(path), needle])
 
 
@@ -119,9 +119,9 @@ def test_a_header_that_is_not_a_json_object_is_one_line(pair, tmp_path, capsys):
     from safetensors.torch import save_file
 
     good, bad = pair
-    path = bad / runs.ADAPTER_FILE
-    tensors, _ = runs.read_tensors(path)
-    save_file(tensors, str(path), metadata={runs.HEADER_KEY: json.dumps([1, 2])})
+    path = bad / run_format.ADAPTER_FILE
+    tensors, _ = run_format.read_tensors(path)
+    save_file(tensors, str(path), metadata={run_format.HEADER_KEY: json.dumps([1, 2])})
     _refused_everywhere(capsys, bad, good, tmp_path, [str(path), "not an object"])
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from lorascope import analysis as la
 from lorascope import names
-from lorascope.checkpoint import Checkpoint
+from lorascope.base_model import Checkpoint
 from lorascope.cli import main
 from lorascope.errors import LorascopeError
 

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from lorascope import lora, runs  # noqa: E402
+from lorascope import lora, run_format, runs  # noqa: E402
 from lorascope.errors import LorascopeError  # noqa: E402
 from lorascope.peft_format import export_peft, load_peft_run, pattern_key  # noqa: E402
 
@@ -179,7 +179,7 @@ def make_lorascope_run(kind, run_dir, rslora=False):
         for layer in wrapped.values():
             layer.B.normal_(0, 0.2, generator=g)
             layer.A.add_(0.1 * torch.randn(layer.A.shape, generator=g))
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=4,
         alpha=8,
         scaling=lora.lora_scaling(8, 4, rslora),
@@ -190,8 +190,8 @@ def make_lorascope_run(kind, run_dir, rslora=False):
         module_scaling={m: layer.scaling for m, layer in extra.items()},
         module_rank={m: 2 for m in extra},
     )
-    runs.save_adapter(run_dir / runs.ADAPTER_FILE, lora.factors(wrapped), meta)
-    runs.write_summary(run_dir, {"status": "complete"})
+    run_format.save_adapter(run_dir / run_format.ADAPTER_FILE, lora.factors(wrapped), meta)
+    run_format.write_summary(run_dir, {"status": "complete"})
     return model.eval(), runs.load_run(run_dir)
 
 

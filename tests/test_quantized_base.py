@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from weights_fixtures import llama_modules, peft_folder, random_adapters, save_tiny_llama
 
-from lorascope.checkpoint import Checkpoint
+from lorascope.base_model import Checkpoint
 from lorascope.cli import main
 
 bnb = pytest.importorskip("bitsandbytes")

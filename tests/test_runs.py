@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from lorascope import runs
+from lorascope import run_format, runs
 from lorascope.errors import LorascopeError
 
 
@@ -22,7 +22,7 @@ MODULES = ["encoder.layer.0.attention.self.query", "encoder.layer.0.attention.se
 
 
 def write_run(run_dir, rank=4, seed=0, status="complete"):
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=rank,
         alpha=16,
         scaling=16 / rank,
@@ -34,13 +34,13 @@ def write_run(run_dir, rank=4, seed=0, status="complete"):
     )
     final = make_factors(MODULES, rank, seed=seed)
     initial = make_factors(MODULES, rank, seed=seed + 100)
-    runs.write_config(run_dir, {"rank": rank, "seed": seed, "lora": {"targets": ["query", "value"]}})
-    runs.save_adapter(run_dir / runs.INIT_FILE, initial, meta)
-    runs.append_metrics(run_dir, {"step": 1, "loss": 1.25})
-    runs.append_metrics(run_dir, {"step": 2, "loss": 0.5, "eval_accuracy": 0.75})
-    runs.save_adapter(run_dir / runs.ADAPTER_FILE, final, meta)
+    run_format.write_config(run_dir, {"rank": rank, "seed": seed, "lora": {"targets": ["query", "value"]}})
+    run_format.save_adapter(run_dir / run_format.INIT_FILE, initial, meta)
+    run_format.append_metrics(run_dir, {"step": 1, "loss": 1.25})
+    run_format.append_metrics(run_dir, {"step": 2, "loss": 0.5, "eval_accuracy": 0.75})
+    run_format.save_adapter(run_dir / run_format.ADAPTER_FILE, final, meta)
     if status:
-        runs.write_summary(run_dir, {"status": status, "eval_accuracy": 0.75})
+        run_format.write_summary(run_dir, {"status": status, "eval_accuracy": 0.75})
     return final, initial
 
 
@@ -69,10 +69,10 @@ def test_save_load_round_trip_is_exact(tmp_path):
 def test_checkpoints_are_listed_by_step(tmp_path):
     run_dir = tmp_path / "r4-s0"
     write_run(run_dir)
-    meta = runs.read_adapter(run_dir / runs.ADAPTER_FILE)[1]
+    meta = run_format.read_adapter(run_dir / run_format.ADAPTER_FILE)[1]
     for step in (100, 20):
-        path = run_dir / runs.CHECKPOINT_DIR / f"step-{step}" / runs.ADAPTER_FILE
-        runs.save_adapter(path, make_factors(MODULES, seed=step), meta)
+        path = run_dir / run_format.CHECKPOINT_DIR / f"step-{step}" / run_format.ADAPTER_FILE
+        run_format.save_adapter(path, make_factors(MODULES, seed=step), meta)
     run = runs.load_run(run_dir)
     assert list(run.checkpoints()) == [20, 100]
     snap = run.load_checkpoint(20)
@@ -86,15 +86,15 @@ def test_summary_is_written_atomically_and_marks_completion(tmp_path):
     write_run(run_dir, rank=1, status=None)
     assert not runs.is_complete(run_dir)
     assert runs.load_run(run_dir).status == "incomplete"
-    runs.write_summary(run_dir, {"status": "complete"})
+    run_format.write_summary(run_dir, {"status": "complete"})
     assert runs.is_complete(run_dir)
     assert [p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")] == []
-    assert json.loads((run_dir / runs.SUMMARY_FILE).read_text()) == {"status": "complete"}
+    assert json.loads((run_dir / run_format.SUMMARY_FILE).read_text()) == {"status": "complete"}
 
 
 def test_failed_write_leaves_previous_file_untouched(tmp_path):
     run_dir = tmp_path / "r1-s0"
-    runs.write_summary(run_dir, {"status": "complete"})
+    run_format.write_summary(run_dir, {"status": "complete"})
 
     class Boom(Exception):
         pass
@@ -104,9 +104,9 @@ def test_failed_write_leaves_previous_file_untouched(tmp_path):
         raise Boom
 
     with pytest.raises(Boom):
-        runs.atomic_write(run_dir / runs.SUMMARY_FILE, broken)
-    assert runs.read_summary(run_dir) == {"status": "complete"}
-    assert sorted(p.name for p in run_dir.iterdir()) == [runs.SUMMARY_FILE]
+        run_format.atomic_write(run_dir / run_format.SUMMARY_FILE, broken)
+    assert run_format.read_summary(run_dir) == {"status": "complete"}
+    assert sorted(p.name for p in run_dir.iterdir()) == [run_format.SUMMARY_FILE]
 
 
 def test_list_runs_orders_by_rank_then_seed(tmp_path):
@@ -135,7 +135,7 @@ def test_not_a_run_gives_clear_errors(tmp_path):
 
 def test_incomplete_run_without_adapter_says_so(tmp_path):
     run_dir = tmp_path / "r8-s0"
-    runs.write_config(run_dir, {"rank": 8})
+    run_format.write_config(run_dir, {"rank": 8})
     with pytest.raises(LorascopeError, match=r"no adapter.safetensors yet \(status: incomplete\)"):
         runs.load_run(run_dir)
 
@@ -143,7 +143,7 @@ def test_incomplete_run_without_adapter_says_so(tmp_path):
 def test_truncated_safetensors_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "r4-s0"
     write_run(run_dir)
-    path = run_dir / runs.ADAPTER_FILE
+    path = run_dir / run_format.ADAPTER_FILE
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(LorascopeError, match="not a readable safetensors file") as e:
@@ -155,15 +155,15 @@ def test_truncated_safetensors_is_a_clear_error(tmp_path):
 
 
 def test_inconsistent_factors_are_refused(tmp_path):
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=4, alpha=4, scaling=1.0, base_model="m", targets=["q"], init="kaiming", rslora=False
     )
     bad_shapes = {"q.lora_A": torch.zeros(4, 8), "q.lora_B": torch.zeros(8, 3)}
     with pytest.raises(LorascopeError, match=r"A \(4, 8\) and B \(8, 3\)"):
-        runs.save_adapter(tmp_path / "a.safetensors", bad_shapes, meta)
+        run_format.save_adapter(tmp_path / "a.safetensors", bad_shapes, meta)
     missing_b = {"q.lora_A": torch.zeros(4, 8)}
     with pytest.raises(LorascopeError, match="module q has only lora_A"):
-        runs.save_adapter(tmp_path / "a.safetensors", missing_b, meta)
+        run_format.save_adapter(tmp_path / "a.safetensors", missing_b, meta)
     assert not (tmp_path / "a.safetensors").exists()
 
 
@@ -172,37 +172,41 @@ def test_foreign_safetensors_file_is_not_an_adapter(tmp_path):
 
     run_dir = tmp_path / "r4-s0"
     run_dir.mkdir()
-    save_file({"q.lora_A": torch.zeros(2, 3), "q.lora_B": torch.zeros(3, 2)}, run_dir / runs.ADAPTER_FILE)
+    save_file(
+        {"q.lora_A": torch.zeros(2, 3), "q.lora_B": torch.zeros(3, 2)}, run_dir / run_format.ADAPTER_FILE
+    )
     with pytest.raises(LorascopeError, match="not a lorascope adapter file"):
         runs.load_run(run_dir)
 
 
 def test_newer_format_version_asks_for_an_upgrade(tmp_path):
-    meta = runs.adapter_metadata(
+    meta = run_format.adapter_metadata(
         rank=4, alpha=4, scaling=1.0, base_model="m", targets=["q"], init="kaiming", rslora=False
     )
-    meta["format_version"] = runs.FORMAT_VERSION + 1
-    runs.save_adapter(tmp_path / "r4-s0" / runs.ADAPTER_FILE, make_factors(["q"]), meta)
+    meta["format_version"] = run_format.FORMAT_VERSION + 1
+    run_format.save_adapter(tmp_path / "r4-s0" / run_format.ADAPTER_FILE, make_factors(["q"]), meta)
     with pytest.raises(LorascopeError, match="upgrade lorascope"):
         runs.load_run(tmp_path / "r4-s0")
 
 
 def test_cut_metrics_line_ends_the_log(tmp_path):
-    runs.append_metrics(tmp_path, {"step": 1, "loss": 2.0})
-    with open(tmp_path / runs.METRICS_FILE, "a") as f:
+    run_format.append_metrics(tmp_path, {"step": 1, "loss": 2.0})
+    with open(tmp_path / run_format.METRICS_FILE, "a") as f:
         f.write('{"step": 2, "lo')
-    assert list(runs.read_metrics(tmp_path)["step"]) == [1]
+    assert list(run_format.read_metrics(tmp_path)["step"]) == [1]
 
 
 def test_base_fingerprint_ignores_dtype_and_layout():
     W = torch.randn(6, 5)
-    assert runs.base_fingerprint(W) == pytest.approx(runs.base_fingerprint(W.T.contiguous()))
-    assert runs.base_fingerprint(W.bfloat16()) == pytest.approx(runs.base_fingerprint(W), rel=1e-2)
-    assert runs.base_fingerprint(W) == pytest.approx(torch.linalg.norm(W).item(), rel=1e-6)
+    assert run_format.base_fingerprint(W) == pytest.approx(run_format.base_fingerprint(W.T.contiguous()))
+    assert run_format.base_fingerprint(W.bfloat16()) == pytest.approx(
+        run_format.base_fingerprint(W), rel=1e-2
+    )
+    assert run_format.base_fingerprint(W) == pytest.approx(torch.linalg.norm(W).item(), rel=1e-6)
 
 
 def test_peft_folder_counts_as_a_complete_run(tmp_path):
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / runs.PEFT_CONFIG_FILE).write_text("{}")
+    (tmp_path / "adapter" / run_format.PEFT_CONFIG_FILE).write_text("{}")
     assert runs.is_complete(tmp_path / "adapter")
     assert [p.name for p in runs.list_runs(tmp_path)] == ["adapter"]

@@ -112,3 +112,12 @@ def test_importing_plots_leaves_the_matplotlib_backend_alone():
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_runs_loads_and_lists_and_leaves_the_format_to_run_format():
+    """`lorascope.runs` is load_run / list_runs; the run format's names are imported from run_format."""
+    from lorascope import runs
+
+    format_names = ("save_adapter", "save_tensors", "read_tensors", "write_summary", "adapter_metadata")
+    assert [n for n in format_names if hasattr(runs, n)] == []
+    assert callable(runs.load_run) and callable(runs.list_runs)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from lorascope import runs, wspectra
+from lorascope import run_format, wspectra
 from lorascope.analysis import truncated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,9 +77,9 @@ def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path):
     assert torch.equal(cache.entry(W).top(4)[1], S)
     assert wspectra.STATS - stats == {"corrupt": 1, "miss": 1}
     # 2. A readable file whose numbers were changed: the checksum in its header catches it.
-    tensors, meta = runs.read_tensors(path)
+    tensors, meta = run_format.read_tensors(path)
     tensors["S"] = tensors["S"] * 2
-    save_file(tensors, str(path), metadata={runs.HEADER_KEY: json.dumps(meta)})
+    save_file(tensors, str(path), metadata={run_format.HEADER_KEY: json.dumps(meta)})
     stats = wspectra.STATS.copy()
     assert torch.equal(cache.entry(W).top(4)[1], S)
     assert wspectra.STATS - stats == {"corrupt": 1, "miss": 1}
@@ -91,7 +91,7 @@ def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path):
     stats = wspectra.STATS.copy()
     assert torch.equal(cache.entry(W).top(4)[1], S)
     assert wspectra.STATS - stats == {"corrupt": 1, "miss": 1}
-    assert runs.read_tensors(path)[1]["key"] == wspectra.weight_key(W)  # rewritten for this W
+    assert run_format.read_tensors(path)[1]["key"] == wspectra.weight_key(W)  # rewritten for this W
 
 
 def test_a_failed_write_leaves_no_file_behind(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.peft_format import export_peft
 
 HIDDEN, LAYERS = 64, 3
@@ -38,13 +38,13 @@ def random_adapters(state: dict[str, torch.Tensor], modules, rank: int = 4, seed
         n_out, n_in = state[m + ".weight"].shape
         A = torch.randn(rank, n_in, generator=g) / rank**0.5
         B = 0.05 * torch.randn(n_out, rank, generator=g)
-        out[m] = runs.Adapter(A, B, scaling)
+        out[m] = run_format.Adapter(A, B, scaling)
     return out
 
 
 def peft_folder(root: Path, base: Path, adapters: dict, name: str = "peft") -> Path:
     """A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) on `base`."""
-    run = runs.Run(path=root / name, adapters=adapters, meta={"base_model": str(base), "rslora": False})
+    run = run_format.Run(path=root / name, adapters=adapters, meta={"base_model": str(base), "rslora": False})
     return export_peft(run, root / name)
 
 
@@ -53,7 +53,7 @@ def lorascope_run(root: Path, base: str, adapters: dict, state=None, name: str =
     (`factories.lora_run`)."""
     from factories import lora_run
 
-    fingerprint = {m: runs.base_fingerprint(state[m + ".weight"]) for m in adapters} if state else {}
+    fingerprint = {m: run_format.base_fingerprint(state[m + ".weight"]) for m in adapters} if state else {}
     rank = next(iter(adapters.values())).rank
     factors = {m: (a.A, a.B) for m, a in adapters.items()}
     targets = ["q_proj", "v_proj"]

@@ -19,7 +19,7 @@ Every analysis of ΔW takes one module's update `d` as an object of the ΔW prot
     la.random_phi_baseline(r1, r2, n)    # max(i, j) / n
 
 Pure functions: arrays or ΔW objects in, arrays / typed results / DataFrames out. Plots return
-(fig, axes); only `tables.write_*` (used by the CLI and recipes) touch the disk. Runs in,
+(fig, axes); only `lorascope.writers` (used by the CLI and recipes) touches the disk. Runs in,
 DataFrames out (two runs compared module by module, a sweep listed) is `lorascope.compare`.
 """
 

@@ -1,7 +1,7 @@
 """The intruder-dimension curve (Shuttleworth et al. 2024, Fig. 2 style): intruders against ε.
 
-Takes the long-format curve of `lorascope.compare.base.intruder_tables` (run, module, eps, count)
-and returns (fig, axes); never saves (see tables.write_figure). matplotlib is imported when a
+Takes the long-format curve of `lorascope.compare.w_and_delta.intruder_tables` (run, module, eps, count)
+and returns (fig, axes); never saves (see lorascope.writers.write_figure). matplotlib is imported when a
 figure is drawn, and its backend is left to the caller.
 """
 

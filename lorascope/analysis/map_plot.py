@@ -2,7 +2,7 @@
 
 Rows and columns follow the dendrogram (average linkage on 1 − similarity); the colour bar is
 fixed to [0, 1] and marks the random floor, which the title states too. Returns (fig, axes);
-never saves (see `lorascope.analysis.tables.write_figure`).
+never saves (see `lorascope.writers.write_figure`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Paper-style figures: φ heatmaps (LoRA paper Figures 3, 4, 8) and ΔW spectra.
 
-Every function takes computed results and returns (fig, axes); none saves (see tables.write_figure).
+Every function takes computed results and returns (fig, axes); none saves (see `lorascope.writers`).
 Heatmaps put i on the vertical axis with i = 1 at the top and j on the horizontal axis,
 one panel per module, and share one colour bar fixed to [0, 1] so panels compare.
 """

@@ -2,7 +2,7 @@
 
 One panel per quantity, one colour per module kind (its mean over layers, with markers), and the
 layers' spread as a min–max band or as thin lines. Returns (fig, axes); never saves
-(see `tables.write_figure`) and never picks a matplotlib backend.
+(see `lorascope.writers.write_figure`) and never picks a matplotlib backend.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from lorascope.base_identity import agree, disagreement, loose_name, recorded
 from lorascope.errors import LorascopeError
-from lorascope.runs import Run, is_run_dir, list_runs, load_run, read_summary
+from lorascope.run_format import Run, read_summary
+from lorascope.runs import is_run_dir, list_runs, load_run
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,8 @@ def fingerprint(run: Run, module: str) -> float | None:
     value = recorded(run).get(module)
     if value is not None:
         return float(value)
+    from lorascope.base_model import open_base
     from lorascope.run_format import base_fingerprint
-    from lorascope.weights import open_base
 
     try:
         W = open_base(run).weight(module, dtype=None)
@@ -185,7 +186,7 @@ def base_key_map(base: str | None):
     if not base:
         return None
     from lorascope import models
-    from lorascope.checkpoint import open_named
+    from lorascope.base_model import open_named
     from lorascope.key_mapping import key_map
 
     try:
@@ -204,7 +205,7 @@ def aligned(run: Run, names: Sequence[str], base: str | None = None) -> Run:
     mine, theirs = set(run.adapters), set(names)
     if not (mine - theirs) or not (theirs - mine):
         return run
-    from lorascope.checkpoint import base_name
+    from lorascope.base_model import base_name
 
     try:
         own = base_name(run)

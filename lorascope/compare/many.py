@@ -20,7 +20,7 @@ from lorascope.compare.inputs import resolve_sources, unique_names
 from lorascope.delta import directions
 from lorascope.errors import LorascopeError
 from lorascope.names import selected, shared_modules
-from lorascope.runs import Run
+from lorascope.run_format import Run
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,8 @@ from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_
 from lorascope.delta import rank_bound
 from lorascope.errors import LorascopeError
 from lorascope.names import module_kind, selected, shared_modules
-from lorascope.runs import Run, load_run
+from lorascope.run_format import Run
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

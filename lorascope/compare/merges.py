@@ -29,7 +29,8 @@ from lorascope.compare.many import DENSE_TOP_K, _base_meta, _check_k, _select, _
 from lorascope.delta import directions, factored_svd, truncated_svd
 from lorascope.errors import LorascopeError
 from lorascope.names import layer_index, module_kind
-from lorascope.runs import Run, load_run
+from lorascope.run_format import Run
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,8 @@ from lorascope.compare.many import (
 )
 from lorascope.errors import LorascopeError
 from lorascope.names import layer_index, module_kind
-from lorascope.runs import Run, load_run
+from lorascope.run_format import Run
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

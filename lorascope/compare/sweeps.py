@@ -7,7 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from lorascope.errors import LorascopeError
-from lorascope.runs import list_runs, parse_run_name, read_config, read_summary
+from lorascope.run_format import read_config, read_summary
+from lorascope.runs import list_runs, parse_run_name
 
 # The numbers `ls` shows, from summary.json, in this order (a run shows those it has).
 METRICS = ("val_accuracy", "val_loss", "val_perplexity", "final_loss", "steps")

@@ -20,7 +20,8 @@ import torch
 from lorascope.analysis.trajectory import trajectory_frame
 from lorascope.errors import LorascopeError
 from lorascope.names import selected
-from lorascope.runs import ADAPTER_FILE, INIT_FILE, Run, load_run, read_adapter
+from lorascope.run_format import ADAPTER_FILE, INIT_FILE, Run, read_adapter
+from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 

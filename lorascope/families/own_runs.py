@@ -26,7 +26,7 @@ class _Base:
 
     def weight(self, module: str, shape: tuple[int, int]):
         if self.checkpoint is None:
-            from lorascope.weights import open_base
+            from lorascope.base_model import open_base
 
             self.checkpoint = open_base(self.run)
         return self.checkpoint.weight(module, shape, self.run.meta.get("fan_in_fan_out"))

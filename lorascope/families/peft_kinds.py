@@ -60,7 +60,7 @@ class BaseWeights:
     def open(self):
         if self._checkpoint is None:
             from lorascope import models
-            from lorascope.checkpoint import open_named
+            from lorascope.base_model import open_named
 
             if not self.base:
                 raise LorascopeError(

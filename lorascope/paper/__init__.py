@@ -3,18 +3,18 @@
     from lorascope.paper import make_figures
     written, skipped = make_figures("runs/minilm-bbc")      # every figure, table and findings.md
 
-Each script in the repository's analysis/ folder runs one recipe on its own
-(`python analysis/fig3_rank_similarity.py runs/minilm-bbc`); `lorascope figures SWEEP` runs them all.
+`lorascope figures SWEEP` runs them all; `lorascope figures SWEEP --only fig3,table7` runs some on
+their own (the names are those of DESCRIPTIONS, which `lorascope figures --help` lists).
 The recipes load on first use, so that the CLI can describe them (`lorascope.paper.catalog`) quickly.
 """
 
 from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
 
-__all__ = ["DESCRIPTIONS", "FIGURE_FACTORS", "default_out", "make_figures", "recipe_main"]
+__all__ = ["DESCRIPTIONS", "FIGURE_FACTORS", "default_out", "make_figures"]
 
 
 def __getattr__(name):
-    if name in ("make_figures", "recipe_main", "default_out"):
+    if name in ("make_figures", "default_out"):
         from lorascope.paper import recipes
 
         return getattr(recipes, name)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lorascope.analysis.tables import write_figure, write_table
 from lorascope.run_format import atomic_write_text
+from lorascope.writers import write_figure, write_table
 
 log = logging.getLogger(__name__)
 

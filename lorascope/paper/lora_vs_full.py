@@ -171,7 +171,7 @@ def fig_intruders(sweep: Sweep, device: str = "auto", k: int = 10, eps: float = 
     fine-tuning (when the sweep has it), per module kind (mean over layers); table_intruders: the count
     at ε = eps per method, kind and layer."""
     from lorascope.analysis.intruder_plot import plot_intruder_curve
-    from lorascope.compare.base import intruder_tables
+    from lorascope.compare.w_and_delta import intruder_tables
 
     runs = {f"r={rank}": run for rank, run in _lora_runs(sweep).items()}
     if _full(sweep) is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -164,33 +163,3 @@ def make_figures(
     for s in skipped:
         log.info("%s", s)  # returned to the caller, who reports it (the CLI prints one line each)
     return written, skipped
-
-
-def recipe_main(name: str, argv: list[str] | None = None) -> int:
-    """Entry point of one analysis/ recipe: `python analysis/<recipe>.py SWEEP [--out DIR] ...`."""
-    import matplotlib
-
-    from lorascope.analysis.tables import parse_formats
-
-    matplotlib.use("Agg")  # a recipe only writes files
-    p = argparse.ArgumentParser(description=DESCRIPTIONS[name])
-    p.add_argument("sweep", help="sweep folder, e.g. runs/minilm-bbc")
-    p.add_argument("--out", help="output folder (default: SWEEP/figures)")
-    p.add_argument("--format", default="png,pdf", help="figure formats, comma-separated (png, pdf, svg)")
-    p.add_argument("--layer", type=int, help="layer index for single-layer figures (default: the middle one)")
-    p.add_argument("--factor", action="append", choices=FIGURE_FACTORS, help="factor(s) (default: all)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        factors = args.factor or FIGURE_FACTORS
-        written, skipped = make_figures(
-            args.sweep, args.out, parse_formats(args.format), [name], factors, args.layer
-        )
-    except LorascopeError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
-    for s in skipped:
-        print(s)
-    for path in written:
-        print(path)
-    return 0

@@ -10,7 +10,8 @@ from pathlib import Path
 from lorascope.base_identity import disagreement, recorded
 from lorascope.errors import LorascopeError
 from lorascope.names import layer_index, module_kind
-from lorascope.runs import Run, list_runs, load_run, parse_run_name, read_summary
+from lorascope.run_format import Run, read_summary
+from lorascope.runs import list_runs, load_run, parse_run_name
 
 log = logging.getLogger(__name__)
 

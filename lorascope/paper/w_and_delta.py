@@ -14,12 +14,12 @@ import torch
 from lorascope.analysis.amplification import FIG8_SIDE
 from lorascope.analysis.plots import plot_phi
 from lorascope.analysis.similarity import grid_frame, long_grid
-from lorascope.compare.base import amplification_table, w_delta_frame
+from lorascope.compare.w_and_delta import amplification_table, w_delta_frame
 from lorascope.models import QUANTIZED_NOTE, is_quantized
 from lorascope.names import kind_label, module_kind
 from lorascope.paper.artifact import Artifact
 from lorascope.paper.sweep import Sweep
-from lorascope.runs import Adapter, Run
+from lorascope.run_format import Adapter, Run
 
 TABLE7_COLUMNS = {
     "proj_dw": "‖UᵀWV‖_F ΔW",

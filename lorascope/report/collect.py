@@ -9,8 +9,9 @@ from pathlib import Path
 
 from lorascope.compare.sweeps import sweep_table
 from lorascope.paper.catalog import DESCRIPTIONS
-from lorascope.runs import CONFIG_FILE as RUN_CONFIG
-from lorascope.runs import SUMMARY_FILE, list_runs, read_config
+from lorascope.run_format import CONFIG_FILE as RUN_CONFIG
+from lorascope.run_format import SUMMARY_FILE, read_config
+from lorascope.runs import list_runs
 
 log = logging.getLogger(__name__)
 
