@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from lorascope import format_checks
-from lorascope.delta import Adapter, DenseDelta, rank_bound  # noqa: F401  (the ΔW kinds a run holds)
 from lorascope.errors import LorascopeError
 
 if TYPE_CHECKING:  # tensors are imported where they are read: listing a sweep needs no torch
     import torch
+
+    from lorascope.delta import Adapter, DenseDelta
 
 FORMAT = "lorascope"
 FORMAT_VERSION = 1
@@ -52,6 +53,18 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
 PEFT_CONFIG_FILE = "adapter_config.json"
 HEADER_KEY = "lorascope"  # the safetensors header entry holding a file's metadata as JSON
+
+# The ΔW kinds a run holds live in `lorascope.delta` (torch); they are run_format's names too, imported
+# on first use so that listing a sweep (`lorascope ls`) never imports torch.
+_DELTA_NAMES = ("Adapter", "DenseDelta")
+
+
+def __getattr__(name: str):
+    if name in _DELTA_NAMES:
+        from lorascope import delta
+
+        return getattr(delta, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -80,6 +93,8 @@ class Run:
     @property
     def rank(self) -> int:
         """The LoRA rank; for a full fine-tuning run, the largest possible rank min(out, in)."""
+        from lorascope.delta import rank_bound
+
         return int(self.meta.get("rank") or max(rank_bound(a) for a in self.adapters.values()))
 
     @property
@@ -427,6 +442,8 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     """Adapters by module name and the header metadata of one lorascope adapter file."""
+    from lorascope import delta
+
     tensors, meta = _lorascope_file(path)
     scaling = format_checks.positive_number(path, "header scaling", meta.get("scaling"))
     per_module = _per_module(path, meta, "module_scaling")
@@ -436,7 +453,7 @@ def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
         check_finite(path, m, "lora_B", B)
         s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
         format_checks.check_scale(path, m, A, B, s)
-        adapters[m] = Adapter(A.float(), B.float(), s)
+        adapters[m] = delta.Adapter(A.float(), B.float(), s)
     return adapters, meta
 
 
@@ -462,6 +479,8 @@ def save_delta(path: Path, deltas: dict[str, torch.Tensor], metadata: dict[str, 
 
 def read_delta(path: Path) -> tuple[dict[str, DenseDelta], dict[str, Any]]:
     """Dense updates by module name and the header metadata of one lorascope delta file."""
+    from lorascope import delta
+
     tensors, meta = _lorascope_file(path)
     deltas = {}
     for key, t in tensors.items():
@@ -472,7 +491,7 @@ def read_delta(path: Path) -> tuple[dict[str, DenseDelta], dict[str, Any]]:
             )
         format_checks.check_dtype(path, key, t)
         check_finite(path, module, "delta", t)
-        deltas[module] = DenseDelta(t.float())
+        deltas[module] = delta.DenseDelta(t.float())
     return deltas, meta
 
 
