@@ -555,12 +555,17 @@ def cmd_compare(args) -> int:
         modules=args.modules,
         layers=args.layers,
         progress=_progress(),
+        normalize=args.normalize,
+        weight=args.weight,
+        signed=args.signed,
     )
     lo, hi = amap.floor_range()
     floor = f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
+    what = "cos(dW_a, dW_b)" if amap.score == "cosine" else f"mean phi(t,t), t <= {amap.k}, of {amap.factor}"
+    what += ", (s - floor)/(1 - floor) per module" if amap.normalized else ""
     title = (
-        f"subspace similarity of {len(amap.names)} adapters: mean phi(t,t), t <= {amap.k}, of {amap.factor}, "
-        f"over {len(amap.modules)} shared modules; random floor {floor}"
+        f"similarity of {len(amap.names)} adapters: {what}, {amap.weight} average over "
+        f"{len(amap.modules)} shared modules; random floor {floor}"
     )
     _print_table(amap.similarity if len(amap.names) <= 15 else amap.nearest(), title)
     if amap.skipped:
@@ -572,7 +577,7 @@ def cmd_compare(args) -> int:
     out = out / f"compare_{amap.factor}" if args.out is None else out
     order = amap.order()
     n, m = len(amap.names), len(amap.modules)
-    short = f"{n} adapters: mean φ(t,t), t ≤ {amap.k}, of {amap.factor}, {m} modules"
+    short = f"{n} adapters: {what}, {m} modules"
     fig, _ = plot_adapter_map(amap.similarity, floor=amap.floor, linkage=amap.linkage(), title=short)
     stem = f"map_{amap.factor}"
     written = write_figure(fig, out / stem, amap.similarity.loc[order, order].reset_index(), formats)
@@ -602,6 +607,22 @@ def _add_compare(sub) -> None:
     )
     p.add_argument("--factor", default="dW-right", choices=list(MAP_FACTORS), help="bases (default dW-right)")
     p.add_argument("--k", type=int, default=8, help="top directions per module (default 8)")
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="score each module as (score - floor) / (1 - floor), its own random floor, before averaging",
+    )
+    p.add_argument(
+        "--weight",
+        choices=("uniform", "energy"),
+        default="uniform",
+        help="module weights in the average: uniform (default) or energy (|dW_a| |dW_b| over the top-k)",
+    )
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="the signed, sigma-weighted cosine of dW_a and dW_b (from the factors) instead of phi",
+    )
     _add_filters(p)
     _add_allow_incomplete(p)
     _add_out(p, "<sweep>/analysis/compare_<factor>")
