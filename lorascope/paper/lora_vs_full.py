@@ -16,6 +16,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.modules import kind_label, layer_index, module_kind
@@ -83,6 +84,17 @@ def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
             row[1].plot([rank90], [energy[rank90 - 1]], "o", ms=4, color=style["color"])
         row[0].set(xscale="log", yscale="log", xlabel="k", ylabel=r"$\sigma_k / \sigma_1$",
                    title=f"{kind_label(kind)}, layer {layer}: singular values of $\\Delta W$")  # fmt: skip
+        # The control: a same-shape N(0, 1) matrix, an update with no low-rank structure at all.
+        shape = tuple(_full(sweep).adapters[m].shape)
+        g = (
+            torch.linalg.svdvals(torch.randn(*shape, generator=torch.Generator().manual_seed(0)))
+            .double()
+            .numpy()
+        )
+        k = np.arange(1, len(g) + 1)
+        row[0].plot(k, g / g[0], color="0.6", ls="--", lw=1, label=f"Gaussian {shape[0]}×{shape[1]}")
+        row[1].plot(k, np.cumsum(g**2) / np.sum(g**2), color="0.6", ls="--", lw=1,
+                    label=f"Gaussian {shape[0]}×{shape[1]} (control)")  # fmt: skip
         row[1].axhline(0.9, color="0.5", ls="--", lw=1)
         row[1].set(xscale="log", ylim=(0, 1.02), xlabel="k", ylabel="cumulative energy",
                    title=f"{kind_label(kind)}: rank holding 90 % of the energy")  # fmt: skip

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from lorascope.analysis.stats import ABOVE, Interval, NullSummary
 
 HOLDS, FAILS, UNDECIDED, ONE_SEED = "holds", "does not hold", "undecided", "one seed: no interval"
+ONE_PAIR = "one pair of seeds: no interval"  # a statistic between two seeds needs three for an interval
 
 # The paper's set-up (Hu et al. 2021, GPT-3 175B): what the demo's distance from it is measured against.
 PAPER_WIDTH = 12288
@@ -33,8 +34,7 @@ def fmt(x) -> str:
 def interval(ci: Interval) -> str:
     """'mean [lo, hi]', or 'mean (one seed: no interval)'."""
     if not ci.has_interval:
-        what = "one seed" if ci.n_seeds < 2 else f"{ci.n_seeds} seeds"
-        return f"{fmt(ci.mean)} ({what}: no interval)"
+        return f"{fmt(ci.mean)} ({ONE_SEED if ci.n_seeds < 2 else ONE_PAIR})"
     return f"{fmt(ci.mean)} [{fmt(ci.lo)}, {fmt(ci.hi)}]"
 
 
@@ -46,7 +46,7 @@ def null(s: NullSummary) -> str:
 def decide(ci: Interval, threshold: float, *, above: bool = True) -> str:
     """The verdict of 'the statistic exceeds threshold' (above=False: 'stays below it') from its interval."""
     if not ci.has_interval:
-        return ONE_SEED
+        return ONE_SEED if ci.n_seeds < 2 else ONE_PAIR
     lo, hi = (ci.lo, ci.hi) if above else (-ci.hi, -ci.lo)
     t = threshold if above else -threshold
     if lo > t:
@@ -61,7 +61,7 @@ def decide_null(ci: Interval, draws_q95: float) -> str:
 
 def verdict(parts) -> str:
     """One verdict from several (each HOLDS, FAILS, UNDECIDED or ONE_SEED; bools read as holds / fails)."""
-    parts = [HOLDS if p is True else FAILS if p is False else p for p in parts]
+    parts = [HOLDS if p is True else FAILS if p is False else ONE_SEED if p == ONE_PAIR else p for p in parts]
     if not parts:
         return "**not testable**"
     if all(p == HOLDS for p in parts):
