@@ -61,22 +61,18 @@ def decide_null(ci: Interval, draws_q95: float) -> str:
 
 def verdict(parts) -> str:
     """One verdict from several (each HOLDS, FAILS, UNDECIDED or ONE_SEED; bools read as holds / fails)."""
-    parts = [HOLDS if p is True else FAILS if p is False else ONE_SEED if p == ONE_PAIR else p for p in parts]
+    parts = [HOLDS if p is True else FAILS if p is False else p for p in parts]
     if not parts:
         return "**not testable**"
-    if all(p == HOLDS for p in parts):
-        return f"**{HOLDS}**"
-    if all(p == FAILS for p in parts):
-        return f"**{FAILS}**"
-    if all(p == ONE_SEED for p in parts):
-        return f"**{ONE_SEED}**"
+    for same in (HOLDS, FAILS, ONE_SEED, ONE_PAIR):
+        if all(p == same for p in parts):
+            return f"**{same}**"
     if HOLDS in parts and FAILS not in parts and UNDECIDED not in parts:
         return (
             f"**holds where testable** ({sum(p == HOLDS for p in parts)} of {len(parts)}; the rest: one seed)"
         )
-    counts = ", ".join(
-        f"{sum(p == v for p in parts)} {v}" for v in (HOLDS, FAILS, UNDECIDED, ONE_SEED) if v in parts
-    )
+    kinds = (HOLDS, FAILS, UNDECIDED, ONE_SEED, ONE_PAIR)
+    counts = ", ".join(f"{sum(p == v for p in parts)} {v}" for v in kinds if v in parts)
     return f"**mixed** ({counts})"
 
 
