@@ -206,3 +206,13 @@ def test_compare_normalises_weights_and_signs_on_three_adapters(tmp_path):
     assert abs(energy.similarity.loc["a", "other-big"] - v) < abs(energy.similarity.loc["a", "other-big"] - q)
     with pytest.raises(LorascopeError):
         adapter_map(paths, weight="loud")
+
+
+def test_one_verdict_from_parts():
+    from lorascope.paper.verdicts import ONE_PAIR, verdict
+
+    assert verdict([True, HOLDS]) == "**holds**" and verdict([False]) == "**does not hold**"
+    assert verdict([ONE_PAIR, ONE_PAIR]) == "**one pair of seeds: no interval**"
+    assert verdict([ONE_SEED]) == "**one seed: no interval**"
+    assert verdict([HOLDS, ONE_SEED]).startswith("**holds where testable**")
+    assert verdict([HOLDS, FAILS]).startswith("**mixed**") and verdict([]) == "**not testable**"
