@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup test test-fast test-slurm lint demo figures bench browser clean
+.PHONY: setup test test-fast test-slurm lint demo demo-paper figures bench browser clean
 
 setup: $(STAMP)
 
@@ -47,6 +47,15 @@ demo: setup
 	$(BIN)/python sweep.py method=lora,full rank=1,4,8,64 train.snapshot_every=10 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
 	$(BIN)/python sweep.py rank=64 seed=1 train.snapshot_every=10
+	$(BIN)/lorascope figures runs/minilm-bbc
+
+# The sweep the findings need for intervals over seeds (experiment=paper_ranks: ranks 1, 2, 4, 8, 64 with
+# three seeds each, snapshots every 10 steps), full fine-tuning with three seeds beside it, then every figure.
+# About an hour on 2 cores; `make demo` (two seeds at r = 64 only) stays within 10 minutes.
+demo-paper: setup
+	$(BIN)/python sweep.py experiment=paper_ranks train.snapshot_every=10 \
+		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
+	$(BIN)/python sweep.py method=full seed=0,1,2 hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
 	$(BIN)/lorascope figures runs/minilm-bbc
 
 # The quick benchmarks; bench/w_scale_bench.py (a 13.5 GB base, ~22 minutes) runs by hand.

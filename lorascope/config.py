@@ -177,6 +177,16 @@ if not OmegaConf.has_resolver("run_folder"):
     OmegaConf.register_new_resolver("run_folder", run_folder)
 
 
+def times(a, b) -> float | None:
+    """a · b, for α ∝ r in conf/experiment/paper_ranks_alpha.yaml (`${times:2.0,${rank}}`); None if
+    either is None (a full fine-tuning run has no rank)."""
+    return None if a is None or b is None else float(a) * float(b)
+
+
+if not OmegaConf.has_resolver("times"):
+    OmegaConf.register_new_resolver("times", times)
+
+
 def dataset_name(dataset, subset=None) -> str:
     """task=hf's short name (the sweep folder's): the data set's last path part without its extension
     (a glob's folder), then the subset: nyu-mll/glue and mnli -> glue-mnli; /data/code.jsonl -> code."""

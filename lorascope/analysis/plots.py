@@ -51,11 +51,15 @@ def plot_phi(
     suptitle: str | None = None,
     cmap: str = PHI_CMAP,
     panel_size: float = 2.6,
+    floors: Mapping[str, object] | None = None,
 ):
     """Heatmaps of φ grids, one panel per entry: {title: (r1, r2) array or DataFrame}.
 
     Rows are i = 1..r1 from top to bottom, columns j = 1..r2 left to right; colour fixed to
-    [0, 1]. Returns (fig, axes) with axes a 2-D array (unused panels hidden)."""
+    [0, 1]. `floors` {title: (r1, r2) array or a number}: the random floor of that panel (e.g.
+    `random_phi_baseline`, max(i, j)/n); cells where φ does not exceed it are hatched, so that an
+    overlap chance alone gives is never read as shared. Returns (fig, axes) with axes a 2-D array
+    (unused panels hidden)."""
     items = list(grids.items())
     if not items:
         raise ValueError("plot_phi needs at least one grid")
@@ -87,6 +91,8 @@ def plot_phi(
             aspect="auto",
             interpolation="nearest",
         )
+        if floors is not None and title in floors:
+            hatch_below_floor(ax, phi, floors[title])
         ax.set_xticks(_ticks(b))
         ax.set_yticks(_ticks(a))
         ax.tick_params(labelsize=8, length=2)
@@ -102,6 +108,27 @@ def plot_phi(
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     return fig, axes
+
+
+def hatch_below_floor(ax, phi: np.ndarray, floor) -> None:
+    """Hatch the cells of a φ heatmap (drawn with `plot_phi`'s extent) where φ ≤ floor, and outline them.
+
+    floor: an array shaped like phi, or a number."""
+    below = np.asarray(phi, dtype=float) <= np.broadcast_to(np.asarray(floor, dtype=float), phi.shape)
+    if not below.any():
+        return
+    a, b = phi.shape
+    x, y = np.arange(1, b + 1), np.arange(1, a + 1)
+    mask = below.astype(float)
+    if a == 1 or b == 1:  # contourf needs two rows and columns: mark single cells instead
+        ii, jj = np.nonzero(below)
+        ax.plot(jj + 1, ii + 1, "x", color="white", ms=4, mew=0.8)
+        return
+    ax.contourf(x, y, mask, levels=[0.5, 1.5], colors="none", hatches=["////"])
+    ax.contour(x, y, mask, levels=[0.5], colors="white", linewidths=0.6)
+
+
+FLOOR_NOTE = "hatched: φ ≤ its random floor"
 
 
 def plot_spectrum(spectra: Mapping[str, object], *, energy: float = 0.9, normalize: bool = True):

@@ -32,6 +32,22 @@ def add_compare(sub) -> None:
     )
     p.add_argument("--factor", default="dW-right", choices=list(MAP_FACTORS), help="bases (default dW-right)")
     p.add_argument("--k", type=int, default=8, help="top directions per module (default 8)")
+    p.add_argument(
+        "--normalize",
+        action="store_true",
+        help="score each module as (score - floor) / (1 - floor), its own random floor, before averaging",
+    )
+    p.add_argument(
+        "--weight",
+        choices=("uniform", "energy"),
+        default="uniform",
+        help="module weights in the average: uniform (default) or energy (|dW_a| |dW_b| over the top-k)",
+    )
+    p.add_argument(
+        "--signed",
+        action="store_true",
+        help="the signed, sigma-weighted cosine of dW_a and dW_b (from the factors) instead of phi",
+    )
     options.add_allow_other_base(p)
     options.add_outputs(p, "<sweep>/analysis/compare_<factor>")
     p.set_defaults(func=cmd_compare)
@@ -44,14 +60,15 @@ def cmd_compare(args) -> int:
     inputs.check_sources(args.sources, args)
     amap = adapter_map(
         args.sources, factor=args.factor, k=args.k, modules=args.modules, layers=args.layers,
-        progress=progress(), allow_other_base=args.allow_other_base,
+        progress=progress(), allow_other_base=args.allow_other_base, normalize=args.normalize,
+        weight=args.weight, signed=args.signed,
     )  # fmt: skip
     inputs.other_bases(amap.other_bases)
     lo, hi = amap.floor_range()
     floor = f"{lo:.3g}" if lo == hi else f"{lo:.3g}-{hi:.3g}"
     title = (
-        f"subspace similarity of {len(amap.names)} adapters: mean phi(t,t), t <= {amap.k}, of {amap.factor}, "
-        f"over {len(amap.modules)} shared modules; random floor {floor}"
+        f"similarity of {len(amap.names)} adapters: {_what(amap, 'phi', '<=')}, {amap.weight} average over "
+        f"{len(amap.modules)} shared modules; random floor {floor}"
     )
     print_table(amap.similarity if len(amap.names) <= 15 else amap.nearest(), title)
     if amap.skipped:
@@ -69,10 +86,18 @@ def write_map(written: Written, amap) -> None:
 
     order = amap.order()
     n, m = len(amap.names), len(amap.modules)
-    short = f"{n} adapters: mean φ(t,t), t ≤ {amap.k}, of {amap.factor}, {m} modules"
+    short = f"{n} adapters: {_what(amap, 'φ', '≤')}, {m} modules"
     fig, _ = plot_adapter_map(amap.similarity, floor=amap.floor, linkage=amap.linkage(), title=short)
     stem = f"map_{amap.factor}"
     written.figure(fig, stem, amap.similarity.loc[order, order].reset_index())
     written.csv(amap.similarity, f"{stem}_matrix.csv")
     written.csv(amap.by_kind, f"{stem}_by_kind.csv", index=False)
     written.csv(amap.nearest(), f"{stem}_nearest.csv")
+
+
+def _what(amap, phi: str, le: str) -> str:
+    """What the map's score is, for its printed title and its figure."""
+    what = (
+        "cos(dW_a, dW_b)" if amap.score == "cosine" else f"mean {phi}(t,t), t {le} {amap.k}, of {amap.factor}"
+    )
+    return what + (", (s - floor)/(1 - floor) per module" if amap.normalized else "")

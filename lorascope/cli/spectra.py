@@ -34,9 +34,9 @@ def add_spectrum(sub) -> None:
 
 
 def cmd_spectrum(args) -> int:
-    from lorascope.analysis.modules import short_name
     from lorascope.analysis.plots import plot_spectrum
     from lorascope.compare import spectrum_frames, with_top_sigmas
+    from lorascope.names import short_name
 
     figure_formats = formats(args)
     run = inputs.load(args.run, args)

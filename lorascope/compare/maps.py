@@ -1,5 +1,19 @@
 """Adapter maps of many runs: which of N adapters on one base are alike (issue #13).
 
+Scores per module, then averaged over modules:
+  φ score (default)  mean φ(t, t), t ≤ k, of the chosen bases: ΔW's (dW-right / dW-left) are invariant
+                     to B → B R, A → R⁻¹ A, as is everything computed from ΔW; the bases of A and of B
+                     ("A", "B") are not (A → R⁻¹A changes A's row space only when R is not orthogonal
+                     and scaled, but its σ order and so its top-k do change).
+  normalize=True     each module's score as (score − floor) / (1 − floor), its floor (k + 1)/(2n) taken
+                     from its own n, before averaging: modules of different widths then compare (0: chance,
+                     1: identical subspaces).
+  weight="energy"    modules weighted by ‖ΔW_a‖ ‖ΔW_b‖ over the top-k σ (of the chosen factor) instead of
+                     uniformly: the modules that moved most count most.
+  signed=True        the cosine of ΔW_a and ΔW_b, s_a s_b tr((B_aᵀ B_b)(A_b A_aᵀ)) / (‖ΔW_a‖ ‖ΔW_b‖),
+                     from the factors (`analysis.delta_cosine`): sign- and σ-aware (ΔW against −ΔW: −1),
+                     invariant to B → B R, A → R⁻¹ A; floor 0. Keeps every adapter's factors in memory.
+
     from lorascope.compare.maps import adapter_map
     amap = adapter_map(["runs/minilm-bbc"], factor="dW-right", k=8)   # a sweep, or run / PEFT folders
     amap.similarity          # N × N DataFrame, run names as index and columns
@@ -31,6 +45,7 @@ from lorascope.analysis.adapter_map import (
     map_linkage,
     random_floor,
 )
+from lorascope.analysis.delta_cosine import cosine_matrix, factored_pieces
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
@@ -63,6 +78,9 @@ class AdapterMap:
     left_out: dict[str, str] = field(default_factory=dict)  # runs of a sweep not compared, and why
     other_bases: list[str] = field(default_factory=list)  # with allow_other_base: the runs on another base
     dims: dict[str, int] = field(default_factory=dict)  # n of each module's bases
+    score: str = "phi"  # "phi" (mean φ(t, t)) or "cosine" (signed, σ-weighted)
+    normalized: bool = False  # per-module (score − floor) / (1 − floor) before averaging
+    weight: str = "uniform"  # how modules are weighted in the average: "uniform" or "energy"
 
     def floor_range(self) -> tuple[float, float]:
         """(min, max) random floor over pairs a ≠ b; one value when every pair has the same k."""
@@ -108,6 +126,9 @@ def adapter_map(
     check_base: bool = True,
     progress: bool = False,
     allow_other_base: bool = False,
+    normalize: bool = False,
+    weight: str = "uniform",
+    signed: bool = False,
 ) -> AdapterMap:
     """The N × N adapter map of run folders, PEFT folders or `Run`s (or of one sweep folder).
 
@@ -118,7 +139,10 @@ def adapter_map(
     listed in `.other_bases`. Module names that transformers ≥ 5 renamed are matched (`aligned`).
     Modules not shared by all adapters are skipped (logged in one line, listed in
     `.skipped`); LorascopeError if none is shared, for fewer than 2 adapters, or k < 1.
+    normalize, weight, signed: see the module docstring.
     """
+    if weight not in WEIGHTS:
+        raise LorascopeError(f"unknown weight {weight!r}: choose one of {', '.join(WEIGHTS)}")
     if factor not in MAP_FACTORS:
         raise LorascopeError(f"unknown factor {factor!r}: choose one of {', '.join(MAP_FACTORS)}")
     if int(k) < 1:
@@ -130,12 +154,12 @@ def adapter_map(
     t0 = time.perf_counter()
     with one_thread():
         same_base = SameBase(allow_other=allow_other_base) if check_base else None
-        kept, skipped, bases, loaded = _collect_bases(
-            sources, names, factor, k, modules, layers, same_base, progress, left_out
+        kept, skipped, bases, loaded, extra = _collect_bases(
+            sources, names, factor, k, modules, layers, same_base, progress, left_out, signed
         )
     t1 = time.perf_counter()
     names, paths = [names[i] for i in loaded], [paths[i] for i in loaded]
-    amap = _assemble(factor, k, names, paths, kept, skipped, bases)
+    amap = _assemble(factor, k, names, paths, kept, skipped, bases, extra, normalize, weight, signed)
     amap.left_out = left_out or {}
     amap.other_bases = list(same_base.others) if same_base is not None else []
     log.info(
@@ -146,13 +170,17 @@ def adapter_map(
 
 
 _WHAT = {"dW-right": "ΔW", "dW-left": "ΔW", "A": "A", "B": "B"}
+WEIGHTS = ("uniform", "energy")
 
 
-def _collect_bases(sources, names, factor, k, modules, layers, same_base, progress, left_out=None):
+def _collect_bases(
+    sources, names, factor, k, modules, layers, same_base, progress, left_out=None, signed=False
+):
     """Load the adapters one at a time; keep each shared module's top-k basis (float32, (n, k_a)).
 
     Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)};
-    the indexes of the adapters loaded) with Z (n, N·k) the stacked bases (`stack_bases` layout),
+    the indexes of the adapters loaded; {module: (energies [N], ΔW pieces [N] when signed)}) with Z
+    (n, N·k) the stacked bases (`stack_bases` layout),
     filled in place: one allocation per module instead of N small ones that would fragment the heap.
     With `left_out` (a sweep's runs), an adapter that cannot be loaded is added to it and left out."""
     from tqdm.auto import tqdm
@@ -165,6 +193,7 @@ def _collect_bases(sources, names, factor, k, modules, layers, same_base, progre
     every: dict[str, None] = {}  # every module some adapter has, in first-seen order
     thin = 0  # (adapter, module) pairs whose basis a rank-deficient matrix cuts short
     loaded: list[int] = []
+    extra: dict[str, tuple[list, list]] = {}  # module -> (top-k energy Σσ², ΔW pieces) per adapter
     for idx, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
         try:
             run = source if isinstance(source, Run) else load_run(source)
@@ -193,6 +222,7 @@ def _collect_bases(sources, names, factor, k, modules, layers, same_base, progre
         kept = shared
         for m in [m for m in bases if m not in kept]:
             del bases[m]  # not shared by all: free its bases now
+            extra.pop(m, None)
         for m in kept:
             a = run.adapters[m]
             # k cut to the rank: a basis never has more columns, and a huge --k must allocate nothing
@@ -212,6 +242,10 @@ def _collect_bases(sources, names, factor, k, modules, layers, same_base, progre
             stride = Z.shape[1] // N
             Z[:, i * stride : i * stride + U.shape[1]] = U
             widths.append(U.shape[1])
+            energies, pieces = extra.setdefault(m, ([], []))
+            energies.append(float(torch.sum(S[: U.shape[1]].double() ** 2)))
+            if signed:
+                pieces.append(factored_pieces(a))
         del run  # drop the factors: only the (n, k) bases stay
     skipped = [m for m in every if m not in set(kept)]
     if skipped:
@@ -230,11 +264,13 @@ def _collect_bases(sources, names, factor, k, modules, layers, same_base, progre
         raise LorascopeError(f"{len(loaded)} adapter(s) could be read; an adapter map needs at least 2")
     # Z's columns of the adapters left out are empty: cut them (a view, no copy).
     bases = {m: (Z[:, : len(loaded) * (Z.shape[1] // N)], w) for m, (Z, w) in bases.items()}
-    return kept, skipped, bases, loaded
+    return kept, skipped, bases, loaded, extra
 
 
-def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
-    """Per module scores and floors, averaged per kind and over all modules."""
+def _assemble(
+    factor, k, names, paths, kept, skipped, bases, extra, normalize=False, weight="uniform", signed=False
+) -> AdapterMap:
+    """Per module scores and floors, (normalised,) weighted and averaged per kind and over all modules."""
     N = len(names)
     sums: dict[str, list] = {}  # kind -> [Σ score, Σ floor, min k_pair, count]
     dims = {}
@@ -245,29 +281,39 @@ def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
             score, k_pair = gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
         del Z
         floor = random_floor(k_pair, dims[m])
+        energies, pieces = extra.pop(m)
+        if signed:  # the cosine of ΔW_a and ΔW_b; independent random updates average 0
+            score, floor = cosine_matrix(pieces), np.zeros((N, N))
+        if normalize:
+            score, floor = (score - floor) / (1 - floor), np.zeros((N, N))
+        e = np.sqrt(np.asarray(energies))
+        w = np.outer(e, e) if weight == "energy" else np.ones((N, N))
         for kind in (ALL, module_kind(m)):
-            acc = sums.setdefault(kind, [np.zeros((N, N)), np.zeros((N, N)), k_pair.copy(), 0])
-            acc[0] += score
-            acc[1] += floor
+            acc = sums.setdefault(
+                kind, [np.zeros((N, N)), np.zeros((N, N)), k_pair.copy(), 0, np.zeros((N, N))]
+            )
+            acc[0] += w * score
+            acc[1] += w * floor
             acc[2] = np.minimum(acc[2], k_pair)
             acc[3] += 1
+            acc[4] += w
     a_idx, b_idx = np.meshgrid(np.arange(N), np.arange(N), indexing="ij")
     rows = []
-    for kind, (s, f, kp, count) in sums.items():
+    for kind, (s, f, kp, count, wsum) in sums.items():
         rows.append(
             pd.DataFrame(
                 {
                     "run_a": np.asarray(names)[a_idx.ravel()],
                     "run_b": np.asarray(names)[b_idx.ravel()],
                     "kind": kind,
-                    "similarity": (s / count).ravel(),
-                    "random_floor": (f / count).ravel(),
+                    "similarity": (s / wsum).ravel(),
+                    "random_floor": (f / wsum).ravel(),
                     "k": kp.ravel(),
                     "modules": count,
                 }
             )
         )
-    s, f = sums[ALL][0] / sums[ALL][3], sums[ALL][1] / sums[ALL][3]
+    s, f = sums[ALL][0] / sums[ALL][4], sums[ALL][1] / sums[ALL][4]
     index = pd.Index(names, name="run")
     return AdapterMap(
         factor=factor,
@@ -280,4 +326,7 @@ def _assemble(factor, k, names, paths, kept, skipped, bases) -> AdapterMap:
         modules=list(kept),
         skipped=skipped,
         dims=dims,
+        score="cosine" if signed else "phi",
+        normalized=normalize,
+        weight=weight,
     )

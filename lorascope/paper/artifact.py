@@ -24,7 +24,8 @@ class Artifact:
     fig: object | None = None
     table: pd.DataFrame | None = None
     caption: str = ""
-    facts: dict = field(default_factory=dict)  # numbers findings.md quotes
+    facts: dict = field(default_factory=dict)  # numbers findings.md quotes (recipes not yet typed)
+    result: object | None = None  # the typed result its finding reads (a dataclass of the recipe's module)
     text: str | None = None  # a Markdown document (findings.md) instead of a figure or table
 
     def write(self, out: Path, formats=("png", "pdf")) -> list[Path]:

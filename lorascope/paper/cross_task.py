@@ -48,9 +48,11 @@ def other_tasks(sweep: Sweep) -> list[Sweep]:
     """Sibling sweeps of other tasks on the same base weights."""
     found = []
     for folder in sorted(p for p in sweep.path.resolve().parent.iterdir() if p.is_dir()):
-        if folder == sweep.path.resolve() or not list_runs(folder):
+        if folder == sweep.path.resolve():
             continue
-        try:
+        try:  # a sibling folder may vanish while we look (a temporary folder beside the sweep)
+            if not list_runs(folder):
+                continue
             other = Sweep.load(folder)
         except LorascopeError as e:
             log.info("%s: not a sweep to compare with: %s", folder, e)

@@ -5,8 +5,10 @@ fig_spectrum        the normalised spectrum σ_k/σ_1 of ΔW and its cumulative 
                     rank holding 90 % of ΔW's energy (Biderman et al. 2024: full fine-tuning's is
                     10–100× a typical LoRA rank), median over layers
 fig_lora_vs_full    φ(U_r, V_j) with U_r a LoRA rank's top-r directions of ΔW and V_j full
-                    fine-tuning's top-j, on the input and the output side, against the random floor:
-                    does a low-rank adapter find the top directions of the full update?
+                    fine-tuning's top-j, on the input and the output side, normalised by the random
+                    floor as (φ − floor)/(1 − floor): does a low-rank adapter find the top directions
+                    of the full update? (for j ≥ r: how much of LoRA's top-r lies in full's top-j; for
+                    j < r the reverse, full's top-j in LoRA's top-r)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.plots import method_styles
@@ -81,6 +84,17 @@ def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
             row[1].plot([rank90], [energy[rank90 - 1]], "o", ms=4, color=style["color"])
         row[0].set(xscale="log", yscale="log", xlabel="k", ylabel=r"$\sigma_k / \sigma_1$",
                    title=f"{kind_label(kind)}, layer {layer}: singular values of $\\Delta W$")  # fmt: skip
+        # The control: a same-shape N(0, 1) matrix, an update with no low-rank structure at all.
+        shape = tuple(_full(sweep).adapters[m].shape)
+        g = (
+            torch.linalg.svdvals(torch.randn(*shape, generator=torch.Generator().manual_seed(0)))
+            .double()
+            .numpy()
+        )
+        k = np.arange(1, len(g) + 1)
+        row[0].plot(k, g / g[0], color="0.6", ls="--", lw=1, label=f"Gaussian {shape[0]}×{shape[1]}")
+        row[1].plot(k, np.cumsum(g**2) / np.sum(g**2), color="0.6", ls="--", lw=1,
+                    label=f"Gaussian {shape[0]}×{shape[1]} (control)")  # fmt: skip
         row[1].axhline(0.9, color="0.5", ls="--", lw=1)
         row[1].set(xscale="log", ylim=(0, 1.02), xlabel="k", ylabel="cumulative energy",
                    title=f"{kind_label(kind)}: rank holding 90 % of the energy")  # fmt: skip
@@ -104,7 +118,9 @@ def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
         f"{sweep.name}: median over layers of the rank holding 90 % of ΔW's energy (Σσ²), its stable "
         "rank ‖ΔW‖²_F/‖ΔW‖²_2 and effective rank, for each LoRA rank and for full fine-tuning."
     )
-    facts = {"energy": energy, "layer": layer}
+    full = _full(sweep)
+    shapes = {kind_label(k): tuple(full.adapters[sweep.module(layer, k)].shape) for k in sweep.kinds}
+    facts = {"energy": energy, "layer": layer, "shapes": shapes}
     return [
         Artifact("fig_spectrum", sigmas, fig=fig, facts=facts),
         Artifact(
@@ -133,6 +149,7 @@ def lora_vs_full_frame(sweep: Sweep, layer: int) -> pd.DataFrame:
                 grid = grid_frame(phi_grid(U, V))
                 frame = long_grid(grid, kind=kind_label(kind), side=side, rank=rank, n=n)
                 frame["floor"] = random_phi_baseline(*grid.shape, n)[frame.i - 1, frame.j - 1]
+                frame["phi_normalised"] = (frame.phi - frame.floor) / (1 - frame.floor).clip(lower=1e-12)
                 rows.append(frame)
     return pd.concat(rows, ignore_index=True)
 
@@ -149,19 +166,23 @@ def fig_lora_vs_full(sweep: Sweep, layer=None) -> Artifact | Skipped:
     for row, kind in zip(axes, kinds, strict=True):
         for ax, side in zip(row, SIDES, strict=True):
             for rank in ranks:
-                # φ(r, j): how much of LoRA's whole r-dimensional subspace lies in full's top-j, / min(r, j)
+                # φ(r, j): the overlap of LoRA's r-dim subspace with full's top-j, / min(r, j). Curves of
+                # different r have floors max(r, j)/n from 0.003 to 0.17: drawn normalised,
+                # (φ − floor) / (1 − floor), so 0 is chance for every curve.
                 d = data[
                     (data.kind == kind) & (data.side == side) & (data["rank"] == rank) & (data.i == rank)
                 ]
-                ax.plot(d.j, d.phi, color=colors[rank], lw=1.4, label=f"LoRA r = {rank}")
-                ax.plot(d.j, d.floor, color=colors[rank], lw=0.8, ls=":")
-            ax.set(xscale="log", ylim=(0, 1.02), xlabel="j (top directions of full fine-tuning's ΔW)",
-                   ylabel=r"$\phi(r, j)$", title=f"{kind}, layer {layer}: {side} side")  # fmt: skip
+                ax.plot(d.j, d.phi_normalised, color=colors[rank], lw=1.4, label=f"LoRA r = {rank}")
+            ax.axhline(0.0, color="0.4", lw=0.8, ls=":")
+            ax.set(xscale="log", ylim=(-0.05, 1.02), xlabel="j (top directions of full fine-tuning's ΔW)",
+                   ylabel=r"$(\phi - \mathrm{floor}) / (1 - \mathrm{floor})$",
+                   title=f"{kind}, layer {layer}: {side} side")  # fmt: skip
             ax.grid(alpha=0.3, lw=0.5)
         row[0].legend(fontsize=7, frameon=False)
     fig.suptitle(
-        f"{sweep.name}: LoRA's top-r directions inside full fine-tuning's top-j "
-        "(dotted: random subspaces, max(r, j)/n)", fontsize=11,
+        f"{sweep.name}: φ(r, j) between LoRA's top-r and full fine-tuning's top-j directions (j ≥ r: LoRA's "
+        "inside full's; j < r: full's top-j inside LoRA's), normalised by the floor max(r, j)/n (dotted: "
+        "chance)", fontsize=10,
     )  # fmt: skip
     return Artifact("fig_lora_vs_full", data, fig=fig, facts={"layer": layer, "data": data})
 

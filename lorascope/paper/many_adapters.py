@@ -33,8 +33,9 @@ from lorascope.errors import LorascopeError
 from lorascope.names import kind_label
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.cross_task import other_tasks
-from lorascope.paper.findings_beyond import _fmt, _verdict
 from lorascope.paper.sweep import Sweep
+from lorascope.paper.verdicts import fmt as _fmt
+from lorascope.paper.verdicts import verdict
 
 MIN_ADAPTERS = 3
 NONE = (
@@ -146,7 +147,7 @@ def subspace_section(arts: list) -> list[str]:
                 f"{_fmt(g.floor.median())} | {_fmt(g.floor_hi.median())} | {_fmt(g.shared_dims.median())} | "
                 f"{int(above.sum())} of {len(g)} |"
             )
-            verdicts.append(f"{SIDE_TEXT[side]}, {kind_label(kind)}: {_verdict(ok)}")
+            verdicts.append(f"{SIDE_TEXT[side]}, {kind_label(kind)}: {verdict([bool(ok)])}")
     cov = made[0].facts["coverage"]
     outliers = list(cov.index[cov.outlier])
     out += [
@@ -193,9 +194,9 @@ def merge_section(arts: list) -> list[str]:
     agree = ties["sign_conflict"] < ties["sign_conflict_floor"]
     more = "task arithmetic" if ta["retention"] >= ties["retention"] else "TIES"
     out += [
-        f"- The adapters interfere beyond chance (output side, input side): {_verdict(above[0])}, "
-        f"{_verdict(above[1])}.",
-        f"- TIES' kept entries agree in sign more than chance: {_verdict(bool(agree))}.",
+        f"- The adapters interfere beyond chance (output side, input side): {verdict([bool(above[0])])}, "
+        f"{verdict([bool(above[1])])}.",
+        f"- TIES' kept entries agree in sign more than chance: {verdict([bool(bool(agree))])}.",
         f"- {more} keeps more of each adapter ({_fmt(ta['retention'])} against {_fmt(ties['retention'])}).",
         "",
     ]

@@ -13,6 +13,7 @@ from lorascope.paper.catalog import DESCRIPTIONS, FIGURE_FACTORS
 from lorascope.paper.cross_task import cross_task_section, fig_cross_task
 from lorascope.paper.findings import findings_markdown
 from lorascope.paper.findings_beyond import (
+    asymmetry_section,
     intruders_section,
     lora_vs_full_section,
     spectrum_section,
@@ -26,8 +27,10 @@ from lorascope.paper.many_adapters import (
     merge_section,
     subspace_section,
 )
+from lorascope.paper.rank_overlap import fig3
 from lorascope.paper.rank_table import rank_table
-from lorascope.paper.similarity_figs import fig3, fig4, fig6, fig7
+from lorascope.paper.seed_overlap import fig4
+from lorascope.paper.similarity_figs import fig6, fig7
 from lorascope.paper.sweep import Sweep
 from lorascope.paper.trajectory_figs import trajectories
 from lorascope.paper.w_and_delta import fig8, table7
@@ -119,9 +122,10 @@ def _findings(sweep: Sweep, opts, done: dict) -> list[Artifact]:
                 plt.close(art.fig)  # computed here for its numbers only
     by_factor = {k: dict(zip(opts.factors, parts[k], strict=True)) for k in ("fig3", "fig4")}
     beyond = [
-        *spectrum_section(parts["spectrum"]),
+        *spectrum_section(parts["spectrum"], sweep),
         *lora_vs_full_section(parts["lora_vs_full"][0]),
         *intruders_section(parts["intruders"]),
+        *asymmetry_section(sweep),
         *trajectory_section(parts["trajectory"]),
         *cross_task_section(parts["cross_task"]),
         *subspace_section(parts["subspace"]),

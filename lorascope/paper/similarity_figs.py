@@ -1,7 +1,7 @@
 """The paper's subspace-similarity figures (Section 7.2, Appendix H.2):
 
-    Fig. 3   φ(A_{r=small}, A_{r=large}, i, j) at one layer, with the zoomed lower-left triangle
-    Fig. 4   φ between two seeds at one rank, beside two random Gaussian matrices of the same shape
+    Fig. 3   (`rank_overlap`, with its finding)
+    Fig. 4   (`seed_overlap`, with its finding)
     Fig. 6   Fig. 3 across layers
     Fig. 7   Fig. 4 across layers
 
@@ -15,14 +15,10 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.plots import plot_phi
-from lorascope.analysis.similarity import (
-    gaussian_phi_samples,
-    grid_frame,
-    long_grid,
-    random_phi_baseline,
-    subspace_similarity,
-)
+from lorascope.analysis.nulls import gaussian_phi_draws
+from lorascope.analysis.plots import FLOOR_NOTE, plot_phi
+from lorascope.analysis.similarity import grid_frame, long_grid, random_phi_baseline, subspace_similarity
+from lorascope.analysis.stats import N_NULL
 from lorascope.compare.pairs import run_similarity
 from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
@@ -58,13 +54,15 @@ def seed_rank(sweep: Sweep, rank: int | None = None) -> int | str:
     return candidates[-1]
 
 
-def _pair(sweep: Sweep, run_a, run_b, factor: str, layers: list[int]) -> dict[tuple[int, str], pd.DataFrame]:
+def pair_grids(
+    sweep: Sweep, run_a, run_b, factor: str, layers: list[int]
+) -> dict[tuple[int, str], pd.DataFrame]:
     """φ grids of two runs for every (layer, kind) in `layers`."""
     sim = run_similarity(run_a, run_b, factor=factor, layers=layers)
     return {(layer_index(m), module_kind(m)): g for m, g in sim.grids.items() if m in sweep.modules}
 
 
-def _lower_triangle(grid: pd.DataFrame, k: int) -> pd.DataFrame:
+def lower_triangle(grid: pd.DataFrame, k: int) -> pd.DataFrame:
     """The top-left k × k block with j > i blanked: the paper's zoomed panels of Figure 3."""
     return grid.iloc[:k, :k].mask(np.triu(np.ones((k, k), dtype=bool), 1))
 
@@ -100,91 +98,33 @@ def init_control(sweep: Sweep, run_a, run_b, layer: int) -> dict[str, dict]:
     return out
 
 
-def fig3(sweep: Sweep, factor: str = "A", small=None, large=None, layer=None) -> Artifact | Skipped:
-    pair = rank_pair(sweep, small, large)
-    name = f"fig3_rank_similarity_{factor}"
-    if isinstance(pair, str):
-        return Skipped(name, pair)
-    small, large = pair
-    layer = sweep.middle_layer if layer is None else layer
-    grids = _pair(sweep, sweep.run(small), sweep.run(large), factor, [layer])
-    F = get_factor(factor).tex
-    panels, rows, facts = {}, [], {}
-    for (_, kind), g in grids.items():
-        panels[f"{kind_label(kind)}"] = g
-    for (_, kind), g in grids.items():
-        panels[f"{kind_label(kind)} (i, j ≤ {small}, j ≤ i)"] = _lower_triangle(g, small)
-    for (_, kind), g in grids.items():
-        rows.append(long_grid(g, layer=layer, module=kind, r_small=small, r_large=large))
-        facts[kind] = {"phi": g, "n": _space_dim(sweep, layer, kind, factor), "diag": _diag(g)}
-    init = init_control(sweep, sweep.run(small), sweep.run(large), layer)
-    fig, _ = plot_phi(
-        panels,
-        ncols=len(panels),
-        suptitle=f"{sweep.name}, layer {layer}: "
-        + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j)",
-    )
-    data = pd.concat(rows, ignore_index=True)
-    facts = {"small": small, "large": large, "layer": layer, "kinds": facts, "init": init}
-    return Artifact(name, data, fig=fig, facts=facts)
-
-
-def _space_dim(sweep: Sweep, layer: int, kind: str, factor: str) -> int:
+def space_dim(sweep: Sweep, layer: int, kind: str, factor: str) -> int:
     """n, the dimension of the space the factor's bases live in, for this module."""
     return get_factor(factor).dim(next(iter(sweep.runs.values())).adapters[sweep.module(layer, kind)])
 
 
-def gaussian_grid(rank: int, n: int, factor: str, seed: int = 0) -> pd.DataFrame:
-    """φ between the bases of one pair of random Gaussian matrices shaped like the factor, in R^n
-    (the paper's Fig. 4, right)."""
+def gaussian_grid(rank: int, n: int, factor: str, seed: int = 0, n_draws: int = N_NULL) -> pd.DataFrame:
+    """The mean φ grid of `n_draws` pairs of random Gaussian matrices shaped like the factor, in R^n
+    (the paper's Fig. 4, right, shows one draw; its mean is the null such a panel stands for)."""
     side = get_factor(factor).side
     shape = (n, rank) if side == "left" else (rank, n)
-    return grid_frame(gaussian_phi_samples(shape, shape, n_seeds=1, seed=seed, side=side)[0])
-
-
-def fig4(sweep: Sweep, factor: str = "A", rank=None, layer=None) -> Artifact | Skipped:
-    name = f"fig4_seed_similarity_{factor}"
-    rank = seed_rank(sweep, rank)
-    if isinstance(rank, str):
-        return Skipped(name, rank)
-    s1, s2 = sweep.seeds(rank)[:2]
-    layer = sweep.middle_layer if layer is None else layer
-    grids = _pair(sweep, sweep.run(rank, s1), sweep.run(rank, s2), factor, [layer])
-    panels, rows, facts = {}, [], {}
-    for (_, kind), g in grids.items():
-        n = _space_dim(sweep, layer, kind, factor)
-        panels[f"{kind_label(kind)}: seed {s1} vs {s2}"] = g
-        rows.append(long_grid(g, layer=layer, module=kind, pair=f"seed {s1} vs {s2}"))
-        facts[kind] = {"phi": g, "n": n, "diag": _diag(g)}
-    # One random panel per space the modules live in: GQA's k/v outputs (192) are not q's (576).
-    for n in sorted({facts[kind]["n"] for kind in list(facts)}, reverse=True):
-        gauss = gaussian_grid(rank, n, factor)
-        panels[f"random Gaussian ({rank}×{n})"] = gauss
-        rows.append(long_grid(gauss, layer=layer, module=f"random gaussian n={n}", pair="gaussian"))
-        facts[f"_gaussian n={n}"] = {"phi": gauss, "n": n, "diag": _diag(gauss)}
-    init = init_control(sweep, sweep.run(rank, s1), sweep.run(rank, s2), layer)
-    F = get_factor(factor).tex
-    fig, _ = plot_phi(
-        panels,
-        ncols=len(panels),
-        suptitle=f"{sweep.name}, layer {layer}: "
-        + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, {F}$_{{r={rank}}}$ seed {s2}, i, j)",
-    )
-    data = pd.concat(rows, ignore_index=True)
-    facts = {"rank": rank, "seeds": (s1, s2), "layer": layer, "kinds": facts, "init": init}
-    return Artifact(name, data, fig=fig, facts=facts)
+    return grid_frame(gaussian_phi_draws(shape, n_draws, seed, side).mean(axis=0))
 
 
 def _across_layers(sweep: Sweep, name: str, run_a, run_b, factor: str, layers, title: str) -> Artifact:
     layers = _layers(sweep, layers)
-    grids = _pair(sweep, run_a, run_b, factor, layers)
-    panels, rows = {}, []
+    grids = pair_grids(sweep, run_a, run_b, factor, layers)
+    panels, floors, rows = {}, {}, []
     for kind in sweep.kinds:  # one row of panels per kind, one column per layer
         for layer in layers:
             g = grids[(layer, kind)]
-            panels[f"{kind_label(kind)}, layer {layer}"] = g
+            title_ = f"{kind_label(kind)}, layer {layer}"
+            panels[title_], floors[title_] = (
+                g,
+                random_phi_baseline(*g.shape, space_dim(sweep, layer, kind, factor)),
+            )
             rows.append(long_grid(g, layer=layer, module=kind))
-    fig, _ = plot_phi(panels, ncols=len(layers), suptitle=title)
+    fig, _ = plot_phi(panels, ncols=len(layers), suptitle=f"{title}; {FLOOR_NOTE} max(i, j)/n", floors=floors)
     return Artifact(name, pd.concat(rows, ignore_index=True), fig=fig)
 
 

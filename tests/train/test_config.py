@@ -47,6 +47,8 @@ def test_defaults_follow_the_paper():
         ["lora=paper"],
         ["lora=rslora"],
         ["experiment=paper_ranks"],
+        ["experiment=paper_ranks", "lora=rslora"],
+        ["experiment=paper_ranks_alpha", "rank=8"],
         ["experiment=shakespeare"],
         ["experiment=smoke"],
         ["hydra/launcher=joblib"],
@@ -64,6 +66,10 @@ def test_every_preset_composes(overrides):
         assert plain["task"]["kind"] == "lm" and plain["train"]["batch_size"] == 8
     if "lora=rslora" in overrides:
         assert plain["lora"]["rslora"] is True
+    if overrides[0].startswith("experiment=paper_ranks"):  # three seeds: an interval for every finding
+        assert len(str(cfg.hydra.sweeper.params.seed).split(",")) >= 3
+    if "experiment=paper_ranks_alpha" in overrides:  # α ∝ r: s = α/r the same at every rank
+        assert plain["alpha"] == 16.0 and plain["name"].endswith("alpha-prop-r")
 
 
 def test_launcher_presets_point_at_the_plugins():
