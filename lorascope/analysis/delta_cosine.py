@@ -3,10 +3,10 @@
     cos(ΔW₁, ΔW₂) = ⟨ΔW₁, ΔW₂⟩_F / (‖ΔW₁‖_F ‖ΔW₂‖_F),   ⟨ΔW₁, ΔW₂⟩_F = s₁ s₂ tr((B₁ᵀ B₂)(A₂ A₁ᵀ))
 
 for ΔW = s · B A with A (r, in), B (out, r): r × r products of its factored SVD, ΔW never
-formed. Unlike φ, which compares subspaces (sign-blind, every direction weighted alike), the cosine sees the sign
-(cos(ΔW, −ΔW) = −1) and weights each direction by its σ. Both are functions of ΔW alone: B → B R,
-A → R⁻¹ A leaves ⟨ΔW₁, ΔW₂⟩ unchanged; A and B themselves (and any score of flattened A ‖ B) are not.
-For independent random updates E[cos] = 0, the floor of the signed score.
+formed. Unlike φ, which compares subspaces (sign-blind, every direction weighted alike), the
+cosine sees the sign (cos(ΔW, −ΔW) = −1) and weights each direction by its σ. Both are functions
+of ΔW alone: B → B R, A → R⁻¹ A leaves ⟨ΔW₁, ΔW₂⟩ unchanged; A and B themselves (and any score
+of flattened A ‖ B) are not. For independent random updates E[cos] = 0, the floor of the signed score.
 """
 
 from __future__ import annotations
