@@ -7,9 +7,12 @@ to every singular vector of the pre-trained W: a new direction, not a reweighted
                                      u_j(W) all min(out, in) left singular vectors of W
     count(ε)  = #{i ≤ k : max_cos_i < ε}
 
-The top-k of W + ΔW come from the matrix-free truncated SVD (products W x + s·B (A x)); W's
-full left basis is the one decomposition that needs all of W's directions: pass it (`U_w=`,
-e.g. cached by `lorascope.wspectra.left_basis`) to compute it once per base weight.
+With W's whole decomposition known (`w_basis=(U, σ, Wᵀ U)`, cached by
+`lorascope.wspectra.Entry.basis`) and ΔW = s·B A factored, the top-k of W + ΔW and their cosines
+follow from n × r products and a small structured problem, with no product with W
+(`analysis.w_plus_delta`). Otherwise they come from the matrix-free truncated SVD (products
+W x + s·B (A x)); W's full left basis is the one decomposition that needs all of W's directions:
+pass it (`U_w=`, e.g. cached by `lorascope.wspectra.left_basis`) to compute it once per base weight.
 """
 
 from __future__ import annotations
@@ -19,23 +22,35 @@ import numpy as np
 from lorascope.analysis.truncated import (
     as_f64,
     delta_shape,
+    factors_of,
     left_basis,
     resolve_device,
     top_svd,
 )
+from lorascope.analysis.w_plus_delta import top_of_w_plus_delta
 from lorascope.errors import LorascopeError
 
 EPS_GRID = np.round(np.linspace(0.1, 0.9, 17), 2)  # ε = 0.10, 0.15, ..., 0.90 for the count curve
 
 
 def intruder_dimensions(
-    W, delta, k: int = 10, eps: float = 0.5, *, U_w=None, device: str = "auto", seed: int = 0
+    W,
+    delta,
+    k: int = 10,
+    eps: float = 0.5,
+    *,
+    U_w=None,
+    w_basis=None,
+    device: str = "auto",
+    seed: int = 0,
 ) -> dict:
     """Among the top-k left singular vectors u_i of W + ΔW, those with max_j |u_iᵀ u_j(W)| < eps.
 
     W: (out, in). delta: ΔW dense (out, in), or factors (A (r, in), B (out, r), scaling) as a tuple
     or an object with .A, .B, .scaling (W + s·B A is then never formed). U_w: all left singular
-    vectors of W, (out, min(out, in)), if already computed (`left_basis(W)`).
+    vectors of W, (out, min(out, in)), if already computed (`left_basis(W)`). w_basis: (U (out, m),
+    σ (m,), Wᵀ U (in, m)), W's whole decomposition (`wspectra.Entry.basis`): with factors, W is then
+    not touched at all (its shape only).
     Float64 on `device` ("auto": CUDA when available).
     Returns {"count": int, "indices": list of 0-based i < k that are intruders,
     "max_cos": (k,) array of max_j |cos|, "sigma": (k,) singular values of W + ΔW}. Assumes W's
@@ -45,11 +60,18 @@ def intruder_dimensions(
     if not 0 < eps <= 1:
         raise LorascopeError(f"eps must be in (0, 1], got {eps}")
     dev = resolve_device(device)
-    W = as_f64(W, dev, "W")
     if delta_shape(delta) != tuple(W.shape):
         raise LorascopeError(f"W {tuple(W.shape)} and ΔW {delta_shape(delta)} differ in shape")
     if not 1 <= k <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
+    parts = factors_of(delta)
+    if w_basis is not None and parts is not None:
+        U, S, WtU = (t.to(dev) for t in w_basis)
+        res = top_of_w_plus_delta(U, S, WtU, parts[0], parts[1], parts[2], k, seed=seed)
+        max_cos = res["max_cos"].numpy()
+        indices = [int(i) for i in np.flatnonzero(max_cos < eps)]
+        return {"count": len(indices), "indices": indices, "max_cos": max_cos, "sigma": res["sigma"].numpy()}
+    W = as_f64(W, dev, "W")
     U_ft, S_ft, _ = top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
     if U_w is None:
         U_w = left_basis(W, device=dev)

@@ -171,8 +171,9 @@ def intruder_tables(
              left singular vectors of W + ΔW at ε = eps), intruders (their 0-based indices, as
              "0 3"), min_max_cos (the smallest max |cos|: how new the newest direction is)
       curve  long format, one row per (run, module, ε in eps_grid): run, module, eps, count
-    W's full left basis comes from the cache (computed once per base weight); the top-k of W + ΔW
-    from the matrix-free truncated SVD.
+    W's whole decomposition comes from the cache (computed once per base weight); the top-k of
+    W + s·BA from it with no product with W (`analysis.w_plus_delta`), of a dense W + ΔW from the
+    matrix-free truncated SVD.
     """
     runs = _labelled(runs)
     names = _modules(runs, modules, layers)
@@ -180,10 +181,12 @@ def intruder_tables(
     store = _cache(cache)
     rows, curve = [], []
     for m, W, key in _weights(runs, names, progress, "intruders", store):
-        U_w = store.entry(W, key).left(device=dev) if store else None
+        basis = store.entry(W, key).basis(device=dev) if store else None  # W = U Σ Vᵀ whole
         for label, run in runs.items():
             a = run.adapters[m]
-            res = intruder_dimensions(W, _delta(a), k=k, eps=eps, U_w=U_w, device=dev)
+            d = _delta(a)
+            cached = {"U_w": basis[0], "w_basis": basis} if basis else {}
+            res = intruder_dimensions(W, d, k=k, eps=eps, device=dev, **cached)
             rows.append(
                 {
                     "run": label,
