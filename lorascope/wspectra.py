@@ -3,7 +3,7 @@
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/top-<k>.safetensors   U (out, k), S (k,), V (in, k)  float64
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/basis.safetensors      U (out, m): every left singular vector
                                                                      of W, m = min(out, in), float32;
-                                                                     S (m,) float64; WtU = Wᵀ U (in, m) float32
+                                                                     S (m,) float64; WtU = Wᵀ U (in, m)
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
 
 key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
@@ -30,9 +30,9 @@ the umask, as for run files), so a reader sees a whole entry or none, and two pr
 cache at once each write whole files (the last rename wins; both computed the same numbers).
 Each file's header holds its key, kind, shape and a sha256 of its tensors: an entry that does not
 check out is logged, recomputed and replaced.
-The full left basis (and Wᵀ U) is stored in float32 (64 MiB each for a 4096² W, not 128): the |cos| < ε test of
-intruder dimensions needs no more, and the freshly computed basis is rounded the same way, so a
-cold and a warm analysis give the same numbers.
+The full left basis (and Wᵀ U) is stored in float32 (64 MiB each for a 4096² W, not 128): the
+|cos| < ε test of intruder dimensions needs no more, and the freshly computed basis is rounded
+the same way, so a cold and a warm analysis give the same numbers.
 """
 
 from __future__ import annotations
