@@ -85,7 +85,8 @@ def top_eigenpairs(
     def product(X):
         return d[:, None] * X + C @ (K @ (C.T @ X))
 
-    Y, lam, _ = block_krylov_svd(product, product, (N, N), k, device=d.device, seed=seed)
+    with one_thread(d.device):  # products of O(N·r): threads cost more than they give (linalg.one_thread)
+        Y, lam, _ = block_krylov_svd(product, product, (N, N), k, device=d.device, seed=seed)
     return lam, Y
 
 

@@ -135,7 +135,13 @@ def amplification_table(
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
         entry = store.entry(W, key) if store else None
-        w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
+        k_top = min(k_w, min(W.shape))
+        ks = {int(k) if k is not None else _rank(a) for a in adapters.values()} - {None}
+        if entry is None or not entry.has("top", k_top) or any(not entry.has("random", q, seed) for q in ks):
+            # Cold: W converted to float64 once, shared by the top-k, the random floor and the numbers.
+            W = W.to(device=dev, dtype=torch.float64)
+            entry = entry.converted(W) if entry else None
+        w_top = entry.top(k_top, device=dev) if entry else None
         for label, a in adapters.items():
             d = _delta(a)
             k_a = int(k) if k is not None else _rank(a)
