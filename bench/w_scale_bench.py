@@ -269,7 +269,7 @@ def child(route: str, adapter: Path) -> None:
         from lorascope.weights import base_weights
 
         m = modules()[0]
-        W = base_weights(run, [m], dtype=None)[m]  # as stored (bf16), as the analyses read it
+        W = base_weights(run, [m])[m]  # float32: bf16 exactly
         a = run.adapters[m]
         t0 = time.perf_counter()  # the decomposition only: reading is the floor's business
         if route == "dense-amplification":
@@ -343,6 +343,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs of each hot/warm route; the fastest counts")
     p.add_argument("--skip-intruders", action="store_true", help="skip intruders cold and warm")
     p.add_argument("--skip-dense", action="store_true", help="skip the dense one-module references")
+    p.add_argument(
+        "--skip-dense-intruders", action="store_true", help="skip svd(W) + svd(W + dW) of one module"
+    )
     p.add_argument(
         "--note", default="", help="a line for the results file (e.g. that the machine was shared)"
     )
@@ -448,30 +451,25 @@ def main() -> None:
         if not args.skip_dense:
             say(f"one module ({modules()[0]}), the decomposition alone (W already read), side by side:")
             empty = where / f"wspectra-empty-{os.getpid()}"
-            for name in (
-                "one-amplification",
-                "dense-amplification",
-                "one-intruders",
-                "full-svd",
-                "dense-intruders",
-            ):
+            names = ["one-amplification", "dense-amplification", "one-intruders", "full-svd"]
+            for name in names + ([] if args.skip_dense_intruders else ["dense-intruders"]):
                 shutil.rmtree(empty, ignore_errors=True)  # every route cold
                 one[name] = run_child(name, adapter, empty, threads)
             show("amplification, truncated (uncached)", one["one-amplification"])
             show("amplification, dense svdvals(W) float64", one["dense-amplification"])
             show("intruders cold: hash, U Σ Vᵀ, store, top-10", one["one-intruders"])
             show("W's own full decomposition svd(W) f64", one["full-svd"])
-            show("intruders, dense svd(W) + svd(W + dW)", one["dense-intruders"])
             for key in ("proj_dw", "proj_w", "proj_random"):
                 a, d = one["one-amplification"][key], one["dense-amplification"][key]
                 say(f"    {key}: truncated {a:.9g}, dense {d:.9g} (rel. diff. {abs(a - d) / abs(d):.1e})")
-            new, dense = one["one-intruders"], one["dense-intruders"]
-            diff = max(abs(x - y) for x, y in zip(new["max_cos"], dense["max_cos"], strict=True))
-            say(
-                f"    intruders: count {new['count']} vs {dense['count']} dense, max |cos| of the top-10 "
-                "differ "
-                f"by at most {diff:.1e}"
-            )
+            if "dense-intruders" in one:
+                show("intruders, dense svd(W) + svd(W + dW)", one["dense-intruders"])
+                new, dense = one["one-intruders"], one["dense-intruders"]
+                diff = max(abs(x - y) for x, y in zip(new["max_cos"], dense["max_cos"], strict=True))
+                say(
+                    f"    intruders: count {new['count']} vs {dense['count']} dense, max |cos| of the top-10 "
+                    f"differ by at most {diff:.1e}"
+                )
         say("verdict:")
         ratio = results["amp-warm"]["seconds"] / read["seconds"]
         say(
