@@ -32,6 +32,7 @@ from lorascope.runs import load_run
 
 OUT, IN, RANK, LAYERS = 4096, 4096, 64, 32
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
+FACTORS = ("A", "B", "dA", "dW-right", "dW-left")
 RESULTS = Path(__file__).resolve().parent / "results" / "analysis_bench.txt"
 
 
@@ -70,13 +71,19 @@ def bench_svd(say) -> None:
 
 
 def write_llama_run(root: Path, name: str, seed: int) -> Path:
+    """A run with adapter.safetensors and adapter_init.safetensors (A0 = A minus a learned part, B0 = 0),
+    so that every factor (A, B, dA, dW-right, dW-left) applies."""
     g = torch.Generator().manual_seed(seed)
-    tensors = {}
+    tensors, init = {}, {}
     for layer in range(LAYERS):
         for proj in PROJ:
             m = f"model.layers.{layer}.self_attn.{proj}"
             tensors[f"{m}.lora_A"] = torch.randn(RANK, IN, generator=g) / RANK**0.5
             tensors[f"{m}.lora_B"] = torch.randn(OUT, RANK, generator=g) * 0.01
+            init[f"{m}.lora_A"] = (
+                tensors[f"{m}.lora_A"] - 0.1 * torch.randn(RANK, IN, generator=g) / RANK**0.5
+            )
+            init[f"{m}.lora_B"] = torch.zeros(OUT, RANK)
     meta = adapter_metadata(
         rank=RANK,
         alpha=2 * RANK,
@@ -88,6 +95,7 @@ def write_llama_run(root: Path, name: str, seed: int) -> Path:
     )
     run = root / name
     save_adapter(run / "adapter.safetensors", tensors, meta)
+    save_adapter(run / "adapter_init.safetensors", init, meta)
     return run
 
 
@@ -97,17 +105,17 @@ def bench_similarity(say, cli: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="lorascope-bench-") as tmp:
         root = Path(tmp)
         run_a, run_b = write_llama_run(root, "r64-s0", 0), write_llama_run(root, "r64-s1", 1)
-        size = sum((r / "adapter.safetensors").stat().st_size for r in (run_a, run_b)) / 2**20
+        size = sum(f.stat().st_size for r in (run_a, run_b) for f in r.glob("*.safetensors")) / 2**20
         n_modules = LAYERS * len(PROJ)
         say(
             f"(b) lorascope similarity, two Llama-7B-shaped adapters: {n_modules} modules "
             f"({LAYERS} layers x {','.join(PROJ)}), {OUT}x{IN}, r={RANK}, {size:.0f} MiB on disk"
         )
 
-        def load_only():
-            return [load_file(str(r / "adapter.safetensors")) for r in (run_a, run_b)]
+        def load_only():  # both files of both runs: load_run reads the init too
+            return [load_file(str(f)) for f in files]
 
-        files = [r / "adapter.safetensors" for r in (run_a, run_b)]
+        files = [r / f for r in (run_a, run_b) for f in ("adapter.safetensors", "adapter_init.safetensors")]
 
         def cold(fn):
             """fn with the two files evicted from the page cache first: read from the disk."""
@@ -129,13 +137,13 @@ def bench_similarity(say, cli: bool) -> None:
         say(f"    load the two files (safetensors.load_file, mmap, lazy):      {t_lazy:7.2f} s   (best of 3)")
         say(f"    load the two files and read every byte (the denominator):    {t_load:7.2f} s   (best of 3)")
         say(f"    the same, the files evicted from the page cache first:       {t_load_cold:7.2f} s")
-        for factor in ("A", "dW-right"):
+        for factor in FACTORS:
 
             def similarity(factor=factor):
                 a, b = load_run(run_a), load_run(run_b)
                 return run_similarity(a, b, factor).summary()
 
-            repeat = 2 if factor == "A" else 1
+            repeat = 2
             summary, t_sim = timed(similarity, repeat=repeat)
             _, t_sim_cold = timed(cold(similarity), repeat=repeat)
             ratio, ratio_cold = t_sim / t_load, t_sim_cold / t_load_cold
@@ -165,16 +173,26 @@ def bench_similarity(say, cli: bool) -> None:
 
 
 def main() -> None:
+    global LAYERS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--no-cli", action="store_true", help="skip the end-to-end CLI timing (drawing figures)")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--layers", type=int, default=32, help="layers of the two adapters (default: 32)")
+    p.add_argument("--skip-svd", action="store_true", help="skip (a), the dense SVD of one ΔW")
+    p.add_argument(
+        "--note", default="", help="a line for the results file (e.g. that the machine was shared)"
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     report = Report("analysis", threads=torch.get_num_threads(), torch_version=torch.__version__)
     say = report.say
-    bench_svd(say)
+    if args.note:
+        say(args.note)
+    LAYERS = args.layers
+    if not args.skip_svd:
+        bench_svd(say)
     bench_similarity(say, cli=not args.no_cli)
     if not args.no_write:
         report.write(RESULTS)

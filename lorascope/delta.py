@@ -6,7 +6,9 @@
     d.matvec(X)              ΔW X   (X (in, m) -> (out, m)), never forming a factored ΔW
     d.rmatvec(Y)             ΔWᵀ Y  (Y (out, m) -> (in, m))
     d.svd(k, algorithm)      (U (out, k), S (k,), V (in, k)), float64 CPU, σ descending
-    d.factors                an object with .A (r, in), .B (out, r), .scaling, or None (dense ΔW)
+    d.factors                the trained LoRA factors: .A (r, in), .B (out, r), .scaling, or None (dense ΔW)
+    d.factored_form          ΔW itself as s · B A (an `Adapter`), or None (dense ΔW): the factors for
+                             LoRA, [B, −B0][A; A0] for a shifted init (whose trained factors are not ΔW's)
 
 A factored ΔW = s · B A takes its SVD from thin QRs of its factors (`factored_svd`, ΔW never
 formed); a dense one from the one truncated-SVD entry point (`truncated_svd`), whose `algorithm`
@@ -50,6 +52,9 @@ class Delta(Protocol):
 
     @property
     def factors(self) -> Any | None: ...
+
+    @property
+    def factored_form(self) -> Adapter | None: ...
 
     def delta_weight(self) -> torch.Tensor: ...
 
@@ -203,6 +208,11 @@ class Adapter:
         """The trained factors themselves (.A, .B, .scaling)."""
         return self
 
+    @property
+    def factored_form(self) -> Adapter:
+        """ΔW = s · B A: its own factors."""
+        return self
+
     def delta_weight(self) -> torch.Tensor:
         """ΔW = s · B A, (out, in). Dense: for its SVD use `svd()`, which never forms it."""
         return self.scaling * (self.B @ self.A)
@@ -244,6 +254,10 @@ class DenseDelta:
 
     @property
     def factors(self) -> None:
+        return None
+
+    @property
+    def factored_form(self) -> None:
         return None
 
     @property

@@ -1,8 +1,9 @@
 """W's spectral data, computed once per base weight and cached on disk, keyed by W's content.
 
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/top-<k>.safetensors   U (out, k), S (k,), V (in, k)  float64
-    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/left.safetensors       U (out, m): every left singular vector
-                                                                     of W, m = min(out, in), float32
+    <cache_dir()>/wspectra/v1/<key[:2]>/<key>/basis.safetensors      U (out, m): every left singular vector
+                                                                     of W, m = min(out, in), float32;
+                                                                     S (m,) float64; WtU = Wᵀ U (in, m)
     <cache_dir()>/wspectra/v1/<key[:2]>/<key>/random-<k>-<seed>.safetensors   ‖U_rᵀ W V_r‖_F (Table 7's floor)
 
 key = sha256 of W's dtype, shape and bytes ((out, in), as the analysis sees it): the same W read
@@ -21,16 +22,17 @@ a float32 copy) and analyses its exact float64 conversion under that key.
 
     entry = SpectraCache().entry(W)     # hashes W once
     U, S, V = entry.top(k)              # a cached top-k' with k' ≥ k serves k; else truncated SVD, stored
-    U_w = entry.left()                  # intruder dimensions: W's full left basis, stored once
+    U_w = entry.left()                  # W's full left basis, stored once
+    U_w, S_w, WtU = entry.basis()       # intruder dimensions: the same file, with σ and Wᵀ U = V Σ
 
 Every file is written to a temporary name and renamed (`run_format.atomic_write`; mode 0666 less
 the umask, as for run files), so a reader sees a whole entry or none, and two processes filling the
 cache at once each write whole files (the last rename wins; both computed the same numbers).
 Each file's header holds its key, kind, shape and a sha256 of its tensors: an entry that does not
 check out is logged, recomputed and replaced.
-The full left basis is stored in float32 (64 MiB for a 4096² W, not 128): the |cos| < ε test of
-intruder dimensions needs no more, and the freshly computed basis is rounded the same way, so a
-cold and a warm analysis give the same numbers.
+The full left basis (and Wᵀ U) is stored in float32 (64 MiB each for a 4096² W, not 128): the
+|cos| < ε test of intruder dimensions needs no more, and the freshly computed basis is rounded
+the same way, so a cold and a warm analysis give the same numbers.
 """
 
 from __future__ import annotations
@@ -161,16 +163,27 @@ class Entry:
 
     def left(self, *, device: str = "auto") -> torch.Tensor:
         """All min(out, in) left singular vectors of W, (out, m) by descending σ (stored in float32)."""
-        path = self.folder / "left.safetensors"
+        return self.basis(device=device)[0].double()
+
+    def basis(self, *, device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W = U Σ Vᵀ whole, as intruder dimensions use it (`analysis.w_plus_delta`): U (out, m) every
+        left singular vector (float32), σ (m,) (float64), Wᵀ U = V Σ (in, m) (float32, computed from
+        the rounded U: one product with W, once per W). Cold and warm return the same tensors."""
+        path = self.folder / "basis.safetensors"
         m = min(self.W.shape)
-        found = self._load(path, "left", m) if _is_file(path) else None
+        found = self._load(path, "basis", m) if _is_file(path) else None
         if found is not None:
             STATS["hit"] += 1
-            return found["U"].double()
+            return found["U"], found["S"], found["WtU"]
         STATS["miss"] += 1
-        U = truncated.left_basis(self.W, device=device).float()
-        self._save(path, {"U": U}, "left", m)
-        return U.double()
+        U, S = truncated.left_spectrum(self.W, device=device)
+        U = U.float()
+        dev = truncated.resolve_device(device)
+        W = self.W.detach().to(dev, torch.float32)  # bf16 and float32 W exactly; float64 rounded
+        WtU = (U.to(dev).T @ W).T.contiguous().cpu()  # (in, m): short-wide, as truncated.apply
+        tensors = {"U": U, "S": S.double(), "WtU": WtU}
+        self._save(path, tensors, "basis", m)
+        return U, tensors["S"], WtU
 
     def random_projection(self, k: int, seed: int = 0, *, device: str = "auto") -> float:
         """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
@@ -184,6 +197,19 @@ class Entry:
         value = random_projection(self.W, int(k), int(seed), device=device)
         self._save(path, {"proj": torch.tensor([value], dtype=torch.float64)}, "random", int(k), seed)
         return value
+
+    def has(self, kind: str, k: int, seed: int = 0) -> bool:
+        """Whether a "top" entry with k' ≥ k, a "random" one of (k, seed) or the "basis" is stored
+        (a name, not checked: reading it checks it). Lets a caller convert W once for the misses."""
+        if kind == "top":
+            return any(k_stored >= k for k_stored, _ in self._stored_tops())
+        name = "basis.safetensors" if kind == "basis" else f"random-{int(k)}-{int(seed)}.safetensors"
+        return _is_file(self.folder / name)
+
+    def converted(self, W: torch.Tensor) -> Entry:
+        """This entry over W converted exactly (e.g. the bf16 W as stored, as float64), same key: one
+        conversion shared by every decomposition a cold analysis computes."""
+        return Entry(self.cache, W, self.key)
 
     # ------------------------------------------------------------------ files
 
@@ -200,8 +226,8 @@ class Entry:
 
     def _expected_shapes(self, kind: str, k: int) -> dict[str, tuple[int, ...]]:
         out, n_in = self.W.shape
-        if kind == "left":
-            return {"U": (out, k)}
+        if kind == "basis":
+            return {"U": (out, k), "S": (k,), "WtU": (n_in, k)}
         if kind == "random":
             return {"proj": (1,)}
         return {"U": (out, k), "S": (k,), "V": (n_in, k)}

@@ -7,9 +7,13 @@ to every singular vector of the pre-trained W: a new direction, not a reweighted
                                      u_j(W) all min(out, in) left singular vectors of W
     count(ε)  = #{i ≤ k : max_cos_i < ε}
 
-The top-k of W + ΔW come from the matrix-free truncated SVD (products W x + ΔW x); W's
-full left basis is the one decomposition that needs all of W's directions: pass it (`U_w=`,
-e.g. cached by `lorascope.wspectra`) to compute it once per base weight.
+With W's whole decomposition known (`w_basis=(U, σ, Wᵀ U)`, cached by
+`lorascope.wspectra.Entry.basis`) and ΔW of a factored form (`factored_form`: LoRA, a shifted
+init), the top-k of W + ΔW and their cosines follow from n × r products of its factors and a
+small structured problem, with no product with W (`analysis.w_plus_delta`). Otherwise they come
+from the matrix-free truncated SVD (products W x + ΔW x); W's full left basis is the one
+decomposition that needs all of W's directions: pass it (`U_w=`, e.g. cached by
+`lorascope.wspectra`) to compute it once per base weight.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lorascope.analysis.truncated import as_f64, left_basis, resolve_device, top_svd
+from lorascope.analysis.w_plus_delta import top_of_w_plus_delta
 from lorascope.delta import Delta, check_shape
 from lorascope.errors import LorascopeError
 
@@ -39,23 +44,39 @@ class Intruders:
 
 
 def intruder_dimensions(
-    W, delta: Delta, k: int = 10, eps: float = 0.5, *, U_w=None, device: str = "auto", seed: int = 0
+    W,
+    delta: Delta,
+    k: int = 10,
+    eps: float = 0.5,
+    *,
+    U_w=None,
+    w_basis=None,
+    device: str = "auto",
+    seed: int = 0,
 ) -> Intruders:
     """Among the top-k left singular vectors u_i of W + ΔW, those with max_j |u_iᵀ u_j(W)| < eps.
 
     W: (out, in). delta: ΔW of the protocol (`lorascope.delta`), applied by its products (W + ΔW is
     never formed). U_w: all left singular vectors of W, (out, min(out, in)), if already computed
-    (`truncated.left_basis(W)` or the W-spectra cache). Float64 on `device` ("auto": CUDA when
-    available). Assumes W's singular values are distinct enough for its singular vectors to be well
-    defined (true of trained weights).
+    (`truncated.left_basis(W)` or the W-spectra cache). w_basis: (U (out, m), σ (m,), Wᵀ U (in, m)),
+    W's whole decomposition (`wspectra.Entry.basis`): with a factored ΔW, W is then not touched at
+    all (its shape only). Float64 on `device` ("auto": CUDA when available). Assumes W's singular
+    values are distinct enough for its singular vectors to be well defined (true of trained weights).
     """
     if not 0 < eps <= 1:
         raise LorascopeError(f"eps must be in (0, 1], got {eps}")
     dev = resolve_device(device)
-    W = as_f64(W, dev, "W")
     check_shape(delta, tuple(W.shape))
     if not 1 <= k <= min(W.shape):
         raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
+    form = delta.factored_form  # ΔW = s·B A, whatever its kind (None: dense)
+    if w_basis is not None and form is not None:
+        U, S, WtU = (t.to(dev) for t in w_basis)
+        res = top_of_w_plus_delta(U, S, WtU, form.A, form.B, float(form.scaling), k, seed=seed)
+        max_cos = res["max_cos"].numpy()
+        indices = [int(i) for i in np.flatnonzero(max_cos < eps)]
+        return Intruders(len(indices), indices, max_cos, res["sigma"].numpy())
+    W = as_f64(W, dev, "W")
     U_ft, S_ft, _ = top_svd(W, k, delta=delta, device=dev, seed=seed)  # (out, k)
     if U_w is None:
         U_w = left_basis(W, device=dev)

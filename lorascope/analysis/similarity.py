@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.linalg import as_float64, factor_svd
+from lorascope.analysis.linalg import as_float64, factor_svd, one_thread
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ def _phi_of_cross(M: torch.Tensor, tol: float) -> np.ndarray:
 # Largest σ_max / σ_min for which the Gram route is used: its error grows like ε·κ² (1e-8 here).
 GRAM_MAX_COND = 1e4
 GRAM_TOL = 1e-6  # how far above 1 round-off can take φ on that route
+F32_MAX_COND = 3.0  # κ of a float32 factor up to which float32 Gram products keep φ within ~1e-6 (ε₃₂ κ²)
 
 
 def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
@@ -85,11 +86,12 @@ def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
 
         V1ᵀ V2 = Σ1⁻¹ U1ᵀ (X1 X2ᵀ) U2 Σ2⁻¹
 
-    needs three r × n × r products and two r × r eigendecompositions, in float64: about 5× faster
-    than two thin QRs for a 64 × 4096 factor, equal to ~1e-8. Factors with σ_max / σ_min above
-    GRAM_MAX_COND (near rank-deficient, or r > n) take the QR route of `phi_grid`.
+    needs three r × n × r products and two r × r eigendecompositions: about 5× faster than two thin
+    QRs for a 64 × 4096 factor, equal to ~1e-8. Float32 factors (as stored) with κ ≤ F32_MAX_COND
+    have the products in float32 (no float64 copy), the rest in float64: equal to ~1e-7. Factors
+    with σ_max / σ_min above GRAM_MAX_COND (near rank-deficient, or r > n) take the QR route of `phi_grid`.
     """
-    Y1, Y2 = as_float64(X1, "X1"), as_float64(X2, "X2")
+    Y1, Y2 = _matrix(X1, "X1"), _matrix(X2, "X2")
     if side == "left":
         Y1, Y2 = Y1.T, Y2.T
     if Y1.shape[1] != Y2.shape[1]:
@@ -97,20 +99,36 @@ def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
             f"factors live in different spaces: {Y1.shape[1]} vs {Y2.shape[1]} "
             "(compare modules of the same shape)"
         )
-    halves = []
-    for Y in (Y1, Y2):
-        e, U = torch.linalg.eigh(Y @ Y.T)  # ascending σ²
-        e, U = e.flip(0), U.flip(1)
-        if not e.numel() or e[-1] <= 0 or e[0] > GRAM_MAX_COND**2 * e[-1]:
-            if e.numel() and e[-1] <= 1e-24 * max(float(e[0]), 1e-300):
-                log.warning(
-                    "%s: factor is rank-deficient; its trailing directions are arbitrary", label or side
-                )
-            return phi_grid(factor_svd(X1, side)[0], factor_svd(X2, side)[0])
-        halves.append((U, e.sqrt()))
-    (U1, s1), (U2, s2) = halves
-    M = (U1.T @ (Y1 @ Y2.T) @ U2) / s1[:, None] / s2[None, :]
-    return _phi_of_cross(M, GRAM_TOL)
+    low = Y1.dtype == Y2.dtype == torch.float32  # as stored: products in float32, the r × r core in float64
+    with one_thread():  # r × r work and r × n products: threads cost more than they give
+        for dtype in (torch.float32, torch.float64) if low else (torch.float64,):
+            Z1, Z2 = Y1.to(dtype), Y2.to(dtype)
+            halves = []
+            for Y in (Z1, Z2):
+                e, U = torch.linalg.eigh((Y @ Y.T).double())  # ascending σ²
+                e, U = e.flip(0), U.flip(1)
+                if not e.numel() or e[-1] <= 0 or e[0] > GRAM_MAX_COND**2 * e[-1]:
+                    if e.numel() and e[-1] <= 1e-24 * max(float(e[0]), 1e-300):
+                        log.warning(
+                            "%s: factor is rank-deficient; its trailing directions are arbitrary",
+                            label or side,
+                        )
+                    return phi_grid(factor_svd(X1, side)[0], factor_svd(X2, side)[0])
+                halves.append((U, e.sqrt()))
+            (U1, s1), (U2, s2) = halves
+            if dtype == torch.float32 and max(float(s[0] / s[-1]) for s in (s1, s2)) > F32_MAX_COND:
+                continue  # float32 round-off (~ε₃₂ κ²) would show in φ: the same in float64
+            M = (U1.T @ (Z1 @ Z2.T).double() @ U2) / s1[:, None] / s2[None, :]
+            return _phi_of_cross(M, GRAM_TOL)
+    raise AssertionError("unreachable: the float64 pass always returns")
+
+
+def _matrix(X, name: str) -> torch.Tensor:
+    """X as a detached 2-D CPU tensor in its own dtype (float32 stays float32; others become float64)."""
+    t = X.detach().cpu() if isinstance(X, torch.Tensor) else torch.as_tensor(np.asarray(X))
+    if t.ndim != 2:
+        raise LorascopeError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+    return t if t.dtype in (torch.float32, torch.float64) else t.double()
 
 
 def subspace_similarity(A1, A2) -> np.ndarray:

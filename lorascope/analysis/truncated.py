@@ -104,6 +104,14 @@ def left_basis(W, *, method: str = "auto", device: str | torch.device = "auto") 
     out ≤ in, else svd (W Wᵀ would be larger than W and carry out − in null directions).
     Float64 on `device`; returns a CPU tensor.
     """
+    return left_spectrum(W, method=method, device=device)[0]
+
+
+def left_spectrum(
+    W, *, method: str = "auto", device: str | torch.device = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U (out, m), σ (m,)): `left_basis` and W's m singular values, descending, from the same
+    decomposition (eigh: σ_j = √λ_j(W Wᵀ), clamped at 0). CPU float64 tensors."""
     if method not in ("auto", "eigh", "svd"):
         raise LorascopeError(f"method must be auto, eigh or svd, got {method!r}")
     dev = resolve_device(device)
@@ -113,9 +121,11 @@ def left_basis(W, *, method: str = "auto", device: str | torch.device = "auto") 
         method = "eigh" if out <= n_in else "svd"
     SVD_CALLS[f"left-{method}"] += 1
     if method == "svd":
-        return torch.linalg.svd(W, full_matrices=False)[0].cpu()
-    _, vecs = torch.linalg.eigh(W @ W.T)  # ascending σ²
-    return vecs.flip(1)[:, : min(out, n_in)].cpu()
+        U, S, _ = torch.linalg.svd(W, full_matrices=False)
+        return U.cpu(), S.cpu()
+    lam, vecs = torch.linalg.eigh(W @ W.T)  # ascending σ²
+    m = min(out, n_in)
+    return vecs.flip(1)[:, :m].cpu(), lam.flip(0)[:m].clamp_min(0).sqrt().cpu()
 
 
 def full_svd(W, *, device: str | torch.device = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from lorascope.analysis.delta_phi import delta_phi
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.similarity import (
     factor_phi,
@@ -117,19 +118,32 @@ def run_similarity(
         n1, n2 = (spec.dim(a) for a in ads)
         if n1 != n2:
             raise LorascopeError(f"module {m}: the runs' factors have different shapes ({n1} vs {n2})")
+        gram = None
+        forms = [a.factored_form for a in ads]
+        if spec.matrix is None and k is None and all(f is not None for f in forms):
+            gram = delta_phi(*forms, spec.side)  # ΔW's bases from r × r Gram matrices; None: ill-conditioned
         if spec.matrix is not None and k is None:  # φ straight from the two factors (the Gram route)
             X1, X2 = (spec.matrix(a, i) for a, i in zip(ads, inits, strict=True))
             grids[m] = grid_frame(factor_phi(X1, X2, spec.side, label=f"{m} ({factor})"))
+        elif gram is not None:
+            phi, S1, S2 = gram
+            _warn_rank_deficient(((run_a, S1), (run_b, S2)), m, factor)
+            grids[m] = grid_frame(phi)
         else:
             tops = [k or directions(a, DENSE_TOP_K) for a in ads]
             (U1, S1), (U2, S2) = (spec.basis(a, i, t) for a, i, t in zip(ads, inits, tops, strict=True))
-            for run, S in ((run_a, S1), (run_b, S2)):
-                if S.numel() and float(S[-1]) <= 1e-12 * max(float(S[0]), 1e-300):
-                    log.warning("%s %s: %s is rank-deficient; its trailing directions are arbitrary",
-                                run.name, m, factor)  # fmt: skip
+            _warn_rank_deficient(((run_a, S1), (run_b, S2)), m, factor)
             grids[m] = grid_frame(phi_grid(U1, U2))
         dims[m] = n1
     return PairSimilarity(factor, run_a.name, run_b.name, grids, dims, only_a, only_b)
+
+
+def _warn_rank_deficient(runs_sigma, module: str, factor: str) -> None:
+    for run, S in runs_sigma:
+        if S.numel() and float(S[-1]) <= 1e-12 * max(float(S[0]), 1e-300):
+            log.warning(
+                "%s %s: %s is rank-deficient; its trailing directions are arbitrary", run.name, module, factor
+            )
 
 
 def gaussian_floor(pair: PairSimilarity, module: str, n_seeds: int = 5) -> tuple[str, pd.DataFrame]:

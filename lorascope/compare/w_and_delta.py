@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lorascope.analysis.amplification import (
     ENERGY_COLUMNS,
@@ -137,7 +138,13 @@ def amplification_table(
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
         entry = store.entry(W, key) if store else None
-        w_top = entry.top(min(k_w, min(W.shape)), device=dev) if entry else None
+        k_top = min(k_w, min(W.shape))
+        ks = {int(k) if k is not None else _rank(a) for a in adapters.values()} - {None}
+        if entry is None or not entry.has("top", k_top) or any(not entry.has("random", q, seed) for q in ks):
+            # Cold: W converted to float64 once, shared by the top-k, the random floor and the numbers.
+            W = W.to(device=dev, dtype=torch.float64)
+            entry = entry.converted(W) if entry else None
+        w_top = entry.top(k_top, device=dev) if entry else None
         w_svd = _full_svd(W, entry, dev) if energy else None
         for label, a in adapters.items():
             k_a = int(k) if k is not None else _rank(a)
@@ -185,8 +192,9 @@ def intruder_tables(
              left singular vectors of W + ΔW at ε = eps), intruders (their 0-based indices, as
              "0 3"), min_max_cos (the smallest max |cos|: how new the newest direction is)
       curve  long format, one row per (run, module, ε in eps_grid): run, module, eps, count
-    W's full left basis comes from the cache (computed once per base weight); the top-k of W + ΔW
-    from the matrix-free truncated SVD.
+    W's whole decomposition comes from the cache (computed once per base weight); the top-k of
+    W + s·BA from it with no product with W (`analysis.w_plus_delta`), of a dense W + ΔW from the
+    matrix-free truncated SVD.
     """
     runs = _labelled(runs)
     names = _modules(runs, modules, layers)
@@ -194,10 +202,11 @@ def intruder_tables(
     store = _cache(cache)
     rows, curve = [], []
     for m, W, key in _weights(runs, names, progress, "intruders", store, base=base):
-        U_w = store.entry(W, key).left(device=dev) if store else None
+        basis = store.entry(W, key).basis(device=dev) if store else None  # W = U Σ Vᵀ whole
         for label, run in runs.items():
             a = run.adapters[m]
-            res = intruder_dimensions(W, a, k=k, eps=eps, U_w=U_w, device=dev)
+            cached = {"U_w": basis[0], "w_basis": basis} if basis else {}
+            res = intruder_dimensions(W, a, k=k, eps=eps, device=dev, **cached)
             rows.append(
                 {
                     "run": label,

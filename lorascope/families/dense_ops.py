@@ -9,6 +9,7 @@ class DenseOps:
     """Mixin: needs `delta_weight() -> (out, in)`; gives shape, rank None, matvec, rmatvec, svd."""
 
     rank = None  # no factored form: the protocol's dense ΔW
+    factored_form = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -33,12 +34,8 @@ class DenseOps:
         return D.to(Y.dtype).T @ Y
 
     def svd(self, k: int | None = None, algorithm: str = "auto"):
-        """(U (out, k), S (k,), V (in, k)) float64, σ descending; k None: all min(out, in)."""
-        from lorascope.analysis.truncated import full_svd, top_svd
+        """(U (out, k), S (k,), V (in, k)) float64, σ descending; k None: all min(out, in); through the
+        one truncated-SVD entry point (`lorascope.delta.truncated_svd`), as for any dense ΔW."""
+        from lorascope.delta import DenseDelta
 
-        D = self.delta_weight()
-        if k is None or algorithm == "dense":
-            U, S, Vh = full_svd(D, device="cpu")
-            k = S.shape[0] if k is None else int(k)
-            return U[:, :k], S[:k], Vh[:k].T
-        return top_svd(D, int(k), device="cpu")
+        return DenseDelta(self.delta_weight()).svd(k, algorithm)

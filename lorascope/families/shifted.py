@@ -89,6 +89,11 @@ class ShiftedDelta:
         return torch.cat([a.A, a0.A], 0), torch.cat([a.B, -ratio * a0.B], 1), a.scaling
 
     @property
+    def factored_form(self) -> Adapter:
+        """ΔW = s · B' A' with the stacked factors (rank 2r)."""
+        return Adapter(*self.stacked)
+
+    @property
     def shape(self) -> tuple[int, int]:
         return (self.trained.out_features, self.trained.in_features)
 
@@ -118,8 +123,4 @@ class ShiftedDelta:
 
     def svd(self, k: int | None = None, algorithm: str = "auto"):
         """From the QR of the stacked factors (never forming ΔW): float64 (U, S, V), k ≤ 2r."""
-        from lorascope.analysis.linalg import delta_svd
-
-        U, S, V = delta_svd(*self.stacked)
-        k = S.shape[0] if k is None else int(k)
-        return U[:, :k], S[:k], V[:, :k]
+        return self.factored_form.svd(k, algorithm)
