@@ -3,7 +3,7 @@
 (a) SVD of ΔW = s·B A, 4096 × 4096, r = 64: factored (`la.delta_svd`, QR + r×r SVD) vs
     forming ΔW and a dense SVD. Goal: ≥ 100× faster, singular values equal to 1e-4 relative.
 (b) `lorascope similarity` on two Llama-7B-shaped adapters (32 layers × q,k,v,o, 4096 × 4096,
-    r = 64, saved with runs.save_adapter): loading both runs + φ for every module (the library
+    r = 64, saved with run_format.save_adapter): loading both runs + φ for every module (the library
     path the CLI takes, without drawing) vs merely loading the two files. Goal: within 3×. Both
     with the files in the page cache, and evicted from it first (posix_fadvise DONTNEED), so that
     the denominator is a real read from the disk.

@@ -139,12 +139,12 @@ def test_a_quantized_checkpoint_of_unknown_format_is_refused_in_one_line(
     config = {"model_type": "llama", "quantization_config": quantization}
     (base / "config.json").write_text(json.dumps(config))
     g = torch.Generator().manual_seed(0)
-    from lorascope import runs
+    from lorascope import run_format
 
     adapter = peft_folder(
         tmp_path,
         base,
-        {module: runs.Adapter(torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g), 1.0)},
+        {module: run_format.Adapter(torch.randn(2, 64, generator=g), torch.randn(64, 2, generator=g), 1.0)},
     )
     err = _error(capsys, ["amplification", str(adapter), "--k", "1"])
     assert reason in err and "(2048, 1)" not in err

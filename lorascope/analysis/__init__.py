@@ -1,8 +1,8 @@
 """Analysis of LoRA subspaces: factored SVDs, subspace similarity φ, amplification, spectra.
 
 Every analysis of ΔW takes one module's update `d` as an object of the ΔW protocol
-(`lorascope.delta`): a run's module, LoRA factors (`lorascope.runs.Adapter`) and a full fine-tuning
-ΔW (`lorascope.runs.DenseDelta`) alike, e.g. `d = run.adapters[module]` or `Adapter(A, B, scaling)`.
+(`lorascope.delta`): a run's module, LoRA factors (`lorascope.delta.Adapter`) and a full fine-tuning
+ΔW (`lorascope.delta.DenseDelta`) alike, e.g. `d = run.adapters[module]` or `Adapter(A, B, scaling)`.
 
     from lorascope import analysis as la
     la.spectrum(d)                       # Spectrum: σ(ΔW), energy / stable / effective rank

@@ -60,7 +60,7 @@ def cmd_amplification(args) -> int:
         "vectors of dW, of W, or random; amplification = dw_norm / proj_dw",
     )
     inputs.quantized_note(run, args.base)
-    written = Written(out_dir(args, run.path, run.name))
+    written = Written(out_dir(args, run.path, run.name), ["png"])  # the energy figure, when asked
     written.table(table, "amplification")
     if args.energy_share:
         from lorascope.analysis.energy_plot import plot_energy_share

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lorascope import runs
+from lorascope import run_format
 from lorascope.analysis.delta_phi import delta_phi
 from lorascope.analysis.linalg import delta_svd
 from lorascope.analysis.similarity import phi_grid
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _adapter(g, r, out, n_in, dtype, spread=1.0, scaling=2.0):
     A = torch.randn(r, n_in, generator=g) / r**0.5
     B = 0.01 * torch.randn(out, r, generator=g) @ torch.diag(torch.linspace(1.0, spread, r))
-    return runs.Adapter(A.to(dtype), B.to(dtype), scaling)
+    return run_format.Adapter(A.to(dtype), B.to(dtype), scaling)
 
 
 def _reference(a1, a2, side):
@@ -41,9 +41,9 @@ def test_a_planted_shared_direction_gives_phi_one():
     """ΔW1 and ΔW2 share their top right singular vector: φ(1, 1) = 1."""
     g = torch.Generator().manual_seed(1)
     v, w = torch.linalg.qr(torch.randn(50, 2, generator=g, dtype=torch.float64))[0].T
-    a1 = runs.Adapter(torch.stack([v, w]),
+    a1 = run_format.Adapter(torch.stack([v, w]),
                       torch.tensor([[5.0, 0.0], [0.0, 0.1]], dtype=torch.float64), 1.0)  # fmt: skip
-    a2 = runs.Adapter(v[None, :], torch.tensor([[3.0]], dtype=torch.float64), 1.0)
+    a2 = run_format.Adapter(v[None, :], torch.tensor([[3.0]], dtype=torch.float64), 1.0)
     phi, _, _ = delta_phi(a1, a2, "right")
     assert phi[0, 0] == pytest.approx(1.0, abs=1e-12)
 
@@ -51,5 +51,5 @@ def test_a_planted_shared_direction_gives_phi_one():
 def test_an_ill_conditioned_factor_takes_the_qr_route():
     g = torch.Generator().manual_seed(2)
     a1 = _adapter(g, 4, 30, 40, torch.float32)
-    zero = runs.Adapter(a1.A, torch.zeros_like(a1.B), 2.0)  # B = 0 at initialisation
+    zero = run_format.Adapter(a1.A, torch.zeros_like(a1.B), 2.0)  # B = 0 at initialisation
     assert delta_phi(zero, a1, "left") is None

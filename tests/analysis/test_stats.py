@@ -22,7 +22,7 @@ from lorascope.analysis.stats import N_NULL, null_summary, pair_interval, seed_i
 from lorascope.compare.maps import adapter_map
 from lorascope.errors import LorascopeError
 from lorascope.paper.verdicts import FAILS, HOLDS, ONE_SEED, UNDECIDED, decide
-from lorascope.runs import Adapter
+from lorascope.run_format import Adapter
 
 
 def _haar(n, k, g):

@@ -219,7 +219,7 @@ def test_own_runs_read_back_the_trained_layers_change(tiny_bert, topic_jsonl, tm
     from transformers import AutoModelForSequenceClassification
 
     from lorascope.lora import add_lora, load_factors
-    from lorascope.runs import read_tensors
+    from lorascope.run_format import read_tensors
     from lorascope.train import train
 
     out = tmp_path / "r2-s0"

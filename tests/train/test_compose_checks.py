@@ -18,7 +18,7 @@ from conftest import sweep_cmd
         (["train.steps=ten"], "config key train.steps: Value 'ten' of type 'str' could not be converted to "
                               "Integer"),
         (["rank=1,0"], "rank=0 must be at least 1"),
-        (["lora.init=bogus"], "lora.init=bogus is not one of kaiming, gaussian"),
+        (["lora.init=bogus"], "lora.init=bogus is not one of kaiming, gaussian, pissa, milora, olora"),
         (["task.source=bogus"], "task.source=bogus is not one of bbc, plays, shakespeare, text, hf"),
         (["train.threads=-1"], "train.threads=-1 must be 0 (torch's default) or positive"),
         (["train.weight_decay=-1"], "train.weight_decay=-1.0 must be a finite number of at least 0"),
