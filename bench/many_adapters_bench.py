@@ -1,28 +1,34 @@
 """Benchmark `lorascope subspace` against N and `lorascope merge` of 10 adapters, beside reading the files.
 
 Synthetic Llama-7B-shaped PEFT adapter folders (q_proj and v_proj of 32 layers, 4096 × 4096, r = 16,
-fp32: 32 MiB each) are written to a temporary folder, never into the repository. Every adapter of a
+float16: 16 MiB each) are written to a temporary folder (or --dir, kept for reuse), never into the
+repository. Every adapter of a
 module shares a planted 4-dimensional subspace on both sides of ΔW (A's first 4 rows and B's first 4
 columns lie in it, with per-adapter mixing) plus its own random directions (noise). The files are read
 once so that they sit in the page cache; then each measurement runs in its own subprocess, so that its
 peak RSS is its own:
 
-  load       `load_run` of the N folders one at a time, each dropped: reading the files, the floor
-             (best of 3 from the page cache; once from the disk, the files evicted first)
+  load       `load_run` of the N folders one at a time on one thread (as run_subspace reads them), each
+             dropped: reading the files, the floor (best of 3 from the page cache, once for N ≥ 200;
+             once from the disk, the files evicted first)
   subspace   `run_subspace(folders, side="right")`: load + bases + shared subspace + Monte Carlo floor
              (16 trials); checks that the planted subspace is found (φ with it, knee, shared_dims)
   load10     `load_run` of 10 folders, kept (what a merge holds)
   form10     load10, then per module the merged ΔW = Σ_i s_i B_i A_i formed once (float32, dense):
              the denominator of the merge goal
-  merge      `run_merge(10 folders, method)`: the merged ΔW with PEFT's merge utilities and every measure
+  merge      `run_merge(10 folders, method)`: the merged ΔW with PEFT's merge utilities and every measure;
+             the time inside PEFT's utilities is printed apart (the floor no lorascope change lowers)
+
+Wall and CPU time are both printed: the machine is shared, and the wall time stretches with its load.
 
     .venv/bin/python bench/many_adapters_bench.py                      # N = 10, 100; merge of 10
-    .venv/bin/python bench/many_adapters_bench.py --sizes 10,100,500   # 16 GB of temporary files for 500
+    .venv/bin/python bench/many_adapters_bench.py --sizes 10,100,500 --dir /tmp/bench22   # 8 GB for 500;
+    rm -rf /tmp/bench22                                                                   # when done
     .venv/bin/python bench/many_adapters_bench.py --layers 2 ...       # fewer layers (a part of the model)
 
 TIES and DARE prune with PEFT's own `prune` (torch.topk over 16.8 M entries per adapter, about 2 s each
-on 2 cores), so they are timed on --merge-layers layers (default 2: 4 modules) and the whole model's time
-is extrapolated from the time per module (said so in the output).
+on 2 cores), so every merge is timed on --merge-layers layers (default 2: 4 modules) and the whole model's
+time is extrapolated from the time per module (said so in the output).
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ def child(mode: str, folders: list[Path], opts: dict) -> dict:
     """One measurement in this (fresh) process; returns a JSON-able dict."""
     import torch
 
+    from lorascope.analysis.linalg import one_thread
     from lorascope.runs import load_run
 
     t_import = time.perf_counter()
@@ -125,10 +132,12 @@ def child(mode: str, folders: list[Path], opts: dict) -> dict:
             run = load_run(f)
             del run
     elif mode == "load10":
+        torch.set_num_threads(1)  # as run_merge reads them
         runs = [load_run(f) for f in folders]
         out["modules"] = len(runs[0].adapters)
     elif mode == "form10":
-        runs = [load_run(f) for f in folders]
+        with one_thread():
+            runs = [load_run(f) for f in folders]
         t1 = time.perf_counter()
         for m in runs[0].adapters:
             A = torch.cat([r.adapters[m].A for r in runs], 0)
@@ -179,6 +188,7 @@ def child(mode: str, folders: list[Path], opts: dict) -> dict:
         rep = run_merge(folders, method, layers=f"0-{layers - 1}" if layers else None)
         out.update(
             modules=len(rep.modules),
+            peft_seconds=rep.meta["peft_seconds"],
             retention=float(rep.retention().retention.mean()),
             interference_right=rep.off_diagonal("right")[0],
             floor_right=rep.off_diagonal("right")[1],
@@ -248,7 +258,10 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=LAYERS, help=f"layers per adapter (default {LAYERS})")
     p.add_argument("--trials", type=int, default=16, help="Monte Carlo trials of the floor (default 16)")
     p.add_argument(
-        "--merge-layers", type=int, default=2, help="layers TIES and DARE are timed on (default 2)"
+        "--merge-layers",
+        type=int,
+        default=2,
+        help="layers each merge is timed on (default 2); the whole model's time is extrapolated per module",
     )
     p.add_argument("--methods", default="task_arithmetic,ties,dare_ties", help="merge methods timed")
     p.add_argument(
@@ -359,18 +372,22 @@ def merge_table(args, root: Path, files: list[Path], n_mod: int, say) -> None:
     )
     say(
         f"{'method':>16} {'modules':>8} {'s':>8} {'s/module':>9} {'whole model s':>14} "
-        f"{'x (read+form)':>14} {'RSS MiB':>8}  retention  interference (floor)  sign conflict (floor)"
+        f"{'x (read+form)':>14} {'PEFT s/module':>14} {'x without PEFT':>15} {'RSS MiB':>8}  retention  "
+        "interference (floor)  sign conflict (floor)"
     )
     for method in args.methods.split(","):
-        part = None if method in ("task_arithmetic", "svd") else min(args.merge_layers, args.layers)
+        part = min(args.merge_layers, args.layers)
         res = measure(f"merge:{method}", root, MERGE_N, {"merge_layers": part})
         per = (res["seconds"] - load10["seconds"]) / res["modules"]
         whole = load10["seconds"] + per * n_mod
-        est = "" if part is None else " (est.)"
+        est = "" if part == args.layers else " (est.)"
+        peft = res["peft_seconds"] / res["modules"]  # PEFT's merge_utils calls alone, per module
+        own = (whole - peft * n_mod) / floor  # lorascope's part: reading, forming ΔW_i, the measures
         sign = f"{res['sign_conflict']:.3f} ({res['sign_floor']:.3f})" if "sign_conflict" in res else "-"
         say(
             f"{method:>16} {res['modules']:>8} {res['seconds']:>8.1f} {per:>9.2f} {whole:>9.1f}{est:<5} "
-            f"{whole / floor:>14.1f} {res['rss']:>8.0f}  {res['retention']:>9.3f}  "
+            f"{whole / floor:>14.1f} {peft:>14.2f} {own:>15.1f} {res['rss']:>8.0f}  "
+            f"{res['retention']:>9.3f}  "
             f"{res['interference_right']:.3f} ({res['floor_right']:.4f})       {sign}"
         )
     say(

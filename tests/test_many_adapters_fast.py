@@ -1,8 +1,9 @@
-"""The fast routes of `lorascope subspace` (issue #22, scale) equal the straightforward ones.
+"""The fast routes of `lorascope subspace` and `merge` (issue #22, scale) equal the straightforward ones.
 
 Batched factored bases against `delta_svd` module by module; the lower-triangle Gram against Z Zᵀ; the
 float32 n × n route (eigvalsh + subspace iteration for the top vectors) against the float64 whole
-eigendecomposition on a planted case; `run_subspace`'s batched loading against per-module bases.
+eigendecomposition on a planted case; `run_subspace`'s batched loading against per-module bases; a merge's
+factored cosine and randomized top-k SVD against the dense and block Krylov ones.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 from test_many_adapters import MODULES, N_IN, planted_basis, planted_factors, write_adapter
 
 from lorascope import analysis as la
+from lorascope.analysis import merging as mg
 from lorascope.analysis import shared_subspace as ss
 from lorascope.analysis.linalg import numerical_rank
-from lorascope.compare import run_subspace
+from lorascope.compare import merges, run_merge, run_subspace
 from lorascope.runs import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,3 +132,35 @@ def test_run_subspace_batched_bases_equal_the_per_module_route(tmp_path):
                 assert got.widths == ref.widths
                 np.testing.assert_allclose(got.eigenvalues, ref.eigenvalues, atol=1e-6)
                 np.testing.assert_allclose(got.coverage, ref.coverage, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- merge
+
+
+def test_the_factored_cosine_equals_the_dense_one():
+    g = _g(8)
+    A, B = (
+        torch.randn(4, 30, generator=g, dtype=torch.float64),
+        torch.randn(22, 4, generator=g, dtype=torch.float64),
+    )
+    A2, B2 = (
+        torch.randn(6, 30, generator=g, dtype=torch.float64),
+        torch.randn(22, 6, generator=g, dtype=torch.float64),
+    )
+    merged = 0.7 * B @ A - 1.3 * B2 @ A2
+    U, S, V = la.delta_svd(torch.cat([A, A2]), torch.cat([0.7 * B, -1.3 * B2], 1), 1.0)
+    for delta in ((A, B, 2.0), (A2, B2, -0.5)):
+        np.testing.assert_allclose(mg.cosine_factored(delta, U, S, V), mg.cosine(delta, merged), atol=1e-12)
+
+
+def test_merge_measures_through_the_randomized_svd_equal_the_exact_ones(tmp_path, monkeypatch):
+    """A dense merged ΔW (TIES) at least LOWRANK_MIN entries large takes torch.svd_lowrank: here forced
+    on a small one, against the block Krylov route; PEFT's own time is reported."""
+    factors = [planted_factors(4, {}, s) for s in range(3)]
+    folders = [write_adapter(tmp_path, f"r4-s{s}", f) for s, f in enumerate(factors)]
+    exact = run_merge(folders, "ties", density=0.5)
+    monkeypatch.setattr(merges, "LOWRANK_MIN", 0)
+    fast = run_merge(folders, "ties", density=0.5)
+    cols = ["retention", "retention_left", "retention_right", "phi_left", "phi_right", "cosine"]
+    np.testing.assert_allclose(fast.adapters[cols].to_numpy(), exact.adapters[cols].to_numpy(), atol=1e-4)
+    assert fast.meta["peft_seconds"] > 0
