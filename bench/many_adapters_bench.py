@@ -372,8 +372,8 @@ def merge_table(args, root: Path, files: list[Path], n_mod: int, say) -> None:
     )
     say(
         f"{'method':>16} {'modules':>8} {'s':>8} {'s/module':>9} {'whole model s':>14} "
-        f"{'x (read+form)':>14} {'PEFT s/module':>14} {'x without PEFT':>15} {'RSS MiB':>8}  retention  "
-        "interference (floor)  sign conflict (floor)"
+        f"{'x (read+form)':>14} {'CPU s':>7} {'PEFT s/module':>14} {'x without PEFT':>15} {'RSS MiB':>8}  "
+        "retention  interference (floor)  sign conflict (floor)"
     )
     for method in args.methods.split(","):
         part = min(args.merge_layers, args.layers)
@@ -386,7 +386,7 @@ def merge_table(args, root: Path, files: list[Path], n_mod: int, say) -> None:
         sign = f"{res['sign_conflict']:.3f} ({res['sign_floor']:.3f})" if "sign_conflict" in res else "-"
         say(
             f"{method:>16} {res['modules']:>8} {res['seconds']:>8.1f} {per:>9.2f} {whole:>9.1f}{est:<5} "
-            f"{whole / floor:>14.1f} {peft:>14.2f} {own:>15.1f} {res['rss']:>8.0f}  "
+            f"{whole / floor:>14.1f} {res['cpu']:>7.0f} {peft:>14.2f} {own:>15.1f} {res['rss']:>8.0f}  "
             f"{res['retention']:>9.3f}  "
             f"{res['interference_right']:.3f} ({res['floor_right']:.4f})       {sign}"
         )
