@@ -7,9 +7,11 @@
     rep.coverage()       # per adapter: its coverage by the top-m shared directions; outliers flagged
     rep.save_basis(path) # the shared basis as safetensors, for project_adapter(new, path)
 
-The mathematics is `lorascope.analysis.shared_subspace`. The adapters are loaded one at a time and only
-each module's top-k basis (n, k) is kept, in float32: memory grows linearly in N, and no out × in matrix
-is ever formed.
+The mathematics is `lorascope.analysis.shared_subspace`. The adapters are loaded one at a time, each file
+read once; the bases of all its LoRA modules of one shape come from one batched factored SVD
+(`factored_bases`), and only each module's weighted top-k basis U_i diag(√w_i) (n, k) is kept, in float32:
+memory grows linearly in N (16 MiB per 7B adapter of 64 modules at r = 16), and no out × in matrix is ever
+formed. Each module's Z = [U_1 diag(√w_1) | …] is joined once, when its turn comes.
 """
 
 from __future__ import annotations
@@ -272,8 +274,8 @@ def _bases_of(run: Run, kept: list[str], side: str, k: int | None) -> dict:
     for mods in groups.values():
         ads = [run.adapters[mod] for mod in mods]
         U, S = ss.factored_bases(
-            torch.stack([a.A for a in ads]).to(torch.float64),
-            torch.stack([a.B for a in ads]).to(torch.float64),
+            torch.stack([a.A.to(torch.float64) for a in ads]),  # each converted: dtypes may differ
+            torch.stack([a.B.to(torch.float64) for a in ads]),
             torch.tensor([float(a.scaling) for a in ads], dtype=torch.float64),
             side,
         )
