@@ -296,11 +296,26 @@ def interference(bases: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]
     return (out + out.T) / 2, np.maximum(kw[:, None], kw[None, :]) / n
 
 
+def cosine_factored(delta_i: Delta, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> float:
+    """`cosine` for a merged ΔW_M = U diag(S) Vᵀ held by its SVD (task arithmetic and svd from the
+    factors) and ΔW_i = s B A (its `factored_form`):
+    ⟨s B A, U S Vᵀ⟩ = s Σ_{t,j} (Uᵀ B)_{tj} S_t (A V)_{jt}, ‖ΔW_M‖_F = ‖S‖, k × r products only."""
+    f = delta_i.factored_form
+    A, B, s = f.A, f.B, f.scaling
+    A, B = torch.as_tensor(A).to(torch.float64), torch.as_tensor(B).to(torch.float64)
+    U, S, V = U.to(torch.float64), S.to(torch.float64), V.to(torch.float64)
+    dot = float(s) * float(((U.T @ B) * S[:, None] * (A @ V).T).sum())
+    norm_i = abs(float(s)) * float(((B.T @ B) * (A @ A.T)).sum()) ** 0.5
+    norms = norm_i * float(torch.linalg.vector_norm(S))
+    return dot / norms if norms > 0 else float("nan")
+
+
 def cosine(delta_i: Delta, merged: torch.Tensor) -> float:
     """⟨ΔW_i, ΔW_M⟩_F / (‖ΔW_i‖_F ‖ΔW_M‖_F) with ΔW_M dense (out, in) and ΔW_i of the protocol
-    (`lorascope.delta`); with factors ⟨ΔW_i, ΔW_M⟩ = s Σ (Bᵀ ΔW_M) ∘ A, an r × out × in product."""
+    (`lorascope.delta`); with a factored form ⟨ΔW_i, ΔW_M⟩ = s Σ (Bᵀ ΔW_M) ∘ A, an r × out × in
+    product."""
     M = torch.as_tensor(merged)
-    f = delta_i.factors
+    f = delta_i.factored_form
     if f is not None:
         A, B, s = f.A, f.B, f.scaling
         A, B = torch.as_tensor(A).to(M.dtype), torch.as_tensor(B).to(M.dtype)

@@ -13,6 +13,7 @@ module at a time are formed (PEFT's utilities take dense tensors) and dropped af
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -118,9 +119,23 @@ class MergeReport:
         return export_peft(run, out_dir, overwrite=overwrite)
 
 
+LOWRANK_MIN = 2**22  # a dense merged ΔW of at least this many entries (2048²): its top-k by a randomized
+LOWRANK_ITERS = 4  # SVD in float32 with this many power iterations (torch.svd_lowrank), not block Krylov
+# to 1e-13 in float64: TIES/DARE's sums have flat spectra, where the exact top-k costs 10-20 s a module
+
+
+def _lowrank_svd(D: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(U (out, k), S (k,), V (in, k)) float64, σ descending: the top-k of a dense (out, in) ΔW by
+    torch.svd_lowrank (q = k + 16, LOWRANK_ITERS power iterations), seeded."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        U, S, V = torch.svd_lowrank(D.to(torch.float32), q=min(k + 16, *D.shape), niter=LOWRANK_ITERS)
+    return U[:, :k].to(torch.float64), S[:k].to(torch.float64), V[:, :k].to(torch.float64)
+
+
 def _delta_dense(adapter) -> torch.Tensor:
     """ΔW_i (out, in) float32 as PEFT's get_delta_weight forms it from LoRA factors: (B @ A) · s."""
-    f = adapter.factors
+    f = adapter.factored_form
     if f is not None:
         return (f.B.to(torch.float32) @ f.A.to(torch.float32)) * float(f.scaling)
     return adapter.delta_weight().to(torch.float32)
@@ -167,24 +182,26 @@ def run_merge(
     weights = mg.check_weights(weights, len(names))
     same_base, shared = SameBase(), _Shared()
     runs, meta = [], {}
-    for i, source in enumerate(tqdm(sources, desc="load", unit="adapter", disable=not progress)):
-        run = source if isinstance(source, Run) else load_run(source)
-        if check_base:
-            same_base.add(run, names[i])
-        meta = _base_meta(run) if i == 0 else meta
-        kept = shared.narrow(i, names, _select(run, modules, layers))
-        runs.append({mod: run.adapters[mod] for mod in kept})
-        del run
+    with one_thread():  # reading and checking the factors: small operations, one thread
+        for i, source in enumerate(tqdm(sources, desc="load", unit="adapter", disable=not progress)):
+            run = source if isinstance(source, Run) else load_run(source)
+            if check_base:
+                same_base.add(run, names[i])
+            meta = _base_meta(run) if i == 0 else meta
+            kept = shared.narrow(i, names, _select(run, modules, layers))
+            runs.append({mod: run.adapters[mod] for mod in kept})
+            del run
     skipped = shared.skipped(len(names))
     rows, module_rows, factors = [], [], {}
     inter = {s: np.zeros((len(names),) * 2) for s in ("left", "right")}
     floors = {s: np.zeros((len(names),) * 2) for s in ("left", "right")}
-    save_ranks = set()
+    save_ranks, peft_seconds = set(), 0.0
     for mod in tqdm(kept, desc=f"merge {method}", unit="module", disable=not progress):
         ads = [r[mod] for r in runs]
         out = _merge_module(mod, ads, names, weights, method, density, rank, k, majority_sign_method,
                             seed, keep_factors)  # fmt: skip
         rows += out["rows"]
+        peft_seconds += out["peft_seconds"]
         module_rows.append(out["module"])
         for s in inter:
             inter[s] += out["interference"][s]
@@ -195,7 +212,7 @@ def run_merge(
     for s in inter:
         inter[s] /= len(kept)
         floors[s] /= len(kept)
-    meta.update(peft_combination=mg.PEFT_COMBINATION[method])
+    meta.update(peft_combination=mg.PEFT_COMBINATION[method], peft_seconds=peft_seconds)
     saved_rank = max(save_ranks) if save_ranks else rank
     return MergeReport(
         method, weights, density, saved_rank, majority_sign_method, seed, names, paths,
@@ -216,12 +233,15 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
     r_save = min(rank or r_default, cap)
     k_m = min(k or sum(ranks), cap)
     deltas = [_delta_dense(a) for a in ads]
+    clock = time.perf_counter()
     merged = mg.merge(deltas, weights, method, density=density, majority_sign_method=sign_method,
                       seed=seed, module=mod)  # fmt: skip
+    peft_seconds = time.perf_counter() - clock  # PEFT's own utilities: the floor of any merge
     need = max(k_m, r_save) if method != "svd" else r_save
+    factored = method in ("task_arithmetic", "svd") and all(a.factored_form is not None for a in ads)
     with one_thread() if out_dim * in_dim < 2**20 else nullcontext():
-        fs = [a.factors for a in ads]
-        if method in ("task_arithmetic", "svd") and all(f is not None for f in fs):
+        fs = [a.factored_form for a in ads]
+        if factored:
             # Σ w_i s_i B_i A_i = [w_1 s_1 B_1 | …] [A_1; …]: its SVD from the factors, exactly.
             A_cat = torch.cat([f.A.to(torch.float64) for f in fs], 0)
             B_cat = torch.cat(
@@ -229,6 +249,9 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
             )
             U, S, V = factored_svd(A_cat, B_cat, 1.0)
             exact_spectrum = True
+        elif out_dim * in_dim >= LOWRANK_MIN and min(need, cap) < cap:
+            U, S, V = _lowrank_svd(merged.delta, min(need, cap), seed)
+            exact_spectrum = False
         else:
             U, S, V = truncated_svd(merged.delta, min(need, cap), "krylov", device="cpu")
             exact_spectrum = min(need, cap) == cap
@@ -245,33 +268,35 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
     sign = mg.sign_conflict(merged.pruned, sign_method) if merged.pruned is not None else None
     bases_l, bases_r, rows = [], [], []
     floor_both, floor_l, floor_r = mg.retention_floor(k_eff, out_dim, in_dim)
-    for i, (name, a) in enumerate(zip(names, ads, strict=True)):
-        Ui, Si, Vi = a.svd(_rank(a))  # from the factors for LoRA, truncated for a dense ΔW
-        keep = max(1, numerical_rank(Si))
-        Ui, Vi = Ui[:, :keep], Vi[:, :keep]
-        bases_l.append(Ui)
-        bases_r.append(Vi)
-        both, left, right = mg.retention(Uk, Vk, a)
-        phi_l, phi_l_floor = mg.phi_top(Ui, Uk)
-        phi_r, phi_r_floor = mg.phi_top(Vi, Vk)
-        row = {
-            "module": mod,
-            "adapter": name,
-            "weight": weights[i],
-            "retention": both,
-            "retention_floor": floor_both,
-            "retention_left": left,
-            "retention_right": right,
-            "phi_left": phi_l,
-            "phi_left_floor": phi_l_floor,
-            "phi_right": phi_r,
-            "phi_right_floor": phi_r_floor,
-            "cosine": mg.cosine(a, delta_m),
-        }
-        if sign is not None:
-            row.update(kept=float(sign.kept[i]), against_sign=float(sign.against[i]),
-                       against_energy=float(sign.against_energy[i]))  # fmt: skip
-        rows.append(row)
+    with one_thread():  # the measures: (n, r) products per adapter
+        for i, (name, a) in enumerate(zip(names, ads, strict=True)):
+            Ui, Si, Vi = a.svd(_rank(a))  # from the factors for LoRA, truncated for a dense ΔW
+            keep = max(1, numerical_rank(Si))
+            Ui, Vi = Ui[:, :keep], Vi[:, :keep]
+            bases_l.append(Ui)
+            bases_r.append(Vi)
+            both, left, right = mg.retention(Uk, Vk, a)
+            phi_l, phi_l_floor = mg.phi_top(Ui, Uk)
+            phi_r, phi_r_floor = mg.phi_top(Vi, Vk)
+            row = {
+                "module": mod,
+                "adapter": name,
+                "weight": weights[i],
+                "retention": both,
+                "retention_floor": floor_both,
+                "retention_left": left,
+                "retention_right": right,
+                "phi_left": phi_l,
+                "phi_left_floor": phi_l_floor,
+                "phi_right": phi_r,
+                "phi_right_floor": phi_r_floor,
+                # task arithmetic / svd: ΔW_M = U S Vᵀ exactly, the cosine from the factors
+                "cosine": mg.cosine_factored(a, U, S, V) if factored else mg.cosine(a, delta_m),
+            }
+            if sign is not None:
+                row.update(kept=float(sign.kept[i]), against_sign=float(sign.against[i]),
+                           against_energy=float(sign.against_energy[i]))  # fmt: skip
+            rows.append(row)
     del deltas, merged
     I_l, F_l = mg.interference(bases_l)
     I_r, F_r = mg.interference(bases_r)
@@ -309,6 +334,7 @@ def _merge_module(mod, ads, names, weights, method, density, rank, k, sign_metho
         module_row["rank"] = r_save
         module_row["refactor_error"] = refactor_error
         result["factors"] = (A.to(torch.float32), B.to(torch.float32))
+    result["peft_seconds"] = peft_seconds
     return result
 
 

@@ -7,9 +7,11 @@
     rep.coverage()       # per adapter: its coverage by the top-m shared directions; outliers flagged
     rep.save_basis(path) # the shared basis as safetensors, for project_adapter(new, path)
 
-The mathematics is `lorascope.analysis.shared_subspace`. The adapters are loaded one at a time and only
-each module's top-k basis (n, k) is kept, in float32: memory grows linearly in N, and no out × in matrix
-is ever formed.
+The mathematics is `lorascope.analysis.shared_subspace`. The adapters are loaded one at a time, each file
+read once; the bases of all its LoRA modules of one shape come from one batched factored SVD
+(`factored_bases`), and only each module's weighted top-k basis U_i diag(√w_i) (n, k) is kept, in float32:
+memory grows linearly in N (16 MiB per 7B adapter of 64 modules at r = 16), and no out × in matrix is ever
+formed. Each module's Z = [U_1 diag(√w_1) | …] is joined once, when its turn comes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd
 import torch
 
 from lorascope.analysis import shared_subspace as ss
-from lorascope.analysis.linalg import one_thread
+from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.compare.inputs import SameBase
 from lorascope.compare.many import (
     _base_meta,
@@ -215,6 +217,7 @@ def run_subspace(
     sources, paths, names = _sources(sources, "a shared subspace needs")
     N = len(names)
     same_base, shared = SameBase(), _Shared()
+    # per module: the weighted columns U_i diag(√w_i) of every adapter so far (float32), and S_i
     store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     meta: dict = {}
     with one_thread():
@@ -229,8 +232,7 @@ def run_subspace(
             kept = shared.narrow(i, names, _select(run, modules, layers))
             for mod in [mod for mod in store if mod not in set(kept)]:
                 del store[mod]
-            for mod in kept:
-                U, S = _basis(run.adapters[mod], side, k)
+            for mod, (U, S) in _bases_of(run, kept, side, k).items():
                 if U.shape[1] == 0:
                     raise LorascopeError(f"{names[i]}: module {mod}: ΔW is zero (an untrained adapter?)")
                 if i and U.shape[0] != store[mod][0][0].shape[0]:
@@ -238,19 +240,49 @@ def run_subspace(
                         f"module {mod}: n = {U.shape[0]} in {names[i]} but {store[mod][0][0].shape[0]} in "
                         f"{names[0]} (different base models?)"
                     )
-                store.setdefault(mod, []).append((U.to(torch.float32), S.to(torch.float64)))
-            del run  # only the (n, k) bases stay
+                w = ss.adapter_weights(S, weighted)
+                store.setdefault(mod, []).append(((U * w.sqrt()[None, :]).to(torch.float32), S))
+            del run  # only the (n, k) weighted bases stay
     skipped = shared.skipped(N)
     results, weights = {}, {}
     for mod in tqdm(shared.kept, desc="shared subspace", unit="module", disable=not progress):
         items = store.pop(mod)
         weights[mod] = [ss.adapter_weights(S, weighted) for _, S in items]
-        results[mod] = ss.shared_subspace([U for U, _ in items], weights[mod], keep)
+        widths = [int(U.shape[1]) for U, _ in items]
+        Z = torch.cat([U for U, _ in items], dim=1)
         del items
+        results[mod] = ss.shared_subspace_of(Z, widths, keep)
+        del Z
     floors = _floors(results, weights, weighted, trials, seed, progress)
     ms = {mod: m or max(r.widths) for mod, r in results.items()}
     meta.update(trials=trials, seed=seed)
     return SubspaceReport(side, weighted, k, names, paths, results, floors, ms, skipped, meta)
+
+
+def _bases_of(run: Run, kept: list[str], side: str, k: int | None) -> dict:
+    """{module: (U (n, k_i) float64, S (k_i,))}: ΔW's top-k basis on `side`, cut to its numerical rank,
+    for the kept modules of one run. LoRA modules of one shape in one batch (`factored_bases`: a few
+    batched QRs instead of one factored SVD per module); a dense ΔW by `_basis`."""
+    out, groups = {}, {}
+    for mod in kept:
+        f = run.adapters[mod].factored_form  # ΔW = s·B A whatever its kind; None: dense
+        if f is not None:
+            groups.setdefault((tuple(f.A.shape), tuple(f.B.shape)), []).append(mod)
+        else:
+            out[mod] = _basis(run.adapters[mod], side, k)
+    for mods in groups.values():
+        ads = [run.adapters[mod].factored_form for mod in mods]
+        U, S = ss.factored_bases(
+            torch.stack([a.A.to(torch.float64) for a in ads]),  # each converted: dtypes may differ
+            torch.stack([a.B.to(torch.float64) for a in ads]),
+            torch.tensor([float(a.scaling) for a in ads], dtype=torch.float64),
+            side,
+        )
+        for j, mod in enumerate(mods):
+            top = S.shape[1] if k is None else min(k, S.shape[1])
+            rank = numerical_rank(S[j, :top])
+            out[mod] = (U[j, :, :rank], S[j, :rank])
+    return {mod: out[mod] for mod in kept}
 
 
 def _floors(results, weights, weighted, trials, seed, progress) -> dict[str, ss.SubspaceFloor]:
