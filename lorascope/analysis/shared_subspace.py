@@ -81,8 +81,9 @@ def factored_bases(
     A: torch.Tensor, B: torch.Tensor, scaling: torch.Tensor, side: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The factored SVD (`lorascope.delta.factored_svd`) of a batch of modules of one shape at once:
-    (U (b, n, r), S (b, r)) with U the right (side "right", n = in) or left (n = out) singular vectors of ΔW_j = s_j B_j A_j, σ descending, for
-    A (b, r, in), B (b, out, r), scaling (b,), float64: two batched QRs and one batched r × r SVD,
+    (U (b, n, r), S (b, r)), U the right (side "right", n = in) or left (n = out) singular vectors of
+    ΔW_j = s_j B_j A_j, σ descending, for A (b, r, in), B (b, out, r), scaling (b,), float64: two
+    batched QRs and one batched r × r SVD,
 
         B_j = Q_B R_B,  A_jᵀ = Q_A R_A,  R_B R_Aᵀ = u σ vᵀ,  ΔW_j = |s_j| (±Q_B u) σ (Q_A v)ᵀ,
 
