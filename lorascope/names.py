@@ -8,7 +8,7 @@
     match_module(names, wanted)   exact, else the unique dotted-suffix match ("bert." wrappers)
 
 Checkpoint keys that transformers renames on load (its conversion mapping) are matched by
-`lorascope.checkpoint` through `lorascope.key_mapping`; runs whose adapters were saved under the
+`lorascope.base_model` through `lorascope.key_mapping`; runs whose adapters were saved under the
 two namings are aligned by `lorascope.compare.inputs.aligned`.
 """
 

@@ -58,11 +58,14 @@ class RankOverlap:
     init: dict  # kind -> φ(1, 1) of the two runs' A0 at the figure's layer, and n (the control)
 
 
-def _pooled(sweep: Sweep, factor: str, small: int, large: int, seeds: list[int]) -> dict[str, np.ndarray]:
-    """kind -> (n_seeds, n_layers, 2) of φ(1, 1) and φ(small, small) between same-seed runs."""
+def _pooled(
+    sweep: Sweep, factor: str, small: int, large: int, pairs: list[tuple[int, int]]
+) -> dict[str, np.ndarray]:
+    """kind -> (n_pairs, n_layers, 2) of φ(1, 1) and φ(small, small) between the runs of each
+    (seed at `small`, seed at `large`) pair."""
     out: dict[str, list] = {}
-    for s in seeds:
-        sim = run_similarity(sweep.run(small, s), sweep.run(large, s), factor=factor)
+    for s_small, s_large in pairs:
+        sim = run_similarity(sweep.run(small, s_small), sweep.run(large, s_large), factor=factor)
         per: dict[str, list] = {}
         for m, g in sorted(sim.grids.items(), key=lambda kv: layer_index(kv[0]) or 0):
             if m in sweep.modules:
@@ -75,7 +78,10 @@ def _pooled(sweep: Sweep, factor: str, small: int, large: int, seeds: list[int])
 
 def rank_overlap(sweep: Sweep, factor: str, small: int, large: int, layer: int) -> RankOverlap:
     seeds = [s for s in sweep.seeds(small) if s in sweep.seeds(large)]
-    pooled = _pooled(sweep, factor, small, large, seeds)
+    # Same-seed pairs where both ranks were trained with a seed; else the figure's own pair (one draw).
+    pairs = [(s, s) for s in seeds] or [(sweep.seeds(small)[0], sweep.seeds(large)[0])]
+    seeds = seeds or [pairs[0][0]]
+    pooled = _pooled(sweep, factor, small, large, pairs)
     kinds = []
     for kind, x in pooled.items():  # x: (seeds, layers, 2)
         kinds.append(
@@ -87,7 +93,7 @@ def rank_overlap(sweep: Sweep, factor: str, small: int, large: int, layer: int) 
                 decay=seed_interval(x[..., 0] - x[..., 1]),
             )
         )
-    init = init_control(sweep, sweep.run(small, seeds[0]), sweep.run(large, seeds[0]), layer)
+    init = init_control(sweep, sweep.run(small, pairs[0][0]), sweep.run(large, pairs[0][1]), layer)
     return RankOverlap(factor, small, large, layer, seeds, sweep.layers, kinds, init)
 
 

@@ -9,11 +9,12 @@ import torch
 from weights_fixtures import llama_modules, peft_folder, random_adapters, save_tiny_llama
 
 from lorascope import analysis as la
-from lorascope import runs, wspectra
+from lorascope import base_model, runs, wspectra
 from lorascope.analysis import truncated
 from lorascope.analysis.w_plus_delta import top_of_w_plus_delta
-from lorascope.compare import base as compare_base
+from lorascope.compare import w_and_delta as compare_base
 from lorascope.errors import LorascopeError
+from lorascope.run_format import Adapter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,7 +62,7 @@ def test_planted_new_direction_outside_a_tall_ws_column_space():
     np.testing.assert_allclose(res["max_cos"].numpy(), ref_cos, atol=1e-9)
     assert float(res["max_cos"][0]) < 0.1
     assert float(res["sigma"][0]) > float(S[0])
-    res_i = la.intruder_dimensions(W, (a[None, :], b[:, None], s), k=3, w_basis=(U, S, WtU))
+    res_i = la.intruder_dimensions(W, Adapter(a[None, :], b[:, None], s), k=3, w_basis=(U, S, WtU))
     assert res_i["indices"][0] == 0
 
 
@@ -86,7 +87,7 @@ def test_real_weights_cached_route_equals_the_dense_reference(tmp_path):
         ref_cos, ref_sigma = _dense(W, A, B, s, 10)
         exact = top_of_w_plus_delta(*_exact_basis(W), A, B, s, 10)
         np.testing.assert_allclose(exact["max_cos"].numpy(), ref_cos, atol=1e-9, err_msg=name)
-        res = la.intruder_dimensions(W, (A, B, s), k=10, eps=0.5, w_basis=cache.entry(W).basis())
+        res = la.intruder_dimensions(W, Adapter(A, B, s), k=10, eps=0.5, w_basis=cache.entry(W).basis())
         np.testing.assert_allclose(res["max_cos"], ref_cos, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(res["sigma"], ref_sigma, rtol=1e-6, err_msg=name)
         assert res["count"] == int((ref_cos < 0.5).sum()), name
@@ -123,13 +124,12 @@ def test_tiny_llama_equals_dense_and_a_warm_run_makes_no_pass_over_w(tmp_path, m
         assert row.count == int((ref_cos < 0.5).sum()), row.module
         assert row.min_max_cos == pytest.approx(float(ref_cos.min()), abs=1e-6)
     # Warm: W is read for the fingerprint (one pass, ‖W‖_F) and the index probe, and nothing else.
-    read = compare_base.run_weights
+    read = base_model.Checkpoint.weight
 
-    def counted(*args, **kwargs):
-        for m, W in read(*args, **kwargs):
-            yield m, W.as_subclass(_Counting)
+    def counted(self, *args, **kwargs):
+        return read(self, *args, **kwargs).as_subclass(_Counting)
 
-    monkeypatch.setattr(compare_base, "run_weights", counted)
+    monkeypatch.setattr(base_model.Checkpoint, "weight", counted)
     _Counting.ops.clear()
     before = dict(truncated.SVD_CALLS)
     warm, _ = compare_base.intruder_tables(run, k=10)

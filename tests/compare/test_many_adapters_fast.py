@@ -18,6 +18,7 @@ from lorascope.analysis import merging as mg
 from lorascope.analysis import shared_subspace as ss
 from lorascope.analysis.linalg import numerical_rank
 from lorascope.compare import merges, run_merge, run_subspace
+from lorascope.run_format import Adapter
 from lorascope.runs import load_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,7 +150,7 @@ def test_the_factored_cosine_equals_the_dense_one():
     )
     merged = 0.7 * B @ A - 1.3 * B2 @ A2
     U, S, V = la.delta_svd(torch.cat([A, A2]), torch.cat([0.7 * B, -1.3 * B2], 1), 1.0)
-    for delta in ((A, B, 2.0), (A2, B2, -0.5)):
+    for delta in (Adapter(A, B, 2.0), Adapter(A2, B2, -0.5)):
         np.testing.assert_allclose(mg.cosine_factored(delta, U, S, V), mg.cosine(delta, merged), atol=1e-12)
 
 

@@ -170,7 +170,9 @@ def test_fig4_csv_equals_the_library_and_has_the_gaussian_panel(figures, sweep):
     m = MIDDLE.format("value")
     expected = la.delta_similarity(a.adapters[m], b.adapters[m])
     got = data[data["module"] == "attention.self.value"].pivot(index="i", columns="j", values="phi")
-    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-9)
+    # The figure's φ of ΔW comes from r × r Gram matrices in float32 (the factors' own precision; float64
+    # where ill-conditioned), the library's reference from float64 QRs: equal to 1e-6.
+    np.testing.assert_allclose(got.to_numpy(), expected, atol=1e-6)
     gauss = data[data["pair"] == "gaussian"].pivot(index="i", columns="j", values="phi")
     shape = (8, 32)  # two Gaussian matrices shaped like A of r = 8 on hidden size 32, input side
     # the panel is the null's mean over N_NULL draws (one draw of it varies by several sd)
