@@ -227,12 +227,8 @@ def energy_share(W_svd, delta, r: int) -> dict[str, float]:
     }
 
 
-def svd_from_left(W, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """W's thin SVD from its full left basis U (out, m) (the cached `left_basis`): σ_i = ‖Wᵀ u_i‖,
-    v_i = Wᵀ u_i / σ_i (0 where σ_i = 0). One product Wᵀ U, no new decomposition."""
-    W = _matrix(W).double()
-    U = U.double()
-    WtU = W.T @ U  # (in, m)
-    S = torch.linalg.vector_norm(WtU, dim=0)
-    V = WtU / torch.where(S > 0, S, torch.ones_like(S))
-    return U, S, V
+def svd_from_basis(U: torch.Tensor, S: torch.Tensor, WtU: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """W's thin SVD (U, σ, V) float64 from its cached whole decomposition (`wspectra.Entry.basis`:
+    U (out, m), σ (m,), Wᵀ U = V Σ (in, m)): v_i = Wᵀ u_i / σ_i (0 where σ_i = 0), no product with W."""
+    U, S, WtU = U.double(), S.double(), WtU.double()
+    return U, S, WtU / torch.where(S > 0, S, torch.ones_like(S))

@@ -26,7 +26,7 @@ from lorascope.analysis.amplification import (
     FIG8_SIDE,
     amplification,
     energy_share,
-    svd_from_left,
+    svd_from_basis,
     w_delta_similarity,
 )
 from lorascope.analysis.intruders import EPS_GRID, intruder_curve, intruder_dimensions
@@ -164,10 +164,10 @@ def amplification_table(
 
 
 def _full_svd(W, entry, device):
-    """W's thin SVD for the energy shares: from the cached left basis (shared with `intruder_tables`),
-    else a dense SVD."""
+    """W's thin SVD for the energy shares: from the cached whole decomposition (shared with
+    `intruder_tables`, Wᵀ U included: no product with W), else a dense SVD."""
     if entry is not None:
-        return svd_from_left(W, entry.left(device=device))
+        return svd_from_basis(*entry.basis(device=device))
     U, S, Vh = full_svd(W, device=device)
     return U, S, Vh.T
 
