@@ -8,10 +8,11 @@ training needs.
 
 Three ways to get N processes for one run:
   torchrun --nproc-per-node=N sweep.py ...     torchrun starts them; every rank runs the same sweep
-  python sweep.py train.devices=N ...          the job starts ranks 1..N-1 itself (`spawn_ranks`)
+  python sweep.py train.devices=N ...          the job starts ranks 0..N-1 and watches them (`spawned`)
   SLURM, hydra.launcher.tasks_per_node=N       the N tasks of one job (submitit sets the environment)
 
-Rank 0 alone holds the run folder's lock and writes it; the others compute. Each rank takes its
+Rank 0 alone writes the run folder, under its lock (held by rank 0, or with train.devices by the job that
+started it); the others compute. Each rank takes its
 contiguous share of the global batch, so the data order of the global batch is one process's.
 """
 

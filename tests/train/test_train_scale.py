@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
@@ -207,7 +209,8 @@ def _max_diff(x, y):
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_two_processes_train_what_one_does(dropless_bert, topic_jsonl, tmp_path, strategy):
+def test_two_processes_train_what_one_does(dropless_bert, topic_jsonl, tmp_path, strategy, caplog):
+    caplog.set_level(logging.INFO)
     one = launch(tiny_config(dropless_bert, topic_jsonl, steps=4, train={"log_every": 1}), tmp_path / "one")
     cfg = tiny_config(dropless_bert, topic_jsonl, steps=4, train={"log_every": 1, "devices": 2,
                       "strategy": strategy})  # fmt: skip
@@ -218,6 +221,8 @@ def test_two_processes_train_what_one_does(dropless_bert, topic_jsonl, tmp_path,
     steps = [r["step"] for r in run_format.read_metrics(tmp_path / "two").to_dict("records")]
     assert steps == [0, 1, 2, 3, 4]  # written once, by rank 0
     assert _losses(tmp_path / "one") == pytest.approx(_losses(tmp_path / "two"), abs=1e-6)
+    # rank 0 trains in a process of its own; its log records reach the job's handlers
+    assert sum("trainable parameters" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_a_killed_rank_fails_the_run_and_a_relaunch_redoes_it(
@@ -231,6 +236,22 @@ def test_a_killed_rank_fails_the_run_and_a_relaunch_redoes_it(
     assert not runs.is_complete(tmp_path / "r")
     monkeypatch.delenv("LORASCOPE_TEST_KILL")
     assert launch(cfg, tmp_path / "r")["status"] == "complete"
+
+
+def test_a_rank_that_dies_before_joining_does_not_hang_the_others(
+    dropless_bert, topic_jsonl, tmp_path, monkeypatch
+):
+    # Rank 0 then waits in the process group's rendezvous, which gloo gives 30 minutes: the job must
+    # see the dead rank itself, stop the others and record the run as failed.
+    cfg = tiny_config(dropless_bert, topic_jsonl, steps=4, train={"devices": 2})
+    monkeypatch.setenv("LORASCOPE_TEST_KILL", "1:start")
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(launch(cfg, tmp_path / "r")), daemon=True)
+    worker.start()
+    worker.join(timeout=240)
+    assert not worker.is_alive(), "the job still waits for a rank that died"
+    assert done["status"] == "failed" and "rank 1 of 2 was killed by signal 9" in done["reason"]
+    assert not runs.is_complete(tmp_path / "r")
 
 
 def test_a_failure_every_rank_takes_keeps_its_reason(dropless_bert, topic_jsonl, tmp_path):
