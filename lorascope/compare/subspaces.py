@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 
 from lorascope.analysis import shared_subspace as ss
+from lorascope.analysis import subspace_floor as sf
 from lorascope.analysis.linalg import numerical_rank, one_thread
 from lorascope.compare.inputs import SameBase
 from lorascope.compare.many import (
@@ -58,7 +59,7 @@ class SubspaceReport:
     names: list[str]
     paths: list[Path]
     results: dict[str, ss.SharedSubspace]
-    floors: dict[str, ss.SubspaceFloor]  # modules of one shape share one floor object
+    floors: dict[str, sf.SubspaceFloor]  # modules of one shape share one floor object
     m: dict[str, int]  # the m each module's numbers are read at (the largest k_i unless asked)
     skipped: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # base model, fingerprints, trials, seed
@@ -86,8 +87,8 @@ class SubspaceReport:
                     "energy": r.energy_at(m),
                     "floor": mean,
                     "floor_hi": hi,
-                    "knee": ss.knee(r, f),
-                    "shared_dims": ss.shared_dims(r, f),
+                    "knee": sf.knee(r, f),
+                    "shared_dims": sf.shared_dims(r, f),
                     "lambda_1": float(r.eigenvalues[0]),
                     "floor_lambda_1": float(f.eig_mean[0]),
                 }
@@ -194,7 +195,7 @@ def run_subspace(
     weighted: bool = False,
     m: int | None = None,
     keep: int | None = None,
-    trials: int = ss.TRIALS,
+    trials: int = sf.TRIALS,
     seed: int = 0,
     modules: str | None = None,
     layers=None,
@@ -285,7 +286,7 @@ def _bases_of(run: Run, kept: list[str], side: str, k: int | None) -> dict:
     return {mod: out[mod] for mod in kept}
 
 
-def _floors(results, weights, weighted, trials, seed, progress) -> dict[str, ss.SubspaceFloor]:
+def _floors(results, weights, weighted, trials, seed, progress) -> dict[str, sf.SubspaceFloor]:
     """One Monte Carlo floor per (n, widths): with σ-weighting, the mean weight profile of those modules."""
     groups: dict[tuple, list[str]] = {}
     for mod, r in results.items():
@@ -298,7 +299,7 @@ def _floors(results, weights, weighted, trials, seed, progress) -> dict[str, ss.
             profile = [torch.stack(ws).mean(0) for ws in zip(*(weights[mod] for mod in mods), strict=True)]
         else:
             profile = weights[mods[0]]
-        floor = ss.random_floor(n, profile, trials=trials, seed=seed)
+        floor = sf.random_floor(n, profile, trials=trials, seed=seed)
         floors.update(dict.fromkeys(mods, floor))
     return floors
 

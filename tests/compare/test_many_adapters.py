@@ -19,6 +19,7 @@ import torch
 from lorascope import analysis as la
 from lorascope.analysis import merging as mg
 from lorascope.analysis import shared_subspace as ss
+from lorascope.analysis import subspace_floor as sf
 from lorascope.cli import main
 from lorascope.compare import load_shared_basis, project_adapter, run_merge, run_subspace
 from lorascope.errors import LorascopeError
@@ -93,11 +94,11 @@ def test_a_planted_shared_subspace_is_found_with_its_knee_at_k(weighted):
     adapters = [planted_factors(rank, dict.fromkeys(MODULES, P), seed) for seed in range(N)]
     bases, weights = _bases(adapters, MODULES[0], weighted=weighted)
     res = ss.shared_subspace(bases, weights)
-    floor = ss.random_floor(N_IN, weights, trials=32)
+    floor = sf.random_floor(N_IN, weights, trials=32)
     phi = la.phi_grid(res.basis[:, :k], P)[k - 1, k - 1]
     assert phi > 0.98
-    assert ss.knee(res, floor) == k
-    assert ss.shared_dims(res, floor) == k
+    assert sf.knee(res, floor) == k
+    assert sf.shared_dims(res, floor) == k
     assert res.energy_at(k) > floor.at(k)[2] + 0.1
     np.testing.assert_allclose(res.energy[-1], 1.0, atol=1e-12)  # every adapter brings one unit
     np.testing.assert_allclose(res.coverage.mean(0), res.energy[: res.coverage.shape[1]], atol=1e-10)
@@ -115,12 +116,12 @@ def test_independent_adapters_lie_inside_the_floor_band():
         for m in MODULES:
             bases, weights = _bases(adapters, m, side)
             res = ss.shared_subspace(bases, weights)
-            floor = ss.random_floor(N_IN if side == "right" else N_OUT, weights, trials=64, seed=11)
+            floor = sf.random_floor(N_IN if side == "right" else N_OUT, weights, trials=64, seed=11)
             inside.append(floor.contains(res.energy))
             L = len(floor.energy_mean) - 1  # E = 1 exactly at the end
             z = (res.energy[:L] - floor.energy_mean[:L]) / floor.energy_sd[:L]
             assert np.abs(z).max() < 4
-            inside[-1] &= ss.shared_dims(res, floor) == 0
+            inside[-1] &= sf.shared_dims(res, floor) == 0
             assert floor.energy_sd[:5].min() > 0  # a real band before the curve reaches 1
     assert sum(inside) >= len(inside) - 1
 
@@ -147,7 +148,7 @@ def test_projection_floor_is_the_exact_mean_coverage_of_random_adapters():
     g = _g(4)
     frames = [torch.linalg.qr(torch.randn(N_IN, 4, generator=g, dtype=torch.float64))[0] for _ in range(2000)]
     curves = [ss.project(Q, U, torch.full((4,), 0.25)) for U in frames]
-    np.testing.assert_allclose(np.mean(curves, 0), ss.projection_floor(N_IN, 5), rtol=0.05)
+    np.testing.assert_allclose(np.mean(curves, 0), sf.projection_floor(N_IN, 5), rtol=0.05)
 
 
 # ----------------------------------------------------------------------------- subspace on runs

@@ -16,6 +16,7 @@ from test_many_adapters import MODULES, N_IN, planted_basis, planted_factors, wr
 from lorascope import analysis as la
 from lorascope.analysis import merging as mg
 from lorascope.analysis import shared_subspace as ss
+from lorascope.analysis import subspace_floor as sf
 from lorascope.analysis.linalg import numerical_rank
 from lorascope.compare import merges, run_merge, run_subspace
 from lorascope.run_format import Adapter
@@ -103,10 +104,10 @@ def test_the_float32_route_equals_the_float64_whole_eigendecomposition(monkeypat
 
 def test_the_floor_in_float32_lies_in_the_float64_floor_band(monkeypatch):
     weights = [torch.full((4,), 0.25, dtype=torch.float64)] * 12  # K = 48 > n = 30
-    exact = ss.random_floor(30, weights, trials=32, seed=1)
+    exact = sf.random_floor(30, weights, trials=32, seed=1)
     monkeypatch.setattr(ss, "GRAM_FLOAT32", 0)
     monkeypatch.setattr(ss, "EIGH_MAX", 8)
-    fast = ss.random_floor(30, weights, trials=32, seed=1)
+    fast = sf.random_floor(30, weights, trials=32, seed=1)
     assert exact.contains(fast.energy_mean, atol=1e-6)  # float32 rounding where E reaches 1
     np.testing.assert_allclose(fast.energy_mean[-1], 1.0, atol=1e-5)
 
