@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lorascope.analysis import shared_subspace as ss
 from lorascope.analysis.linalg import one_thread
-from lorascope.analysis.shared_subspace import GRAM_FLOAT32, SharedSubspace, spectrum
 from lorascope.errors import LorascopeError
+from lorascope.krylov import per_core
 
 BAND_SD = 3.0  # the Monte Carlo band: mean ± BAND_SD standard deviations over the trials
 TRIALS = 16  # Monte Carlo trials of the floor unless asked
@@ -77,10 +78,10 @@ def random_floor(
         raise LorascopeError(f"an adapter brings more directions ({max(widths)}) than the space has ({n})")
     K = sum(widths)
     # float32 draws where `spectrum` takes the products in float32 anyway (the same distribution)
-    dtype = torch.float32 if n * K * min(n, K) > GRAM_FLOAT32 else torch.float64
+    dtype = torch.float32 if n * K * min(n, K) > ss.GRAM_FLOAT32 else torch.float64
     sqrt_w = torch.cat([torch.as_tensor(w, dtype=torch.float64).sqrt() for w in weights]).to(dtype)
-    energies, eigs = [], []
-    for t in range(trials):
+
+    def trial(t: int) -> np.ndarray:
         g = torch.Generator().manual_seed(seed + t)
         Z = torch.empty(n, K, dtype=dtype)
         col = 0
@@ -92,10 +93,10 @@ def random_floor(
             col += count * k
             del X, Q
         Z *= sqrt_w[None, :]
-        lam, _ = spectrum(Z, eigenvalues_only=True)
-        del Z
-        eigs.append(lam)
-        energies.append(np.cumsum(lam) / len(widths))
+        return ss.spectrum(Z, eigenvalues_only=True)[0]
+
+    eigs = per_core(trial, range(trials))  # the trials are independent: one per core
+    energies = [np.cumsum(lam) / len(widths) for lam in eigs]
     E, L = np.stack(energies), np.stack(eigs)
     return SubspaceFloor(n, widths, trials, seed, E.mean(0), E.std(0, ddof=1), L.mean(0), L.std(0, ddof=1))
 
@@ -114,7 +115,7 @@ def _runs(widths: Sequence[int]) -> list[tuple[int, int]]:
 KNEE_SHARE = 0.95  # the knee: the first m whose excess over the floor reaches this share of the largest
 
 
-def knee(result: SharedSubspace, floor: SubspaceFloor) -> int:
+def knee(result: ss.SharedSubspace, floor: SubspaceFloor) -> int:
     """The first m (from 1) at which E(m) − F̄(m), the excess over chance, reaches KNEE_SHARE of its
     largest value: where the curve stops gaining on the floor. (argmax alone would wander along the
     plateau that follows a planted subspace, where the remaining directions are as random as the floor's.)"""
@@ -127,7 +128,7 @@ def knee(result: SharedSubspace, floor: SubspaceFloor) -> int:
     return int(np.argmax(excess >= KNEE_SHARE * top)) + 1
 
 
-def shared_dims(result: SharedSubspace, floor: SubspaceFloor) -> int:
+def shared_dims(result: ss.SharedSubspace, floor: SubspaceFloor) -> int:
     """How many leading eigenvalues λ_1 … λ_d lie above the top of the floor's band at the same t."""
     lam = result.eigenvalues
     hi = floor.eig_hi[: len(lam)]

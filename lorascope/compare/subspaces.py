@@ -40,6 +40,7 @@ from lorascope.compare.many import (
     _sources,
 )
 from lorascope.errors import LorascopeError
+from lorascope.krylov import per_core
 from lorascope.names import layer_index, module_kind
 from lorascope.run_format import Run
 from lorascope.runs import load_run
@@ -245,15 +246,21 @@ def run_subspace(
                 store.setdefault(mod, []).append(((U * w.sqrt()[None, :]).to(torch.float32), S))
             del run  # only the (n, k) weighted bases stay
     skipped = shared.skipped(N)
-    results, weights = {}, {}
-    for mod in tqdm(shared.kept, desc="shared subspace", unit="module", disable=not progress):
-        items = store.pop(mod)
-        weights[mod] = [ss.adapter_weights(S, weighted) for _, S in items]
-        widths = [int(U.shape[1]) for U, _ in items]
+    weights = {mod: [ss.adapter_weights(S, weighted) for _, S in store[mod]] for mod in shared.kept}
+    bar = tqdm(total=len(shared.kept), desc="shared subspace", unit="module", disable=not progress)
+
+    def one(mod: str) -> ss.SharedSubspace:
+        items = store.pop(mod)  # this module's bases leave memory once its Z is built
         Z = torch.cat([U for U, _ in items], dim=1)
+        widths = [int(U.shape[1]) for U, _ in items]
         del items
-        results[mod] = ss.shared_subspace_of(Z, widths, keep)
-        del Z
+        result = ss.shared_subspace_of(Z, widths, keep)
+        bar.update()
+        return result
+
+    # modules are independent, and their eigendecompositions run on one thread each: one per core
+    results = dict(zip(shared.kept, per_core(one, shared.kept), strict=True))
+    bar.close()
     floors = _floors(results, weights, weighted, trials, seed, progress)
     ms = {mod: m or max(r.widths) for mod, r in results.items()}
     meta.update(trials=trials, seed=seed)

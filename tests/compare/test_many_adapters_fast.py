@@ -112,6 +112,28 @@ def test_the_floor_in_float32_lies_in_the_float64_floor_band(monkeypatch):
     np.testing.assert_allclose(fast.energy_mean[-1], 1.0, atol=1e-5)
 
 
+def test_trials_and_modules_on_two_cores_equal_one_at_a_time(tmp_path):
+    # per_core runs each trial (and each module) on one thread, two at a time: the same numbers
+    weights = [torch.full((4,), 0.25, dtype=torch.float64)] * 12
+    one = sf.random_floor(30, weights, trials=8, seed=3)
+    planted = {m: planted_basis(N_IN, 2, seed=70 + j) for j, m in enumerate(MODULES)}
+    folders = [write_adapter(tmp_path, f"r4-s{s}", planted_factors(4, planted, s)) for s in range(3)]
+    alone = run_subspace(folders, trials=4)
+    torch.set_num_threads(2)
+    try:
+        two = sf.random_floor(30, weights, trials=8, seed=3)
+        both = run_subspace(folders, trials=4)
+        assert torch.get_num_threads() == 2  # restored after the pool
+    finally:
+        torch.set_num_threads(1)
+    np.testing.assert_array_equal(one.energy_mean, two.energy_mean)
+    np.testing.assert_array_equal(one.eig_sd, two.eig_sd)
+    assert list(alone.results) == list(both.results)
+    for mod in alone.results:
+        np.testing.assert_array_equal(alone.results[mod].eigenvalues, both.results[mod].eigenvalues)
+        np.testing.assert_array_equal(alone.results[mod].coverage, both.results[mod].coverage)
+
+
 def test_run_subspace_batched_bases_equal_the_per_module_route(tmp_path):
     planted = {m: planted_basis(N_IN, 2, seed=60 + j) for j, m in enumerate(MODULES)}
     factors = [planted_factors(4, planted, s) for s in range(5)]
