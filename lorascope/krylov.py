@@ -68,6 +68,27 @@ def per_core(fn: Callable, items, workers: int | None = None) -> list:
         return list(pool.map(fn, items))
 
 
+def ahead(fn: Callable, items, workers: int):
+    """fn(x) for x in items, yielded in order, up to 2 · workers computed ahead on `workers` threads:
+    independent per-item work (read a file, decompose it) on every core while the caller consumes the
+    results one at a time; memory holds at most 2 · workers results beyond the caller's."""
+    items = list(items)
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 DEVICES = ("auto", "cpu", "cuda")
 OVERSAMPLE = 8  # block size b = k + OVERSAMPLE: a few extra directions speed up convergence of the k-th
 BLOCK_MAX = 48  # ... but at most 48: smaller blocks need fewer products in all (measured for k = 64:

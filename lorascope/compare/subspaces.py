@@ -40,7 +40,7 @@ from lorascope.compare.many import (
     _sources,
 )
 from lorascope.errors import LorascopeError
-from lorascope.krylov import per_core
+from lorascope.krylov import ahead, per_core
 from lorascope.names import layer_index, module_kind
 from lorascope.run_format import Run
 from lorascope.runs import load_run
@@ -222,9 +222,20 @@ def run_subspace(
     # per module: the weighted columns U_i diag(√w_i) of every adapter so far (float32), and S_i
     store: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     meta: dict = {}
+
+    def bases(source) -> tuple[Run, dict | LorascopeError]:
+        run = source if isinstance(source, Run) else load_run(source)
+        try:  # raised below, after the base check, as one adapter at a time would
+            return run, _bases_of(run, _select(run, modules, layers), side, k)
+        except LorascopeError as e:
+            return run, e
+
+    cores = torch.get_num_threads()
     with one_thread():
-        for i, source in enumerate(tqdm(sources, desc=f"bases {side}", unit="adapter", disable=not progress)):
-            run = source if isinstance(source, Run) else load_run(source)
+        loaded = ahead(bases, sources, cores)  # adapters read and decomposed ahead, one per core
+        for i, (run, found) in enumerate(
+            tqdm(loaded, total=N, desc=f"bases {side}", unit="adapter", disable=not progress)
+        ):
             if check_base:
                 same_base.add(run, names[i])
             if i == 0:
@@ -234,7 +245,9 @@ def run_subspace(
             kept = shared.narrow(i, names, _select(run, modules, layers))
             for mod in [mod for mod in store if mod not in set(kept)]:
                 del store[mod]
-            for mod, (U, S) in _bases_of(run, kept, side, k).items():
+            if isinstance(found, LorascopeError):
+                raise found
+            for mod, (U, S) in ((mod, found[mod]) for mod in kept):
                 if U.shape[1] == 0:
                     raise LorascopeError(f"{names[i]}: module {mod}: ΔW is zero (an untrained adapter?)")
                 if i and U.shape[0] != store[mod][0][0].shape[0]:
@@ -244,7 +257,7 @@ def run_subspace(
                     )
                 w = ss.adapter_weights(S, weighted)
                 store.setdefault(mod, []).append(((U * w.sqrt()[None, :]).to(torch.float32), S))
-            del run  # only the (n, k) weighted bases stay
+            del run, found  # only the (n, k) weighted bases stay
     skipped = shared.skipped(N)
     weights = {mod: [ss.adapter_weights(S, weighted) for _, S in store[mod]] for mod in shared.kept}
     bar = tqdm(total=len(shared.kept), desc="shared subspace", unit="module", disable=not progress)
