@@ -2,14 +2,17 @@
 
     Fig. 3   (`rank_overlap`, with its finding)
     Fig. 4   (`seed_overlap`, with its finding)
-    Fig. 6   Fig. 3 across layers
-    Fig. 7   Fig. 4 across layers
+    Fig. 6   Fig. 3 across layers: the mean φ over the seeds both ranks share
+    Fig. 7   Fig. 4 across layers: the mean φ over every pair of seeds at one rank
+             (cells where the mean φ does not exceed its floor max(i, j)/n hatched)
 
 Each takes a factor: "A" (the paper's), "dA" (A − A0, the learned part of A) or "dW-right"
 (ΔW's input-side singular vectors), since after short training A may still be mostly its init.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -111,43 +114,69 @@ def gaussian_grid(rank: int, n: int, factor: str, seed: int = 0, n_draws: int = 
     return grid_frame(gaussian_phi_draws(shape, n_draws, seed, side).mean(axis=0))
 
 
-def _across_layers(sweep: Sweep, name: str, run_a, run_b, factor: str, layers, title: str) -> Artifact:
+def _across_layers(sweep: Sweep, name: str, pairs: list, factor: str, layers, title: str) -> Artifact:
+    """φ at each (kind, layer), the mean over `pairs` of runs [(run_a, run_b), ...]; cells where the
+    mean does not exceed the floor max(i, j)/n hatched (E φ of random subspaces is the floor, so of a
+    mean over pairs too)."""
     layers = _layers(sweep, layers)
-    grids = pair_grids(sweep, run_a, run_b, factor, layers)
+    grids = [pair_grids(sweep, a, b, factor, layers) for a, b in pairs]
     panels, floors, rows = {}, {}, []
     for kind in sweep.kinds:  # one row of panels per kind, one column per layer
         for layer in layers:
-            g = grids[(layer, kind)]
+            every = np.stack([g[(layer, kind)].to_numpy() for g in grids])  # (pairs, r1, r2)
+            g = grid_frame(every.mean(axis=0))
             title_ = f"{kind_label(kind)}, layer {layer}"
-            panels[title_], floors[title_] = (
-                g,
-                random_phi_baseline(*g.shape, space_dim(sweep, layer, kind, factor)),
-            )
-            rows.append(long_grid(g, layer=layer, module=kind))
+            n = space_dim(sweep, layer, kind, factor)
+            panels[title_], floors[title_] = g, random_phi_baseline(*g.shape, n)
+            frame = long_grid(g, layer=layer, module=kind, pairs=len(pairs))
+            frame["sd"] = every.std(axis=0, ddof=1).ravel() if len(pairs) > 1 else np.nan
+            frame["floor"] = floors[title_].ravel()
+            rows.append(frame)
     fig, _ = plot_phi(panels, ncols=len(layers), suptitle=f"{title}; {FLOOR_NOTE} max(i, j)/n", floors=floors)
     return Artifact(name, pd.concat(rows, ignore_index=True), fig=fig)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def fig6(sweep: Sweep, factor: str = "A", small=None, large=None, layers=None) -> Artifact | Skipped:
+    """Fig. 3 across layers: the mean φ over the seeds both ranks were trained with (seed s of the
+    small rank against seed s of the large one), else the two runs' lowest seeds."""
     name = f"fig6_layers_rank_similarity_{factor}"
     pair = rank_pair(sweep, small, large)
     if isinstance(pair, str):
         return Skipped(name, pair)
     small, large = pair
+    seeds = [s for s in sweep.seeds(small) if s in sweep.seeds(large)]
+    if seeds:
+        runs = [(sweep.run(small, s), sweep.run(large, s)) for s in seeds]
+        what = f"mean over {_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) both ranks share"
+    else:  # no seed trained both ranks: the figure's own pair, one draw
+        a, b = sweep.seeds(small)[0], sweep.seeds(large)[0]
+        runs, what = [(sweep.run(small, a), sweep.run(large, b))], f"seed {a} vs seed {b} (no shared seed)"
     F = get_factor(factor).tex
-    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers"
-    return _across_layers(sweep, name, sweep.run(small), sweep.run(large), factor, layers, title)
+    title = (
+        f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers, {what}"
+    )
+    return _across_layers(sweep, name, runs, factor, layers, title)
 
 
 def fig7(sweep: Sweep, factor: str = "A", rank=None, layers=None) -> Artifact | Skipped:
+    """Fig. 4 across layers: the mean φ over every pair of seeds at one rank."""
     name = f"fig7_layers_seed_similarity_{factor}"
     rank = seed_rank(sweep, rank)
     if isinstance(rank, str):
         return Skipped(name, rank)
-    s1, s2 = sweep.seeds(rank)[:2]
+    seeds = sweep.seeds(rank)
+    pairs = list(itertools.combinations(seeds, 2))
     F = get_factor(factor).tex
-    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, seed {s2}, i, j) across layers"
-    return _across_layers(sweep, name, sweep.run(rank, s1), sweep.run(rank, s2), factor, layers, title)
+    title = (
+        f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed a, seed b, i, j) across layers, mean over "
+        f"{_plural(len(pairs), 'pair')} of {_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"
+    )
+    runs = [(sweep.run(rank, a), sweep.run(rank, b)) for a, b in pairs]
+    return _across_layers(sweep, name, runs, factor, layers, title)
 
 
 def random_floor(i: int, j: int, n: int) -> float:
