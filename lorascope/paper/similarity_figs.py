@@ -132,7 +132,9 @@ def _across_layers(sweep: Sweep, name: str, pairs: list, factor: str, layers, ti
             frame["sd"] = every.std(axis=0, ddof=1).ravel() if len(pairs) > 1 else np.nan
             frame["floor"] = floors[title_].ravel()
             rows.append(frame)
-    fig, _ = plot_phi(panels, ncols=len(layers), suptitle=f"{title}; {FLOOR_NOTE} max(i, j)/n", floors=floors)
+    r1, r2 = next(iter(panels.values())).shape
+    ncols = len(layers) if r2 <= 2 * r1 else min(len(layers), 3)  # wide grids (8 × 64): fewer per row
+    fig, _ = plot_phi(panels, ncols=ncols, suptitle=f"{title}; {FLOOR_NOTE} max(i, j)/n", floors=floors)
     return Artifact(name, pd.concat(rows, ignore_index=True), fig=fig)
 
 

@@ -218,3 +218,23 @@ def test_fig6_and_fig7_average_every_seed(three):
     got = art7.data[(art7.data.layer == 0) & (art7.data.module == "attention.self.query")]
     np.testing.assert_allclose(got.pivot(index="i", columns="j", values="phi").to_numpy(), mean, atol=1e-12)
     assert got[(got.i == 1) & (got.j == 1)].phi.iloc[0] > 0.9  # the planted direction, shared by seeds
+
+
+def test_intruder_curve_draws_the_interval_as_a_band():
+    import matplotlib.pyplot as plt
+
+    from lorascope.analysis.intruder_plot import plot_intruder_curve
+
+    rows = [
+        {"run": run, "module": "q", "eps": e, "count": c, "lo": lo, "hi": hi}
+        for run, c, lo, hi in (("r=8", 2.0, 1.0, 3.0), ("full", 0.5, np.nan, np.nan))  # full: one seed
+        for e in (0.3, 0.5)
+    ]
+    fig, axes = plot_intruder_curve(pd.DataFrame(rows), by_module=True, labels={"full": "full (1 seed)"})
+    bands = axes[0].collections
+    assert len(bands) == 1  # r=8's interval; none for the one-seed full run
+    ys = bands[0].get_paths()[0].vertices[:, 1]
+    assert ys.min() == pytest.approx(1.0) and ys.max() == pytest.approx(3.0)
+    labels = {line.get_label() for line in axes[0].get_lines()}
+    assert {"r=8", "full (1 seed)"} <= labels
+    plt.close(fig)
