@@ -108,6 +108,10 @@ def _grids(sweep: Sweep, rank: int, bases: dict) -> tuple[dict, dict]:
 
 
 def lora_vs_full(sweep: Sweep, n_draws: int = N_NULL) -> LoraVsFull:
+    """Every (kind, side, LoRA rank): φ(r, j) of LoRA seed s against full seed `full_seed(s)` at every
+    layer, j < n; its mean over (seed, layer) cells normalised by the floor max(r, j)/n, with a
+    stratified bootstrap interval over seeds per j, and the null of that mean over `cells` random
+    subspaces (`n_draws` draws), normalised alike."""
     curves, bases = [], {}
     for rank in sweep.ranks:
         pairs = seed_pairs(sweep, rank)

@@ -238,3 +238,12 @@ def test_intruder_curve_draws_the_interval_as_a_band():
     labels = {line.get_label() for line in axes[0].get_lines()}
     assert {"r=8", "full (1 seed)"} <= labels
     plt.close(fig)
+
+
+def test_lora_seeds_without_a_full_run_of_their_seed_pair_with_the_lowest():
+    from lorascope.paper.full_pairs import pairing_note, seed_pairs
+
+    sweep = Sweep(Path("s"), runs={(8, 0): None, (8, 1): None, (8, 3): None}, full={1: None, 2: None})
+    assert seed_pairs(sweep, 8) == [(0, 1), (1, 1), (3, 1)]
+    assert pairing_note(sweep).startswith("LoRA seeds 0, 3 paired with full fine-tuning's seed 1")
+    assert pairing_note(Sweep(Path("s"), runs={(8, 2): None}, full={2: None})) == ""
