@@ -195,7 +195,7 @@ def test_one_seed_says_no_interval(tiny_bert, tmp_path):
     for section in (found, spectrum, intruders):
         assert not INTERVAL.search(section)
     data = pd.read_csv(tmp_path / "out" / "fig6_layers_rank_similarity_A.csv")
-    assert (data.pairs == 1).all() and data.sd.isna().all()
+    assert (data.pairs == 1).all() and data.sd.isna().all() and data.phi11_lo.isna().all()
 
 
 def test_fig6_and_fig7_average_every_seed(three):
@@ -204,8 +204,11 @@ def test_fig6_and_fig7_average_every_seed(three):
     art = fig6(loaded, "dW-right")
     assert "mean over 3 seeds (0, 1, 2)" in art.fig._suptitle.get_text()
     assert (art.data.pairs == 3).all()
+    panel = art.fig.axes[0].get_title()  # "query, layer 0\nφ(1, 1) = mean [lo, hi]" over the 3 seeds
+    assert INTERVAL.search(panel) and float(panel.split("[")[1].split(",")[0]) > 0.9
     art7 = fig7(loaded, "dW-right", rank=8)
     assert "mean over 3 pairs of 3 seeds" in art7.fig._suptitle.get_text()
+    assert INTERVAL.search(art7.fig.axes[0].get_title())  # pair_interval: 3 seeds give one
     from lorascope.compare.pairs import run_similarity
 
     grids = [
