@@ -20,12 +20,16 @@ def plot_intruder_curve(
     eps: float | None = 0.5,
     by_module: bool = False,
     title: str | None = None,
+    labels: dict[str, str] | None = None,
 ):
     """Intruder count against ε, one line per run (e.g. per LoRA rank, and full fine-tuning).
 
-    curve: columns run, module, eps, count. agg: "mean" (intruders per module) or "sum" (over all
+    curve: columns run, module, eps, count, and optionally lo, hi: a band drawn around each line (e.g.
+    the 95 % interval over seeds of a mean count; drawn with by_module, where each panel holds one row
+    per run and ε; nan lo/hi, one seed, draw none). agg: "mean" (intruders per module) or "sum" (over all
     modules). by_module: one panel per module name instead of aggregating. k: the number of top
-    singular vectors examined, drawn as the ceiling; eps: a vertical line at the ε the table used.
+    singular vectors examined, drawn as the ceiling; eps: a vertical line at the ε the table used;
+    labels: legend text per run (default the run's name).
     Returns (fig, axes), axes a 1-D array of panels.
     """
     import matplotlib.pyplot as plt
@@ -50,7 +54,13 @@ def plot_intruder_curve(
         for run in runs:
             lines = part[part["run"] == run].groupby("eps")["count"]
             y = lines.sum() if agg == "sum" and module is None else lines.mean()
-            ax.plot(y.index, y.to_numpy(), marker="o", ms=2.5, label=str(run), **styles[str(run)])
+            label = (labels or {}).get(str(run), str(run))
+            ax.plot(y.index, y.to_numpy(), marker="o", ms=2.5, label=label, **styles[str(run)])
+            if {"lo", "hi"} <= set(part.columns) and module is not None:
+                band = part[part["run"] == run].groupby("eps")[["lo", "hi"]].mean()
+                if band.notna().all(axis=None):
+                    color = styles[str(run)]["color"]
+                    ax.fill_between(band.index, band.lo, band.hi, color=color, alpha=0.18, lw=0)
         if k is not None and (agg == "mean" or module is not None):
             ax.axhline(k, color="0.6", ls=":", lw=1)
         if eps is not None:

@@ -78,3 +78,45 @@ def gaussian_energy_rank(
         c = torch.cumsum(s**2, 0) / torch.sum(s**2)
         ranks.append(int(torch.searchsorted(c, torch.tensor(energy, dtype=torch.float64))) + 1)
     return float(np.mean(ranks))
+
+
+def _wishart(dof: int, r: int, m: int, rng: np.random.Generator) -> torch.Tensor:
+    """m draws of Σ_k g_k g_kᵀ over `dof` N(0, I_r) vectors, (m, r, r): Bartlett's A Aᵀ (A lower
+    triangular, A_ii² ~ χ²(dof − i + 1), A_ij ~ N(0, 1) below) when dof ≥ r, r² numbers instead of dof·r."""
+    if dof < r:
+        G = torch.from_numpy(rng.standard_normal((m, dof, r)))
+        return G.transpose(1, 2) @ G
+    A = np.tril(rng.standard_normal((m, r, r)), -1)
+    A[:, np.arange(r), np.arange(r)] = np.sqrt(rng.chisquare(dof - np.arange(r), size=(m, r)))
+    A = torch.from_numpy(A)
+    return A @ A.transpose(1, 2)
+
+
+@functools.lru_cache(maxsize=64)
+def random_subspace_phi_draws(
+    n: int, r: int, top_j: int, n_draws: int = N_NULL, cells: int = 1, seed: int = 0
+) -> np.ndarray:
+    """The null of a φ(r, j) curve: (n_draws, top_j), draw d holding, for j = 1..top_j, the mean over
+    `cells` independent pairs of φ(U_r, V_j) between a Haar r-dim subspace U_r of R^n and the top-j
+    of an independent basis V (a mean over seeds and layers is the mean of that many cells).
+
+    By rotation invariance V may be the first top_j coordinates: ‖U_rᵀ V_j‖²_F = Σ_{k ≤ j} ‖U_r[k]‖²,
+    so φ(r, j) = cumsum of U_r's squared row norms / min(r, j); E φ(r, j) = max(r, j)/n exactly."""
+    if not 1 <= r <= n or not 1 <= top_j <= n or n_draws < 1 or cells < 1:
+        raise LorascopeError(f"need 1 ≤ r, top_j ≤ n and n_draws, cells ≥ 1, got n={n}, r={r}, top_j={top_j}")
+    rng = np.random.default_rng(seed)
+    total, per = n_draws * cells, max(1, CHUNK_COLUMNS // r)
+    rows = []
+    for lo in range(0, total, per):
+        # U_r = G (GᵀG)^(-1/2) for Gaussian G (n, r): row k's squared norm is g_kᵀ (GᵀG)⁻¹ g_k, one
+        # Cholesky of the r × r Gram matrix instead of a QR of G.
+        m = min(per, total - lo)
+        G = torch.from_numpy(rng.standard_normal((m, top_j, r)))  # the rows V_j sees
+        L = torch.linalg.cholesky(G.transpose(1, 2) @ G + _wishart(n - top_j, r, m, rng))
+        X = torch.linalg.solve_triangular(L, G.transpose(1, 2), upper=False)  # (m, r, top_j)
+        rows.append((X**2).sum(1))
+    overlap = torch.cumsum(torch.cat(rows), dim=1)  # (draws·cells, top_j): ‖U_rᵀ V_j‖²_F
+    phi = overlap / torch.minimum(torch.arange(1, top_j + 1, dtype=torch.float64), torch.tensor(float(r)))
+    draws = phi.reshape(n_draws, cells, top_j).mean(dim=1).numpy()
+    draws.flags.writeable = False  # cached: a figure and its finding share the draws
+    return draws

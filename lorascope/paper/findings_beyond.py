@@ -1,13 +1,16 @@
 """findings.md beyond Section 7: LoRA against full fine-tuning, and how the adapters formed.
 
 spectrum      Biderman et al. 2024: full fine-tuning's ΔW needs a rank 10–100× a typical LoRA rank to
-              hold 90 % of its energy. Holds when full's median 90 %-energy rank ≥ 10 × the LoRA rank
-              taken as typical (8 when the sweep has it).
+              hold 90 % of its energy. Holds when the interval over full seeds of full's 90 %-energy rank
+              (mean over layers) / the typical LoRA rank (8 when the sweep has it) lies above 10; tested
+              against a Gaussian control (a same-shape N(0, 1) matrix: 196 of 384 for 384 × 384) and
+              stated as rank / n, since the 10× rule was set on models far wider than the demo's.
 lora_vs_full  does a low-rank adapter find full fine-tuning's top directions? φ(1, 1) between the top
-              directions of the two ΔW, and φ(r, r) between LoRA's top-r and full's top-r, against
-              the random floors 1/n and r/n; a top direction counts as found when φ(1, 1) > 0.5.
-              Tested against a Gaussian control (a same-shape N(0, 1) matrix: 196 of 384 for 384 × 384)
-              and stated as rank / n, since the 10× rule was set on models far wider than the demo's.
+              directions of the two ΔW, and φ(r, r), over LoRA seeds (paired with full seeds) and
+              layers, against the null of random subspaces (floors 1/n and r/n); found when φ(1, 1)'s
+              interval lies above 0.5.
+intruders     Shuttleworth et al. 2024: full fine-tuning has fewer intruder dimensions than LoRA, from
+              the interval of the paired difference full − LoRA at several ε, and where its sign changes.
 asymmetry     Zhu et al. 2024 from their own across-seed test: B's learned subspace agrees across seeds
               more than A's (A stays near its random start). Statistic: mean φ(t, t), t ≤ r, of B between
               seeds minus the same of A, with its interval over seeds. Their other test (A frozen,
@@ -23,24 +26,20 @@ import itertools
 
 import numpy as np
 
-from lorascope.analysis.nulls import gaussian_energy_rank
-from lorascope.analysis.stats import pair_interval
+from lorascope.analysis.stats import N_NULL, Interval, pair_interval
 from lorascope.compare.pairs import run_similarity
 from lorascope.names import module_kind
 from lorascope.paper.artifact import Artifact, Skipped
+from lorascope.paper.intruder_figs import REPORT_EPS
+from lorascope.paper.lora_vs_full import FOUND
+from lorascope.paper.spectrum_figs import BIDERMAN
 from lorascope.paper.sweep import Sweep
-from lorascope.paper.verdicts import ONE_SEED, decide, interval, verdict
+from lorascope.paper.verdicts import HOLDS, ONE_SEED, decide, interval, null, verdict
 from lorascope.paper.verdicts import fmt as _fmt
 
-TYPICAL_RANK = 8  # "a typical LoRA rank" (the paper's r = 8), when the sweep has it
-FOUND = 0.5  # φ(1, 1) above this: LoRA's top direction lies mostly in full fine-tuning's top direction
 REACHED = 0.9
 A_STAYS = 0.9  # φ(A_T, A0) at or above this: A's row space is still mostly its random start
 A_SHARE = 0.3  # ‖s·B(A − A0)‖ / ‖ΔW‖ at or below this: B carries the change
-
-
-def _verdict(ok: bool) -> str:
-    return verdict([bool(ok)])
 
 
 def spectrum_section(arts: list, sweep: Sweep | None = None) -> list[str]:
@@ -48,42 +47,35 @@ def spectrum_section(arts: list, sweep: Sweep | None = None) -> list[str]:
     art = arts[0]
     if isinstance(art, Skipped):
         return out + art.lines()
-    energy = art.facts["energy"]
+    res = art.result
     out += [
         "Biderman et al. (2024) find that full fine-tuning's ΔW needs a rank 10–100× typical LoRA ranks to "
-        "hold 90 % of its energy Σσ². Median over layers:",
+        "hold 90 % of its energy Σσ². Mean over seeds and layers, with a 95 % stratified bootstrap interval "
+        "over seeds (layers as strata):",
         "",
-        "| method | module | 90 %-energy rank | stable rank | effective rank |",
-        "|---|---|---|---|---|",
+        "| method | module | seeds | 90 %-energy rank | stable rank | effective rank |",
+        "|---|---|---|---|---|---|",
         *(
-            f"| {r.method} | {r.kind} | {_fmt(r.energy_rank)} | {_fmt(r.stable_rank)} "
-            f"| {_fmt(r.effective_rank)} |"
-            for r in energy.itertuples()
+            f"| {r.method} | {r.kind} | {r.energy_rank.n_seeds} | {interval(r.energy_rank)} "
+            f"| {interval(r.stable_rank)} | {interval(r.effective_rank)} |"
+            for r in res.rows
         ),
         "",
+        f"Tested: full fine-tuning's rank / {res.typical} (the LoRA rank taken as typical) with its interval "
+        f"over full seeds ≥ {BIDERMAN:g} (the paper's rule, set on models of width 4096 trained for "
+        "thousands of steps), and full's rank below a same-shape Gaussian's (the control: a dense update "
+        "with no structure), stated as rank / n.",
+        "",
     ]
-    ranks = [int(m.removeprefix("r=")) for m in dict.fromkeys(energy.method) if m != "full"]
-    typical = TYPICAL_RANK if TYPICAL_RANK in ranks else ranks[len(ranks) // 2]
-    shapes = art.facts.get("shapes", {})
-    n_full = len(sweep.full) if sweep is not None else 1
-    for kind in dict.fromkeys(energy.kind):
-        full = float(energy[(energy.method == "full") & (energy.kind == kind)].energy_rank.iloc[0])
-        ratio = full / typical
-        shape = shapes.get(kind)
-        control = ""
-        if shape:
-            n = min(shape)
-            gauss = gaussian_energy_rank(shape)
-            control = (
-                f"; as rank / n: {_fmt(full / n)} against a same-shape Gaussian's {_fmt(gauss)} / {n} = "
-                f"{_fmt(gauss / n)} (a dense update with no structure), so full fine-tuning's ΔW is "
-                f"{_fmt(gauss / full)}× more concentrated than noise"
-            )
-        word = _verdict(ratio >= 10) if n_full >= 2 else f"**{ONE_SEED}** (one full fine-tuning run)"
+    for kind, shape in res.shapes.items():
+        full, ratio, n, gauss = res.full(kind).energy_rank, res.ratio(kind), min(shape), res.gaussian[kind]
+        rule, control = decide(ratio, BIDERMAN), decide(full, gauss, above=False)
+        scale = Interval(full.mean / n, full.lo / n, full.hi / n, full.n_seeds)
         out.append(
-            f"- {kind}: full fine-tuning's 90 %-energy rank is {_fmt(full)}, {_fmt(ratio)}× the LoRA rank "
-            f"{typical} (the paper's rule: ≥ 10×, set on models of width 4096 trained for thousands of "
-            f"steps){control}: {word}."
+            f"- {kind}: full fine-tuning's 90 %-energy rank {interval(full)} is {interval(ratio)}× the LoRA "
+            f"rank {res.typical}: **{rule}**{' (one full fine-tuning run)' if rule == ONE_SEED else ''}; as "
+            f"rank / n: {interval(scale)} against the Gaussian control's {_fmt(gauss)} / {n} = "
+            f"{_fmt(gauss / n)}: below the control (ΔW has low-rank structure): **{control}**."
         )
     return out + [""]
 
@@ -138,29 +130,31 @@ def lora_vs_full_section(art) -> list[str]:
     ]
     if isinstance(art, Skipped):
         return out + art.lines()
-    data = art.facts["data"]
+    res = art.result
+    paired = f" {res.note}." if res.note else " Every LoRA seed is paired with the full run of its seed."
     out += [
-        f"Layer {art.facts['layer']}: φ(1, 1) between the top direction of each LoRA rank's ΔW and of full "
-        "fine-tuning's ΔW, and φ(r, r) between LoRA's top-r and full's top-r directions; the random floors "
-        f"are 1/n and r/n. A top direction counts as found when φ(1, 1) > {FOUND}.",
+        "φ(1, 1) between the top direction of each LoRA rank's ΔW and of full fine-tuning's ΔW, and φ(r, r) "
+        "between LoRA's top-r and full's top-r directions: mean over LoRA seeds (seed s against full seed s) "
+        f"and all {len(res.layers)} layers, with a 95 % stratified bootstrap interval over seeds (layers as "
+        f"strata).{paired} Null: {N_NULL} draws of the same mean over random subspaces (analytic floors 1/n "
+        f"and r/n). Tested: LoRA's top direction is full's when φ(1, 1)'s interval lies above {FOUND}.",
         "",
-        "| module | side | r | φ(1,1) | floor 1/n | φ(r,r) | floor r/n |",
-        "|---|---|---|---|---|---|---|",
+        "| module | side | r | seeds | φ(1,1) | null φ(1,1) | φ(r,r) | floor r/n | effect φ(1,1)·n "
+        "| verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    found, total = 0, 0
-    for (kind, side, rank), d in data.groupby(["kind", "side", "rank"], sort=False):
-        top = float(d[(d.i == 1) & (d.j == 1)].phi.iloc[0])
-        rr = d[(d.i == rank) & (d.j == rank)]
-        n = int(d.n.iloc[0])
-        found, total = found + (top > FOUND), total + 1
-        rr_text = (_fmt(rr.phi.iloc[0]), _fmt(rank / n)) if len(rr) else ("–", "–")
+    for c in res.curves:
+        rr = interval(c.phi_rr) if c.phi_rr is not None else "–"
         out.append(
-            f"| {kind} | {side} | {rank} | {_fmt(top)} | {_fmt(1 / n)} | {rr_text[0]} | {rr_text[1]} |"
+            f"| {c.kind} | {c.side} | {c.rank} | {len(c.pairs)} | {interval(c.phi_11)} | {null(c.null_11)} "
+            f"| {rr} | {_fmt(c.rank / c.n)} | {_fmt(c.phi_11.mean * c.n)}× | {c.verdict} |"
         )
+    parts = [c.verdict for c in res.curves]
     return out + [
         "",
-        f"LoRA's top direction is full fine-tuning's in {found} of {total} cases (seed 0 of each: "
-        f"{ONE_SEED}; the normalised curves are in fig_lora_vs_full).",
+        f"LoRA's top direction is full fine-tuning's: {verdict(parts)} ({sum(p == HOLDS for p in parts)} of "
+        f"{len(parts)} (module, side, rank) hold; the normalised curves φ(r, j) with their floor band are in "
+        "fig_lora_vs_full).",
         "",
     ]
 
@@ -169,34 +163,53 @@ def intruders_section(arts: list) -> list[str]:
     out = ["## LoRA versus full fine-tuning: intruder dimensions", ""]
     if isinstance(arts[0], Skipped):
         return out + arts[0].lines()
-    facts = arts[0].facts
-    table = facts["table"]
-    means = table.groupby(["run", "kind"], sort=False)["count"].mean()
+    res = arts[0].result
     out += [
-        f"Shuttleworth et al. (2024) find intruder dimensions in LoRA's W + ΔW (among its top-{facts['k']} "
-        f"left singular vectors, those whose |cos| with every singular vector of W stays below ε = "
-        f"{facts['eps']}) and not in full fine-tuning's. Intruders per module, mean over layers:",
+        f"Shuttleworth et al. (2024) find intruder dimensions in LoRA's W + ΔW (among its top-{res.k} left "
+        "singular vectors, those whose |cos| with every singular vector of W stays below ε) and not in full "
+        f"fine-tuning's. Intruders per module at ε = {res.eps}: mean over seeds and layers with a 95 % "
+        "stratified bootstrap interval over seeds (layers as strata):",
         "",
-        "| method | module | intruders per module | modules with any |",
-        "|---|---|---|---|",
+        "| method | module | seeds | intruders per module | modules with any |",
+        "|---|---|---|---|---|",
     ]
-    for (run, kind), mean in means.items():
-        rows = table[(table.run == run) & (table.kind == kind)]
-        out.append(f"| {run} | {kind} | {_fmt(mean)} | {int((rows['count'] > 0).sum())} of {len(rows)} |")
-    per_run = table.groupby("run", sort=False)["count"].mean()
-    if "full" in per_run:
-        lora = per_run.drop("full")
-        ok = bool((per_run["full"] < lora).all())
-        out += [
-            "",
-            f"Full fine-tuning has {_fmt(per_run['full'])} intruders per module, LoRA "
-            f"{', '.join(f'{r}: {_fmt(v)}' for r, v in lora.items())}: fewer than every LoRA rank: "
-            f"{'yes' if ok else 'no'}, on one run per method and ε = {facts['eps']} only: "
-            f"**{ONE_SEED}** (counts this small move by one intruder between seeds and reverse with ε).",
-        ]
-    else:
-        out += ["", "No full fine-tuning run in this sweep to compare with (`python sweep.py method=full`)."]
-    return out + [""]
+    for c in res.counts:
+        e = int(np.argmin(np.abs(c.eps - res.eps)))
+        anyone = int((c.counts[..., e] > 0).sum())
+        out.append(
+            f"| {c.method} | {c.kind} | {len(c.seeds)} | {interval(c.at(res.eps))} | {anyone} of "
+            f"{c.counts[..., e].size} |"
+        )
+    if not res.diffs:
+        no_full = "No full fine-tuning run in this sweep to compare with (`python sweep.py method=full`)."
+        return out + ["", no_full, ""]
+    paired = f" {res.note}." if res.note else ""
+    out += [
+        "",
+        "Tested: full fine-tuning has fewer intruders than LoRA when the interval of the paired difference "
+        f"full − LoRA (LoRA seed s against full seed s, layers as strata) lies below 0, at each ε.{paired}",
+        "",
+        "| LoRA r | module | "
+        + " | ".join(f"full − LoRA, ε = {e}" for e in REPORT_EPS)
+        + " | sign changes at ε |",
+        "|---|---|" + "---|" * len(REPORT_EPS) + "---|",
+    ]
+    for d in res.diffs:
+        cells = " | ".join(
+            f"{interval(d.at(e))}: {d.verdict(e)}" if d.at(e).has_interval else interval(d.at(e))
+            for e in REPORT_EPS
+        )
+        flips = ", ".join(map(str, d.reversals)) or "none"
+        out.append(f"| {d.rank} | {d.kind} | {cells} | {flips} |")
+    at = {e: verdict([d.verdict(e) for d in res.diffs]) for e in REPORT_EPS}
+    flipped = [f"r = {d.rank} {d.kind} at ε = {d.reversals[0]}" for d in res.diffs if d.reversals]
+    return out + [
+        "",
+        "Full fine-tuning has fewer intruders than every LoRA rank: "
+        + "; ".join(f"ε = {e}: {v}" for e, v in at.items())
+        + (f". The mean difference changes sign for {', '.join(flipped)}." if flipped else "."),
+        "",
+    ]
 
 
 def trajectory_section(arts: list) -> list[str]:

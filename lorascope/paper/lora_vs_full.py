@@ -1,223 +1,217 @@
-"""LoRA versus full fine-tuning on one sweep (a sweep trained with `method=lora,full`).
+"""Does a low-rank adapter find the top directions of the full update? (a sweep trained with
+`method=lora,full`)
 
-fig_spectrum        the normalised spectrum σ_k/σ_1 of ΔW and its cumulative energy, each LoRA rank
-                    beside full fine-tuning, per module kind at one layer; table_energy_rank: the
-                    rank holding 90 % of ΔW's energy (Biderman et al. 2024: full fine-tuning's is
-                    10–100× a typical LoRA rank), median over layers
-fig_lora_vs_full    φ(U_r, V_j) with U_r a LoRA rank's top-r directions of ΔW and V_j full
-                    fine-tuning's top-j, on the input and the output side, normalised by the random
-                    floor as (φ − floor)/(1 − floor): does a low-rank adapter find the top directions
-                    of the full update? (for j ≥ r: how much of LoRA's top-r lies in full's top-j; for
-                    j < r the reverse, full's top-j in LoRA's top-r)
+fig_lora_vs_full    φ(U_r, V_j) with U_r a LoRA rank's top-r directions of ΔW and V_j full fine-tuning's
+                    top-j, on the input and the output side, normalised by the random floor as
+                    (φ − floor)/(1 − floor), floor = max(r, j)/n, so chance reads 0 for every r (for
+                    j ≥ r: how much of LoRA's top-r lies in full's top-j; for j < r the reverse). Each
+                    curve is the mean over LoRA seeds (seed s against full seed s, else the lowest full
+                    seed) and layers, with a 95 % stratified bootstrap band over seeds (layers as strata);
+                    the grey band is 95 % of the same mean over random subspaces, normalised alike.
+                    The finding: φ(1, 1), mean [lo, hi] over seeds; LoRA's top direction is found when
+                    its interval lies above FOUND.
+
+The spectrum (`spectrum_figs`) and intruder (`intruder_figs`) recipes compare the same runs; they are
+re-exported here, where the recipes look for them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 
-from lorascope.analysis.factors import get_factor
-from lorascope.analysis.plots import method_styles
-from lorascope.analysis.similarity import grid_frame, long_grid, phi_grid, random_phi_baseline
-from lorascope.compare.spectra import spectrum_frames
+from lorascope.analysis.nulls import random_subspace_phi_draws
+from lorascope.analysis.similarity import phi_grid, random_phi_baseline
+from lorascope.analysis.stats import N_NULL, Interval, NullSummary, null_summary, seed_interval
 from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
+from lorascope.paper.full_pairs import NO_FULL, pairing_note, seed_pairs
+from lorascope.paper.intruder_figs import fig_intruders, per_column
+from lorascope.paper.spectrum_figs import fig_spectrum
 from lorascope.paper.sweep import Sweep
+from lorascope.paper.verdicts import decide
 
-NO_FULL = "needs a full fine-tuning run in the sweep: run `python sweep.py method=full`"
+__all__ = ["NO_FULL", "fig_intruders", "fig_lora_vs_full", "fig_spectrum", "lora_vs_full"]
+
 TOP_J = 64  # full fine-tuning's top directions compared with LoRA's (its ΔW has min(out, in) of them)
-SIDES = {"input": "dW-right", "output": "dW-left"}
+SIDES = ("input", "output")  # ΔW's right (V) and left (U) singular vectors: factors dW-right, dW-left
+FOUND = 0.5  # φ(1, 1) above this: LoRA's top direction lies mostly in full fine-tuning's top direction
 
 
-def _lora_runs(sweep: Sweep) -> dict[int, object]:
-    """Seed-0 (or lowest seed) LoRA run of each rank, by rank, and the full run of the same seed."""
-    return {rank: sweep.run(rank) for rank in sweep.ranks}
+@dataclass(frozen=True)
+class Curve:
+    """One (kind, side, LoRA rank): φ(r, j) against full's top-j, over seed pairs and layers."""
+
+    kind: str
+    side: str
+    rank: int
+    n: int
+    pairs: list[tuple[int, int]]  # (LoRA seed, full seed)
+    phi: np.ndarray  # (n_pairs, n_layers, J): φ(r, j), j = 1..J
+    phi_11: Interval  # φ(1, 1): LoRA's top direction against full's
+    null_11: NullSummary  # φ(1, 1) of random subspaces, the same mean over pairs and layers
+    phi_rr: Interval | None  # φ(r, r), None when r > J
+    normalised: list[Interval]  # (φ(r, j) − floor) / (1 − floor), j = 1..J
+    null_band: np.ndarray  # (2, J): 2.5 and 97.5 percentiles of the normalised random mean
+
+    @property
+    def floor(self) -> np.ndarray:
+        """max(r, j)/n, j = 1..J."""
+        return random_phi_baseline(self.rank, self.phi.shape[-1], self.n)[-1]
+
+    @property
+    def verdict(self) -> str:
+        return decide(self.phi_11, FOUND)
 
 
-def _full(sweep: Sweep):
-    return sweep.full[min(sweep.full)] if sweep.full else None
+@dataclass(frozen=True)
+class LoraVsFull:
+    curves: list[Curve]
+    layers: list[int]
+    note: str  # how LoRA seeds were paired with full seeds ('' when all same-seed)
 
 
-def spectrum_table(sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(metrics, σ) of ΔW per method (each LoRA rank, and full) and module, long format; None without
-    a full fine-tuning run."""
-    full = _full(sweep)
-    if full is None:
-        return None
+def _normalise(phi, floor):
+    return (phi - floor) / np.clip(1 - floor, 1e-12, None)
+
+
+def _sides(delta, k: int | None = None) -> dict[str, object]:
+    """{"input": V (in, k), "output": U (out, k)}: ΔW's top-k singular vectors of each side, one SVD
+    (the bases of the factors dW-right and dW-left)."""
+    U, _, V = delta.svd(k)
+    return {"input": V, "output": U}
+
+
+def _grids(sweep: Sweep, rank: int, bases: dict) -> tuple[dict, dict]:
+    """(kind, side) -> (n_pairs, n_layers, r, J) φ grids of LoRA's top-r against full's top-J, and
+    (kind, side) -> n, the dimension of that side. `bases` caches full's bases across ranks."""
+    out: dict[tuple[str, str], list] = {}
+    dims: dict[tuple[str, str], int] = {}
+    modules = sorted(sweep.modules, key=lambda m: layer_index(m) or 0)
+    for s, f in seed_pairs(sweep, rank):
+        lora, full = sweep.run(rank, s), sweep.full[f]
+        per: dict[tuple[str, str], list] = {}
+        for m in modules:
+            if (f, m) not in bases:
+                bases[(f, m)] = _sides(full.adapters[m], TOP_J)
+            mine = _sides(lora.adapters[m])
+            for side in SIDES:
+                V = bases[(f, m)][side]
+                per.setdefault((module_kind(m), side), []).append(phi_grid(mine[side], V))
+                dims[(module_kind(m), side)] = V.shape[0]
+        for key, grids in per.items():
+            out.setdefault(key, []).append(grids)
+    return {key: np.asarray(v) for key, v in out.items()}, dims
+
+
+def lora_vs_full(sweep: Sweep, n_draws: int = N_NULL) -> LoraVsFull:
+    """Every (kind, side, LoRA rank): φ(r, j) of LoRA seed s against full seed `full_seed(s)` at every
+    layer, j < n; its mean over (seed, layer) cells normalised by the floor max(r, j)/n, with a
+    stratified bootstrap interval over seeds per j, and the null of that mean over `cells` random
+    subspaces (`n_draws` draws), normalised alike."""
+    curves, bases = [], {}
+    for rank in sweep.ranks:
+        pairs = seed_pairs(sweep, rank)
+        grids, dims = _grids(sweep, rank, bases)
+        for (kind, side), g in grids.items():  # g: (pairs, layers, r, J)
+            n, cells = dims[(kind, side)], g.shape[0] * g.shape[1]
+            J = min(g.shape[-1], n - 1)  # j = n spans R^n: φ = floor = 1, nothing to normalise
+            g = g[..., :J]
+            floor = random_phi_baseline(rank, J, n)[-1]
+            phi = g[:, :, -1, :]  # row i = r
+            null = _normalise(random_subspace_phi_draws(n, rank, J, n_draws, cells, seed=rank), floor)
+            phi_11 = seed_interval(g[:, :, 0, 0])
+            curves.append(
+                Curve(
+                    kind=kind_label(kind),
+                    side=side,
+                    rank=rank,
+                    n=n,
+                    pairs=pairs,
+                    phi=phi,
+                    phi_11=phi_11,
+                    null_11=null_summary(
+                        phi_11.mean, random_subspace_phi_draws(n, 1, 1, n_draws, cells, seed=1)[:, 0]
+                    ),
+                    phi_rr=seed_interval(g[:, :, rank - 1, rank - 1]) if rank <= J else None,
+                    normalised=per_column(_normalise(phi, floor)),
+                    null_band=np.quantile(null, [0.025, 0.975], axis=0),
+                )
+            )
+    return LoraVsFull(curves, sweep.layers, pairing_note(sweep))
+
+
+def lora_vs_full_frame(result: LoraVsFull) -> pd.DataFrame:
+    """The figure's numbers, one row per (kind, side, rank, j): φ(r, j) (mean over seeds and layers),
+    the floor max(r, j)/n, the normalised curve with its 95 % interval, and the random band."""
     rows = []
-    for label, run in [*((f"r={r}", run) for r, run in _lora_runs(sweep).items()), ("full", full)]:
-        table, sigmas = spectrum_frames(run, sweep.modules)
-        table = table.reset_index()
-        table.insert(0, "method", label)
-        rows.append((table, sigmas.assign(method=label)))
-    return pd.concat([t for t, _ in rows], ignore_index=True), pd.concat(
-        [s for _, s in rows], ignore_index=True
-    )
-
-
-def fig_spectrum(sweep: Sweep, layer=None) -> list[Artifact | Skipped]:
-    frames = spectrum_table(sweep)
-    if frames is None:
-        return [Skipped("fig_spectrum", NO_FULL)]
-    table, sigmas = frames
-    layer = sweep.middle_layer if layer is None else layer
-    table["kind"] = table["module"].map(lambda m: kind_label(module_kind(m)))
-    table["layer"] = table["module"].map(layer_index)
-    methods = list(dict.fromkeys(table["method"]))
-    fig, axes = plt.subplots(len(sweep.kinds), 2, figsize=(10, 3.4 * len(sweep.kinds)), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
-    styles = method_styles(methods)
-    for row, kind in zip(axes, sweep.kinds, strict=True):
-        m = sweep.module(layer, kind)
-        for method in methods:
-            s = sigmas[(sigmas.method == method) & (sigmas.module == m)].sigma.to_numpy()
-            if not s.size or s[0] <= 0:
-                continue
-            k = np.arange(1, len(s) + 1)
-            energy = np.cumsum(s**2) / np.sum(s**2)
-            rank90 = int(table[(table.method == method) & (table.module == m)].energy_rank.iloc[0])
-            style = styles[method]
-            row[0].plot(k[s > 0], (s / s[0])[s > 0], label=method, **style)
-            row[1].plot(k, energy, label=f"{method}: 90 % at k = {rank90}", **style)
-            row[1].plot([rank90], [energy[rank90 - 1]], "o", ms=4, color=style["color"])
-        row[0].set(xscale="log", yscale="log", xlabel="k", ylabel=r"$\sigma_k / \sigma_1$",
-                   title=f"{kind_label(kind)}, layer {layer}: singular values of $\\Delta W$")  # fmt: skip
-        # The control: a same-shape N(0, 1) matrix, an update with no low-rank structure at all.
-        shape = tuple(_full(sweep).adapters[m].shape)
-        g = (
-            torch.linalg.svdvals(torch.randn(*shape, generator=torch.Generator().manual_seed(0)))
-            .double()
-            .numpy()
+    for c in result.curves:
+        J = c.phi.shape[-1]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "kind": c.kind,
+                    "side": c.side,
+                    "rank": c.rank,
+                    "n": c.n,
+                    "j": np.arange(1, J + 1),
+                    "phi": c.phi.mean(axis=(0, 1)),
+                    "floor": c.floor,
+                    "phi_normalised": [ci.mean for ci in c.normalised],
+                    "lo": [ci.lo for ci in c.normalised],
+                    "hi": [ci.hi for ci in c.normalised],
+                    "random_lo": c.null_band[0],
+                    "random_hi": c.null_band[1],
+                    "seeds": len(c.pairs),
+                    "layers": c.phi.shape[1],
+                }
+            )  # fmt: skip
         )
-        k = np.arange(1, len(g) + 1)
-        row[0].plot(k, g / g[0], color="0.6", ls="--", lw=1, label=f"Gaussian {shape[0]}×{shape[1]}")
-        row[1].plot(k, np.cumsum(g**2) / np.sum(g**2), color="0.6", ls="--", lw=1,
-                    label=f"Gaussian {shape[0]}×{shape[1]} (control)")  # fmt: skip
-        row[1].axhline(0.9, color="0.5", ls="--", lw=1)
-        row[1].set(xscale="log", ylim=(0, 1.02), xlabel="k", ylabel="cumulative energy",
-                   title=f"{kind_label(kind)}: rank holding 90 % of the energy")  # fmt: skip
-        row[1].legend(fontsize=7, frameon=False, loc="lower right")
-        for ax in row:
-            ax.grid(alpha=0.3, lw=0.5)
-    fig.suptitle(
-        f"{sweep.name}: the spectrum of $\\Delta W$, LoRA ranks beside full fine-tuning", fontsize=11
-    )
-    energy = (
-        table.groupby(["method", "kind"], sort=False)
-        .agg(
-            energy_rank=("energy_rank", "median"),
-            stable_rank=("stable_rank", "median"),
-            effective_rank=("effective_rank", "median"),
-            modules=("module", "size"),
-        )  # fmt: skip
-        .reset_index()
-    )
-    caption = (
-        f"{sweep.name}: median over layers of the rank holding 90 % of ΔW's energy (Σσ²), its stable "
-        "rank ‖ΔW‖²_F/‖ΔW‖²_2 and effective rank, for each LoRA rank and for full fine-tuning."
-    )
-    full = _full(sweep)
-    shapes = {kind_label(k): tuple(full.adapters[sweep.module(layer, k)].shape) for k in sweep.kinds}
-    facts = {"energy": energy, "layer": layer, "shapes": shapes}
-    return [
-        Artifact("fig_spectrum", sigmas, fig=fig, facts=facts),
-        Artifact(
-            "table_energy_rank",
-            energy,
-            table=energy.set_index(["method", "kind"]),
-            caption=caption,
-            facts=facts,
-        ),
-    ]
-
-
-def lora_vs_full_frame(sweep: Sweep, layer: int) -> pd.DataFrame:
-    """φ(i, j) between each LoRA rank's top-i and full fine-tuning's top-j ΔW directions (j ≤ TOP_J),
-    per module kind at `layer` and side, long format with the random floor max(i, j)/n beside."""
-    full = _full(sweep)
-    rows = []
-    for kind in sweep.kinds:
-        m = sweep.module(layer, kind)
-        for side, factor in SIDES.items():
-            spec = get_factor(factor)
-            V, _ = spec.basis(full.adapters[m], k=TOP_J)
-            n = V.shape[0]
-            for rank, run in _lora_runs(sweep).items():
-                U, _ = spec.basis(run.adapters[m])
-                grid = grid_frame(phi_grid(U, V))
-                frame = long_grid(grid, kind=kind_label(kind), side=side, rank=rank, n=n)
-                frame["floor"] = random_phi_baseline(*grid.shape, n)[frame.i - 1, frame.j - 1]
-                frame["phi_normalised"] = (frame.phi - frame.floor) / (1 - frame.floor).clip(lower=1e-12)
-                rows.append(frame)
     return pd.concat(rows, ignore_index=True)
 
 
-def fig_lora_vs_full(sweep: Sweep, layer=None) -> Artifact | Skipped:
-    if _full(sweep) is None:
+def fig_lora_vs_full(sweep: Sweep, n_draws: int = N_NULL) -> Artifact | Skipped:
+    if not sweep.full:
         return Skipped("fig_lora_vs_full", NO_FULL)
-    layer = sweep.middle_layer if layer is None else layer
-    data = lora_vs_full_frame(sweep, layer)
-    kinds, ranks = list(dict.fromkeys(data.kind)), sorted(set(data["rank"]))
+    result = lora_vs_full(sweep, n_draws)
+    kinds = list(dict.fromkeys(c.kind for c in result.curves))
+    ranks = sweep.ranks
     colors = dict(zip(ranks, plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(ranks))), strict=True))
-    fig, axes = plt.subplots(len(kinds), len(SIDES), figsize=(10, 3.3 * len(kinds)), squeeze=False,
-                             constrained_layout=True)  # fmt: skip
+    fig, axes = plt.subplots(len(kinds), len(SIDES), figsize=(10, 3.3 * len(kinds) + 0.4), squeeze=False,
+                             sharex=True, sharey=True, constrained_layout=True)  # fmt: skip
     for row, kind in zip(axes, kinds, strict=True):
         for ax, side in zip(row, SIDES, strict=True):
-            for rank in ranks:
-                # φ(r, j): the overlap of LoRA's r-dim subspace with full's top-j, / min(r, j). Curves of
-                # different r have floors max(r, j)/n from 0.003 to 0.17: drawn normalised,
-                # (φ − floor) / (1 − floor), so 0 is chance for every curve.
-                d = data[
-                    (data.kind == kind) & (data.side == side) & (data["rank"] == rank) & (data.i == rank)
-                ]
-                ax.plot(d.j, d.phi_normalised, color=colors[rank], lw=1.4, label=f"LoRA r = {rank}")
+            here = [c for c in result.curves if c.kind == kind and c.side == side]
+            j = np.arange(1, here[0].phi.shape[-1] + 1)
+            # Each rank's random band is centred on 0; the widest is drawn, so no curve's chance is hidden.
+            lo = np.min([c.null_band[0] for c in here], axis=0)
+            hi = np.max([c.null_band[1] for c in here], axis=0)
+            ax.fill_between(j, lo, hi, color="0.6", alpha=0.35, lw=0, label="random subspaces (95 %)")
             ax.axhline(0.0, color="0.4", lw=0.8, ls=":")
-            ax.set(xscale="log", ylim=(-0.05, 1.02), xlabel="j (top directions of full fine-tuning's ΔW)",
-                   ylabel=r"$(\phi - \mathrm{floor}) / (1 - \mathrm{floor})$",
-                   title=f"{kind}, layer {layer}: {side} side")  # fmt: skip
+            for c in here:
+                mean = [ci.mean for ci in c.normalised]
+                n_seeds = len(c.pairs)
+                label = f"LoRA r = {c.rank} ({n_seeds} seed{'s' if n_seeds > 1 else ''})"
+                ax.plot(j, mean, color=colors[c.rank], lw=1.4, label=label)
+                if c.normalised[0].has_interval:
+                    ax.fill_between(j, [ci.lo for ci in c.normalised], [ci.hi for ci in c.normalised],
+                                    color=colors[c.rank], alpha=0.2, lw=0)  # fmt: skip
+            ax.set(xscale="log", ylim=(-0.08, 1.02), title=f"{kind}: {side} side")
+            ticks = [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= j[-1]]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
             ax.grid(alpha=0.3, lw=0.5)
-        row[0].legend(fontsize=7, frameon=False)
+        row[0].set_ylabel(r"$(\phi - \mathrm{floor}) / (1 - \mathrm{floor})$")
+    for ax in axes[-1]:
+        ax.set_xlabel("j (top directions of full fine-tuning's ΔW)")
+    axes[0, 0].legend(fontsize=7, frameon=False, loc="upper right")
+    note = f"\n{result.note}" if result.note else ""
     fig.suptitle(
         f"{sweep.name}: φ(r, j) between LoRA's top-r and full fine-tuning's top-j directions (j ≥ r: LoRA's "
-        "inside full's; j < r: full's top-j inside LoRA's), normalised by the floor max(r, j)/n (dotted: "
-        "chance)", fontsize=10,
+        "inside full's; j < r: full's inside LoRA's),\nnormalised by the floor max(r, j)/n; mean over seeds "
+        f"and {len(result.layers)} layers, band: 95 % bootstrap interval over seeds{note}", fontsize=9,
     )  # fmt: skip
-    return Artifact("fig_lora_vs_full", data, fig=fig, facts={"layer": layer, "data": data})
-
-
-def fig_intruders(sweep: Sweep, device: str = "auto", k: int = 10, eps: float = 0.5) -> list[Artifact]:
-    """Intruder dimensions of W + ΔW against ε (Shuttleworth et al. 2024), each LoRA rank beside full
-    fine-tuning (when the sweep has it), per module kind (mean over layers); table_intruders: the count
-    at ε = eps per method, kind and layer."""
-    from lorascope.analysis.intruder_plot import plot_intruder_curve
-    from lorascope.compare.w_and_delta import intruder_tables
-
-    runs = {f"r={rank}": run for rank, run in _lora_runs(sweep).items()}
-    if _full(sweep) is not None:
-        runs["full"] = _full(sweep)
-    table, curve = intruder_tables(runs, k=k, eps=eps, device=device)
-    for frame in (table, curve):
-        frame.insert(2, "kind", frame["module"].map(lambda m: kind_label(module_kind(m))))
-        frame.insert(3, "layer", frame["module"].map(layer_index))
-    by_kind = curve.assign(module=curve["kind"])  # one panel per kind, lines averaged over its layers
-    title = f"{sweep.name}: intruder dimensions among the top-{k} of W + ΔW"
-    fig, _ = plot_intruder_curve(by_kind, k=k, eps=eps, by_module=True, title=title)
-    counts = table.pivot_table(index=["run", "kind"], values="count", aggfunc="mean", sort=False)
-    caption = (
-        f"{sweep.name}: intruder dimensions among the top-{k} left singular vectors of W + ΔW at ε = {eps}, "
-        "mean over layers, each LoRA rank and full fine-tuning."
-    )
-    facts = {"table": table, "k": k, "eps": eps}
-    return [
-        Artifact("fig_intruders", curve, fig=fig, facts=facts),
-        Artifact(
-            "table_intruders",
-            table,
-            table=counts.rename(columns={"count": "intruders (mean)"}),
-            caption=caption,
-            facts=facts,
-        ),
-        Artifact("table_intruders_all_modules", table, table=table.set_index(["run", "module"])),
-    ]
+    return Artifact("fig_lora_vs_full", lora_vs_full_frame(result), fig=fig, result=result)

@@ -78,7 +78,7 @@ RECIPES: dict[str, Callable] = {
     "table7": _needs_w("table7", lambda s, o: table7(s, o.layer, o.device)),
     "intruders": _needs_w("intruders", lambda s, o: fig_intruders(s, o.device)),
     "spectrum": lambda sweep, opts: fig_spectrum(sweep, opts.layer),
-    "lora_vs_full": lambda sweep, opts: [fig_lora_vs_full(sweep, opts.layer)],
+    "lora_vs_full": lambda sweep, opts: [fig_lora_vs_full(sweep)],  # pools every layer
     "cross_task": _per_factor("fig_cross_task", lambda s, f, o: fig_cross_task(s, f, layer=o.layer)),
     "trajectory": lambda sweep, opts: trajectories(sweep),
     "ranks": lambda sweep, opts: [rank_table(sweep)],

@@ -2,14 +2,18 @@
 
     Fig. 3   (`rank_overlap`, with its finding)
     Fig. 4   (`seed_overlap`, with its finding)
-    Fig. 6   Fig. 3 across layers
-    Fig. 7   Fig. 4 across layers
+    Fig. 6   Fig. 3 across layers: the mean φ over the seeds both ranks share
+    Fig. 7   Fig. 4 across layers: the mean φ over every pair of seeds at one rank
+             (cells where the mean φ does not exceed its floor max(i, j)/n hatched)
 
 Each takes a factor: "A" (the paper's), "dA" (A − A0, the learned part of A) or "dW-right"
 (ΔW's input-side singular vectors), since after short training A may still be mostly its init.
 """
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,11 +22,12 @@ from lorascope.analysis.factors import get_factor
 from lorascope.analysis.nulls import gaussian_phi_draws
 from lorascope.analysis.plots import FLOOR_NOTE, plot_phi
 from lorascope.analysis.similarity import grid_frame, long_grid, random_phi_baseline, subspace_similarity
-from lorascope.analysis.stats import N_NULL
+from lorascope.analysis.stats import N_NULL, Interval, pair_interval, seed_interval
 from lorascope.compare.pairs import run_similarity
 from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.sweep import Sweep
+from lorascope.paper.verdicts import ONE_PAIR, ONE_SEED, fmt, interval
 
 
 def rank_pair(sweep: Sweep, small: int | None = None, large: int | None = None) -> tuple[int, int] | str:
@@ -111,43 +116,85 @@ def gaussian_grid(rank: int, n: int, factor: str, seed: int = 0, n_draws: int = 
     return grid_frame(gaussian_phi_draws(shape, n_draws, seed, side).mean(axis=0))
 
 
-def _across_layers(sweep: Sweep, name: str, run_a, run_b, factor: str, layers, title: str) -> Artifact:
+def _across_layers(
+    sweep: Sweep, name: str, pairs: list, factor: str, layers, title: str, top: Callable
+) -> Artifact:
+    """φ at each (kind, layer), the mean over `pairs` of runs [(run_a, run_b), ...]; cells where the
+    mean does not exceed the floor max(i, j)/n hatched (E φ of random subspaces is the floor, so of a
+    mean over pairs too). top: φ(1, 1) per pair (n_pairs,) -> its Interval over seeds, in each title."""
     layers = _layers(sweep, layers)
-    grids = pair_grids(sweep, run_a, run_b, factor, layers)
+    grids = [pair_grids(sweep, a, b, factor, layers) for a, b in pairs]
     panels, floors, rows = {}, {}, []
     for kind in sweep.kinds:  # one row of panels per kind, one column per layer
         for layer in layers:
-            g = grids[(layer, kind)]
-            title_ = f"{kind_label(kind)}, layer {layer}"
-            panels[title_], floors[title_] = (
-                g,
-                random_phi_baseline(*g.shape, space_dim(sweep, layer, kind, factor)),
-            )
-            rows.append(long_grid(g, layer=layer, module=kind))
-    fig, _ = plot_phi(panels, ncols=len(layers), suptitle=f"{title}; {FLOOR_NOTE} max(i, j)/n", floors=floors)
+            every = np.stack([g[(layer, kind)].to_numpy() for g in grids])  # (pairs, r1, r2)
+            g = grid_frame(every.mean(axis=0))
+            ci = top(every[:, 0, 0])
+            shown = interval(ci) if ci.has_interval else fmt(ci.mean)  # the suptitle says why not
+            title_ = f"{kind_label(kind)}, layer {layer}\nφ(1,1) = {shown}"
+            n = space_dim(sweep, layer, kind, factor)
+            panels[title_], floors[title_] = g, random_phi_baseline(*g.shape, n)
+            frame = long_grid(g, layer=layer, module=kind, pairs=len(pairs))
+            frame["sd"] = every.std(axis=0, ddof=1).ravel() if len(pairs) > 1 else np.nan
+            frame["floor"] = floors[title_].ravel()
+            frame["phi11_lo"], frame["phi11_hi"] = ci.lo, ci.hi
+            rows.append(frame)
+    r1, r2 = next(iter(panels.values())).shape
+    ncols = len(layers) if r2 <= 2 * r1 else min(len(layers), 3)  # wide grids (8 × 64): fewer per row
+    why = "" if ci.has_interval else f" ({ONE_SEED if ci.n_seeds < 2 else ONE_PAIR})"
+    title += f"; φ(1,1): mean [95 % interval over seeds]{why}; {FLOOR_NOTE} max(i, j)/n"
+    fig, _ = plot_phi(panels, ncols=ncols, suptitle=title, floors=floors)
     return Artifact(name, pd.concat(rows, ignore_index=True), fig=fig)
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
 def fig6(sweep: Sweep, factor: str = "A", small=None, large=None, layers=None) -> Artifact | Skipped:
+    """Fig. 3 across layers: the mean φ over the seeds both ranks were trained with (seed s of the
+    small rank against seed s of the large one), else the two runs' lowest seeds."""
     name = f"fig6_layers_rank_similarity_{factor}"
     pair = rank_pair(sweep, small, large)
     if isinstance(pair, str):
         return Skipped(name, pair)
     small, large = pair
+    seeds = [s for s in sweep.seeds(small) if s in sweep.seeds(large)]
+    if seeds:
+        runs = [(sweep.run(small, s), sweep.run(large, s)) for s in seeds]
+        what = f"mean over {_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))}) both ranks share"
+    else:  # no seed trained both ranks: the figure's own pair, one draw
+        a, b = sweep.seeds(small)[0], sweep.seeds(large)[0]
+        runs, what = [(sweep.run(small, a), sweep.run(large, b))], f"seed {a} vs seed {b} (no shared seed)"
     F = get_factor(factor).tex
-    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers"
-    return _across_layers(sweep, name, sweep.run(small), sweep.run(large), factor, layers, title)
+    title = (
+        f"{sweep.name}: " + rf"$\phi$({F}$_{{r={small}}}$, {F}$_{{r={large}}}$, i, j) across layers, {what}"
+    )
+    return _across_layers(sweep, name, runs, factor, layers, title, seed_interval)
 
 
 def fig7(sweep: Sweep, factor: str = "A", rank=None, layers=None) -> Artifact | Skipped:
+    """Fig. 4 across layers: the mean φ over every pair of seeds at one rank."""
     name = f"fig7_layers_seed_similarity_{factor}"
     rank = seed_rank(sweep, rank)
     if isinstance(rank, str):
         return Skipped(name, rank)
-    s1, s2 = sweep.seeds(rank)[:2]
+    seeds = sweep.seeds(rank)
+    pairs = list(itertools.combinations(seeds, 2))
     F = get_factor(factor).tex
-    title = f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed {s1}, seed {s2}, i, j) across layers"
-    return _across_layers(sweep, name, sweep.run(rank, s1), sweep.run(rank, s2), factor, layers, title)
+    title = (
+        f"{sweep.name}: " + rf"$\phi$({F}$_{{r={rank}}}$ seed a, seed b, i, j) across layers, mean over "
+        f"{_plural(len(pairs), 'pair')} of {_plural(len(seeds), 'seed')} ({', '.join(map(str, seeds))})"
+    )
+    runs = [(sweep.run(rank, a), sweep.run(rank, b)) for a, b in pairs]
+
+    def top(values: np.ndarray) -> Interval:  # φ(1, 1) per pair -> the (S, S) matrix pair_interval reads
+        S, M = len(seeds), np.full((len(seeds), len(seeds)), np.nan)
+        for (ia, ib), v in zip(itertools.combinations(range(S), 2), values, strict=True):
+            M[ia, ib] = v
+        return pair_interval(M)
+
+    return _across_layers(sweep, name, runs, factor, layers, title, top)
 
 
 def random_floor(i: int, j: int, n: int) -> float:

@@ -334,15 +334,18 @@ def test_a_run_trained_on_another_base_is_refused(sweep, tmp_path):
 def test_lora_versus_full_equals_the_library(figures, sweep):
     out, _, _ = figures
     data = pd.read_csv(out / "fig_lora_vs_full.csv")
-    lora, full = runs.load_run(sweep / "r8-s0"), runs.load_run(sweep / "full-s0")
-    m = MIDDLE.format("value")
-    V = torch.linalg.svd(full.adapters[m].delta.double(), full_matrices=False)[2][:32].T  # all 32 directions
-    expected = la.phi_grid(la.delta_svd(lora.adapters[m].A, lora.adapters[m].B)[2], V)
+    full = runs.load_run(sweep / "full-s0")
+    grids = []  # φ(8, j), j < n = 32, of r8-s0 and r8-s1 against full-s0 (the only full seed), both layers
+    for seed in (0, 1):
+        lora = runs.load_run(sweep / f"r8-s{seed}")
+        for layer in (0, 1):
+            m = f"bert.encoder.layer.{layer}.attention.self.value"
+            V = torch.linalg.svd(full.adapters[m].delta.double(), full_matrices=False)[2][:31].T
+            grids.append(la.phi_grid(la.delta_svd(lora.adapters[m].A, lora.adapters[m].B)[2], V)[-1])
     got = data[(data.kind == "value") & (data.side == "input") & (data["rank"] == 8)]
-    np.testing.assert_allclose(
-        got.pivot(index="i", columns="j", values="phi").to_numpy(), expected, atol=1e-8
-    )
-    assert got[(got.i == 1) & (got.j == 1)].phi.iloc[0] > 0.5  # both found the planted direction (floor 1/32)
+    np.testing.assert_allclose(got.phi.to_numpy(), np.mean(grids, axis=0), atol=1e-8)  # over seeds, layers
+    assert (got.seeds == 2).all() and (got.lo <= got.phi_normalised).all()
+    assert got[got.j == 1].phi.iloc[0] > 0.5  # full's top direction lies in LoRA's top-8 (floor 8/32)
     energy = pd.read_csv(out / "table_energy_rank.csv")
     ranks = {
         m: la.spectrum_metrics(torch.linalg.svdvals(full.adapters[m].delta.double()).numpy())["energy_rank"]
@@ -350,7 +353,7 @@ def test_lora_versus_full_equals_the_library(figures, sweep):
         if m.endswith("query")
     }
     row = energy[(energy.method == "full") & (energy.kind == "query")].iloc[0]
-    assert row.energy_rank == pytest.approx(np.median(list(ranks.values())))
+    assert row.energy_rank == pytest.approx(np.mean(list(ranks.values())))  # one seed; mean over layers
 
 
 def test_findings_speak_of_full_fine_tuning_and_the_trajectory(figures):
@@ -358,7 +361,7 @@ def test_findings_speak_of_full_fine_tuning_and_the_trajectory(figures):
     text = (out / "findings.md").read_text()
     assert "## LoRA versus full fine-tuning: how low-rank is ΔW?" in text
     found = text.split("does a low-rank adapter find")[1].split("##")[0]
-    assert "| value | input | 8 |" in found and "LoRA's top direction is full fine-tuning's in" in found
+    assert "| value | input | 8 |" in found and "LoRA's top direction is full fine-tuning's:" in found
     trajectory = text.split("## How the adapters formed during training")[1]
     assert "| r4-s0 | query |" in trajectory
 
