@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from lorascope.analysis.linalg import one_thread
+from lorascope.analysis.module_pool import on_one_thread
 from lorascope.analysis.similarity import F32_MAX_COND, GRAM_MAX_COND, GRAM_TOL, _phi_of_cross
 
 
@@ -49,7 +49,7 @@ def delta_phi(a1, a2, side: str = "right") -> tuple | None:
     """(φ grid (r1, r2), σ(ΔW1) (r1,), σ(ΔW2) (r2,)) for two factored modules (.A (r, in), .B (out, r),
     .scaling), bases on `side` ("right": input space, "left": output space); None where a factor is
     ill-conditioned (take `linalg.delta_svd` and `similarity.phi_grid` then)."""
-    with one_thread():  # r × r work and r × n products: threads cost more than they give
+    with on_one_thread():  # r × r work and r × n products: threads cost more than they give
         X = [a.A if side == "right" else a.B.T for a in (a1, a2)]  # the basis lives in Xᵀ's span
         Z = [a.B.T if side == "right" else a.A for a in (a1, a2)]  # (r, out) or (r, in)
         low = all(t.dtype == torch.float32 for t in (*X, *Z))
