@@ -46,7 +46,8 @@ def test_scale_check_equals_the_float64_bound_and_survives_a_float32_norm_overfl
     exact = float(torch.linalg.vector_norm(A.double()))
     assert format_checks._norm(A) == pytest.approx(exact, rel=1e-6)
     huge = torch.full((4, 4), 1e20)  # ‖·‖² overflows float32, ‖·‖ = 4e20 does not
-    assert format_checks._norm(huge) == pytest.approx(float(torch.linalg.vector_norm(huge.double())), rel=1e-6)
+    exact = float(torch.linalg.vector_norm(huge.double()))
+    assert format_checks._norm(huge) == pytest.approx(exact, rel=1e-6)
     format_checks.check_scale("f", "m", huge, torch.full((4, 4), 1e-30), 1.0)  # bound 1.6e-9: fine
     with pytest.raises(LorascopeError, match="overflow"):
         format_checks.check_scale("f", "m", huge, huge, 1.0)  # 1.6e41 > float32's max
@@ -62,7 +63,8 @@ def test_learned_part_in_float32_is_the_exact_difference_rounded_once():
     assert D.dtype == torch.float32
     torch.testing.assert_close(D, (A.double() - A0.double()).float(), rtol=0, atol=0)
     assert learned_part(A.double(), A0).dtype == torch.float64  # float64 in: float64 out
-    torch.testing.assert_close(learned_part(A.bfloat16(), A0.bfloat16()), A.bfloat16().float() - A0.bfloat16().float())
+    low, low0 = A.bfloat16(), A0.bfloat16()
+    torch.testing.assert_close(learned_part(low, low0), low.float() - low0.float(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("spread", [1.0, 1e3])  # κ ≈ 1 (float32 Gram route), κ ~ 1e3 (float64 route)
@@ -71,9 +73,13 @@ def test_learned_a_similarity_equals_the_dense_float64_svds(spread):
     n, r1, r2 = 700, 6, 9
     scales = [torch.logspace(0, -np.log10(spread), r) for r in (r1, r2)]
     A0s = [torch.randn(r, n, generator=g) for r in (r1, r2)]
-    As = [A0 + 1e-2 * s[:, None] * torch.randn(len(s), n, generator=g) for A0, s in zip(A0s, scales)]
+    As = [
+        A0 + 1e-2 * s[:, None] * torch.randn(len(s), n, generator=g)
+        for A0, s in zip(A0s, scales, strict=True)
+    ]
     got = sim.learned_a_similarity(As[0], A0s[0], As[1], A0s[1])
-    dense = [torch.linalg.svd(A.double() - A0.double(), full_matrices=False)[2].T for A, A0 in zip(As, A0s)]
+    svd = torch.linalg.svd
+    dense = [svd(A.double() - A0.double(), full_matrices=False)[2].T for A, A0 in zip(As, A0s, strict=True)]
     np.testing.assert_allclose(got, sim.phi_grid(*dense), atol=2e-6)
     np.testing.assert_allclose(
         got, sim.phi_grid(factor_svd(As[0].double() - A0s[0].double())[0], dense[1]), atol=2e-6
