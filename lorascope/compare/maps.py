@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +46,9 @@ from lorascope.analysis.adapter_map import (
 )
 from lorascope.analysis.delta_cosine import cosine_matrix, factored_pieces
 from lorascope.analysis.factors import get_factor
+from lorascope.analysis.gram_bases import delta_bases
 from lorascope.analysis.linalg import numerical_rank, one_thread
+from lorascope.analysis.module_pool import module_map
 from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
 from lorascope.delta import rank_bound
 from lorascope.errors import LorascopeError
@@ -58,7 +59,6 @@ from lorascope.runs import load_run
 log = logging.getLogger(__name__)
 
 ALL = "all"  # the kind label of the rows averaged over every shared module
-SMALL_GRAM = 5e7  # flops n (N k)² below which the Gram step runs on one thread, like the basis step
 
 
 @dataclass
@@ -180,7 +180,7 @@ def _collect_bases(
 
     Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)};
     the indexes of the adapters loaded; {module: (energies [N], ΔW pieces [N] when signed)}) with Z
-    (n, N·k) the stacked bases (`stack_bases` layout),
+    (n, N·k) the stacked bases (`stack_bases` layout; a transposed view of row-major (N·k, n) storage),
     filled in place: one allocation per module instead of N small ones that would fragment the heap.
     With `left_out` (a sweep's runs), an adapter that cannot be loaded is added to it and left out."""
     from tqdm.auto import tqdm
@@ -223,16 +223,16 @@ def _collect_bases(
         for m in [m for m in bases if m not in kept]:
             del bases[m]  # not shared by all: free its bases now
             extra.pop(m, None)
-        for m in kept:
+        tops = _top_bases(spec, [run.adapters[m] for m in kept], k)
+        for m, (U, S) in zip(kept, tops, strict=True):
             a = run.adapters[m]
-            # k cut to the rank: a basis never has more columns, and a huge --k must allocate nothing
-            U, S = spec.basis(a, k=min(k, rank_bound(a)))  # factored for LoRA, truncated for a dense ΔW
             U = U[:, : numerical_rank(S)]
             if U.shape[1] == 0:
                 raise LorascopeError(f"{name}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)")
             thin += U.shape[1] < min(k, rank_bound(a))
-            if i == 0:  # n columns at most per basis in R^n, whatever k asks
-                bases[m] = (torch.zeros(U.shape[0], N * min(k, U.shape[0]), dtype=torch.float32), [])
+            if i == 0:  # n columns at most per basis in R^n, whatever k asks; Z's columns are rows
+                Zt = torch.zeros(N * min(k, U.shape[0]), U.shape[0], dtype=torch.float32)
+                bases[m] = (Zt.T, [])  # a basis is copied in as contiguous rows of n
             Z, widths = bases[m]
             if Z.shape[0] != U.shape[0]:
                 raise LorascopeError(
@@ -267,6 +267,16 @@ def _collect_bases(
     return kept, skipped, bases, loaded, extra
 
 
+def _top_bases(spec, adapters: list, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each module's top-k basis and σ, k cut to the rank (a basis never has more columns, and a huge
+    --k must allocate nothing): ΔW's of LoRA factors all at once from Gram matrices
+    (`gram_bases.delta_bases`), the rest one by one (`Factor.basis`: QR, or truncated for a dense ΔW)."""
+    forms = [a.factored_form if spec.matrix is None else None for a in adapters]
+    fast = [j for j, f in enumerate(forms) if f is not None]
+    out = dict(zip(fast, delta_bases([forms[j] for j in fast], spec.side, k), strict=True))
+    return [out[j] if j in out else spec.basis(a, k=min(k, rank_bound(a))) for j, a in enumerate(adapters)]
+
+
 def _assemble(
     factor, k, names, paths, kept, skipped, bases, extra, normalize=False, weight="uniform", signed=False
 ) -> AdapterMap:
@@ -274,12 +284,19 @@ def _assemble(
     N = len(names)
     sums: dict[str, list] = {}  # kind -> [Σ score, Σ floor, min k_pair, count]
     dims = {}
+
+    def scores(m: str):
+        Z, widths = bases[m]
+        return gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
+
+    # Modules side by side, each product on one torch thread: a module's Gram is formed in chunks
+    # too small for OpenMP's barriers, which a shared CPU turns into waits.
+    per_module = dict(zip(kept, module_map(scores, kept), strict=True))
     for m in kept:
-        Z, widths = bases.pop(m)  # freed module by module
+        Z, _ = bases.pop(m)
         dims[m] = int(Z.shape[0])
-        with one_thread() if dims[m] * Z.shape[1] ** 2 < SMALL_GRAM else nullcontext():
-            score, k_pair = gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
         del Z
+        score, k_pair = per_module.pop(m)
         floor = random_floor(k_pair, dims[m])
         energies, pieces = extra.pop(m)
         if signed:  # the cosine of ΔW_a and ΔW_b; independent random updates average 0
