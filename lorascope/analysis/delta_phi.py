@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from lorascope.analysis.module_pool import on_one_thread
+from lorascope.module_pool import on_one_thread
 from lorascope.analysis.similarity import F32_MAX_COND, GRAM_MAX_COND, GRAM_TOL, _phi_of_cross
 
 

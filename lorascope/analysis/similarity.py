@@ -16,7 +16,7 @@ import torch
 
 from lorascope.analysis.factors import learned_part
 from lorascope.analysis.linalg import as_float64, factor_svd
-from lorascope.analysis.module_pool import on_one_thread
+from lorascope.module_pool import on_one_thread
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)

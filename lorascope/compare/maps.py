@@ -48,7 +48,7 @@ from lorascope.analysis.delta_cosine import cosine_matrix, factored_pieces
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.gram_bases import delta_bases
 from lorascope.analysis.linalg import numerical_rank, one_thread
-from lorascope.analysis.module_pool import module_map
+from lorascope.module_pool import module_map
 from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
 from lorascope.delta import rank_bound
 from lorascope.errors import LorascopeError

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lorascope.analysis.delta_phi import delta_phi
 from lorascope.analysis.factors import get_factor
-from lorascope.analysis.module_pool import module_map
+from lorascope.module_pool import module_map
 from lorascope.analysis.similarity import (
     diag_mean_floor,
     factor_phi,

@@ -11,7 +11,7 @@ from lorascope import format_checks, run_format
 from lorascope.analysis import similarity as sim
 from lorascope.analysis.factors import learned_part
 from lorascope.analysis.linalg import factor_svd
-from lorascope.analysis.module_pool import module_map
+from lorascope.module_pool import module_map
 from lorascope.errors import LorascopeError
 
 

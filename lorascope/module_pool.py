@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import torch
 
-from lorascope.analysis.linalg import one_thread
+from lorascope.krylov import one_thread
 
 T = TypeVar("T")
 R = TypeVar("R")
