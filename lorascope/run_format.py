@@ -26,7 +26,6 @@ import json
 import math
 import os
 import secrets
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -446,29 +445,16 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, meta
 
 
-@contextmanager
-def _one_torch_thread():
-    """torch on one thread meanwhile (as `lorascope.krylov.one_thread`, which this leaf may not import):
-    a reduction over a 1 MB factor gains nothing from OpenMP, and on a shared CPU its barriers wait."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     """Adapters by module name and the header metadata of one lorascope adapter file."""
     from lorascope import delta
+    from lorascope.krylov import one_thread  # a leaf below delta
 
     tensors, meta = _lorascope_file(path)
     scaling = format_checks.positive_number(path, "header scaling", meta.get("scaling"))
     per_module = _per_module(path, meta, "module_scaling")
     adapters = {}
-    with _one_torch_thread():  # the checks read each factor once: memory-bound, OpenMP only adds waits
+    with one_thread():  # the checks read each factor once: memory-bound, OpenMP only adds waits
         for m, (A, B) in _split_factors(tensors, path, meta).items():
             check_finite(path, m, "lora_A", A)
             check_finite(path, m, "lora_B", B)
