@@ -13,9 +13,11 @@ plain loop, in the same order, bit for bit (every op runs on one thread either w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from itertools import islice
 from typing import TypeVar
 
 import torch
@@ -48,3 +50,18 @@ def on_one_thread() -> AbstractContextManager:
     """`one_thread()`, or nothing where torch runs on one thread already (inside `module_map`'s
     workers: `torch.set_num_threads` is process-wide, and is not called there while others compute)."""
     return one_thread() if torch.get_num_threads() > 1 else nullcontext()
+
+
+def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> Iterator[Future]:
+    """fn(x) for x in items as futures, in order, each started on one background thread up to `ahead`
+    items before it is asked for: the caller works on one item while the next is prepared. Take
+    each with .result() (which raises what fn raised, there); at most ahead + 1 results are held."""
+    it = iter(items)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: deque[Future] = deque(pool.submit(fn, x) for x in islice(it, max(1, ahead)))
+        while pending:
+            current = pending.popleft()
+            for x in it:
+                pending.append(pool.submit(fn, x))
+                break
+            yield current

@@ -97,15 +97,17 @@ def gram_scores(
     cumsum(cumsum(M_ab ∘ M_ab, 0), 1): zero padding adds nothing to it and is never summed past k_ab.
     G is symmetric, so only its blocks b ≥ a are formed, a block of Gram rows at a time (at most
     `block_bytes`, and at least GRAM_ROW_BLOCKS blocks: ~(1 + 1/blocks)/2 of the whole product). A
-    float32 Z is multiplied in float32 over GRAM_CHUNK rows of Z at a time, the chunks summed in
-    float64: products of float32 numbers are exact in float64, and a chunk's float32 round-off stays
-    at ε₃₂ of its own partial sums, so G equals the float64 product to ~1e-7 at half its cost.
+    float32 Z whose Gram costs more than GRAM_F32_FLOPS is multiplied in float32 over GRAM_CHUNK rows
+    of Z at a time, the chunks summed in float64: products of float32 numbers are exact in float64,
+    and a chunk's float32 round-off stays at ε₃₂ of its own partial sums, so G equals the float64
+    product to ~1e-7 at half its cost (and may change by as much with the padding of Z). Below that
+    cost, and for a float64 Z, the products are float64.
     No loop over pairs; score is symmetric, its diagonal 1 up to rounding.
     """
     N = len(widths)
     if Z.ndim != 2 or Z.shape[1] != N * k or not all(1 <= w <= k for w in widths):
         raise LorascopeError(f"Z {tuple(Z.shape)} does not hold {N} bases of 1..{k} columns")
-    if Z.dtype != torch.float32:
+    if Z.dtype != torch.float32 or Z.shape[0] * Z.shape[1] ** 2 < GRAM_F32_FLOPS:
         Z = Z.to(torch.float64)
     kw = torch.tensor([int(w) for w in widths])
     k_pair = torch.minimum(kw[:, None], kw[None, :])  # (N, N)
@@ -129,6 +131,7 @@ def gram_scores(
 
 GRAM_ROW_BLOCKS = 8  # blocks of Gram rows at least: the blocks below the diagonal are never formed
 GRAM_CHUNK = 256  # rows of Z per float32 product, summed in float64
+GRAM_F32_FLOPS = 1e9  # n (N k)² from which the Gram is formed in float32 chunks (~0.02 s in float64 below)
 
 
 def _gram_block(Z: torch.Tensor, c0: int, c1: int) -> torch.Tensor:

@@ -57,7 +57,7 @@ def _group_bases(forms: Sequence, side: str, k: int) -> list:
     for dtype in (torch.float32, torch.float64) if low else (torch.float64,):
         if not todo:
             break
-        T, S, kappa = _transforms(_grams([X[j] for j in todo], dtype), _grams([Z[j] for j in todo], dtype), k)
+        T, S, kappa = transforms(_grams([X[j] for j in todo], dtype), _grams([Z[j] for j in todo], dtype), k)
         S = s[todo].abs()[:, None] * S
         stands = (kappa <= GRAM_MAX_COND) & (S[:, 0] > 0) & (S[:, -1] >= RANK_GAP * S[:, 0])
         if dtype == torch.float32:
@@ -86,16 +86,21 @@ def _grams(X: Sequence[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     return G.double()
 
 
-def _transforms(G_own: torch.Tensor, G_other: torch.Tensor, k: int):
-    """(T (b, r, k), σ/|s| (b, k) descending, κ (b,) of the factor) with basis = Xᵀ T; κ = inf where
-    the factor's Gram matrix is not positive definite (T is then garbage, and refused by the caller)."""
-    e, P = torch.linalg.eigh(G_own)  # ascending σ²
-    e, P = e.flip(-1), P.flip(-1)
-    last = e[:, -1]
-    kappa = torch.where(last > 0, (e[:, 0] / last.clamp_min(1e-300)).sqrt(), torch.inf)
-    sigma = e.clamp_min(1e-300).sqrt()
-    H = sigma[:, :, None] * (P.transpose(1, 2) @ G_other @ P) * sigma[:, None, :]
+def transforms(G_own: torch.Tensor, G_other: torch.Tensor, k: int):
+    """(T (b, r, k), σ/|s| (b, k) descending, κ (b,) of the factor) with basis = Xᵀ T, for G_own = X Xᵀ
+    and G_other = Z Zᵀ (b, r, r) float64. With G_own = L Lᵀ (Cholesky),
+
+        H = Lᵀ G_other L = Q Λ Qᵀ,   T = L⁻ᵀ Q:   Tᵀ G_own T = I,   Xᵀ G_other X (Xᵀ T) = (Xᵀ T) Λ,
+
+    one eigendecomposition per module, its factor's κ from the eigenvalues alone; κ = inf where G_own
+    is not positive definite (T is then garbage, for the caller to refuse)."""
+    e = torch.linalg.eigvalsh(G_own)  # ascending σ² of the factor
+    L, info = torch.linalg.cholesky_ex(G_own)
+    bad = (info != 0) | (e[:, 0] <= 0)
+    kappa = torch.where(bad, torch.inf, (e[:, -1] / e[:, 0].clamp_min(1e-300)).sqrt())
+    L = torch.where(bad[:, None, None], torch.eye(L.shape[-1], dtype=L.dtype), L)  # kept finite
+    H = L.transpose(1, 2) @ G_other @ L
     lam, Q = torch.linalg.eigh((H + H.transpose(1, 2)) / 2)
     lam, Q = lam.flip(-1).clamp_min(0), Q.flip(-1)
-    T = (P / sigma[:, None, :]) @ Q[:, :, :k]
+    T = torch.linalg.solve_triangular(L.transpose(1, 2), Q[:, :, :k].contiguous(), upper=True)
     return T, lam[:, :k].sqrt(), kappa

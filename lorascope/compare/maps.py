@@ -48,10 +48,10 @@ from lorascope.analysis.delta_cosine import cosine_matrix, factored_pieces
 from lorascope.analysis.factors import get_factor
 from lorascope.analysis.gram_bases import delta_bases
 from lorascope.analysis.linalg import numerical_rank, one_thread
-from lorascope.module_pool import module_map
 from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
 from lorascope.delta import rank_bound
 from lorascope.errors import LorascopeError
+from lorascope.module_pool import module_map, prefetched
 from lorascope.names import module_kind, selected, shared_modules
 from lorascope.run_format import Run
 from lorascope.runs import load_run
@@ -194,23 +194,49 @@ def _collect_bases(
     thin = 0  # (adapter, module) pairs whose basis a rank-deficient matrix cuts short
     loaded: list[int] = []
     extra: dict[str, tuple[list, list]] = {}  # module -> (top-k energy Σσ², ΔW pieces) per adapter
-    for idx, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
+
+    def prepare(idx: int):
+        """(run, its selected modules, their top-k bases, error reading it, error after): the work of
+        one adapter that needs nothing from the others but the first one's names."""
         try:
-            run = source if isinstance(source, Run) else load_run(source)
+            run = sources[idx] if isinstance(sources[idx], Run) else load_run(sources[idx])
         except LorascopeError as e:
+            return None, None, None, e, None
+        try:
+            run = aligned(run, *first) if first is not None else run
+            mine = selected(run.adapters, modules, layers)  # layers "0,2-5": cut to the layers it has
+            tops = _top_bases(spec, [run.adapters[m] for m in mine], k)
+            return run, mine, dict(zip(mine, tops, strict=True)), None, None
+        except LorascopeError as e:  # raised where the plain loop raised it: after the base check
+            return run, None, None, None, e
+
+    def prepared():
+        """Each adapter's `prepare` in order: until the first is read here, then the next one read and
+        its bases computed on a second thread while this one is taken in."""
+        idx = 0
+        while idx < len(sources) and first is None:
+            yield idx, prepare(idx)
+            idx += 1
+        rest = range(idx, len(sources))
+        for j, future in zip(rest, prefetched(prepare, rest), strict=True):
+            yield j, future.result()
+
+    bar = tqdm(total=len(sources), desc=f"bases {factor}", unit="adapter", disable=not progress)
+    for idx, (run, mine, tops, unread, late) in prepared():
+        bar.update()
+        if unread is not None:
             if left_out is None:
-                raise
-            left_out[names[idx]] = str(e)  # one bad run of a sweep never sinks the map of the others
+                raise unread
+            left_out[names[idx]] = str(unread)  # one bad run of a sweep never sinks the map of the others
             continue
         i, name = len(loaded), names[idx]  # i: the adapter's place among those loaded (its columns in Z)
         loaded.append(idx)
         if first is None:
             first = (list(run.adapters), run.base_model)
-        else:
-            run = aligned(run, *first)
         if same_base is not None:
             same_base.add(run, name)
-        mine = selected(run.adapters, modules, layers)  # layers "0,2-5": cut to the layers this run has
+        if late is not None:
+            raise late
         every.update(dict.fromkeys(mine))
         shared = mine if i == 0 else shared_modules([kept, mine])
         if not shared:
@@ -223,9 +249,8 @@ def _collect_bases(
         for m in [m for m in bases if m not in kept]:
             del bases[m]  # not shared by all: free its bases now
             extra.pop(m, None)
-        tops = _top_bases(spec, [run.adapters[m] for m in kept], k)
-        for m, (U, S) in zip(kept, tops, strict=True):
-            a = run.adapters[m]
+        for m in kept:
+            a, (U, S) = run.adapters[m], tops[m]
             U = U[:, : numerical_rank(S)]
             if U.shape[1] == 0:
                 raise LorascopeError(f"{name}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)")
@@ -246,7 +271,8 @@ def _collect_bases(
             energies.append(float(torch.sum(S[: U.shape[1]].double() ** 2)))
             if signed:
                 pieces.append(factored_pieces(a))
-        del run  # drop the factors: only the (n, k) bases stay
+        del run, tops  # drop the factors: only the (n, k) bases stay
+    bar.close()
     skipped = [m for m in every if m not in set(kept)]
     if skipped:
         shown = ", ".join(skipped[:4]) + (", ..." if len(skipped) > 4 else "")
