@@ -1,5 +1,5 @@
 """The routes that make `similarity` cheap, each against the straightforward computation: the one-pass
-finite and scale checks of a factor file, A − A0 in float32, modules side by side on threads."""
+finite and scale checks of a factor file, A − A0 in float32 (modules side by side: test_module_pool)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from lorascope import format_checks, run_format
 from lorascope.analysis import similarity as sim
 from lorascope.analysis.factors import learned_part
 from lorascope.analysis.linalg import factor_svd
-from lorascope.module_pool import module_map
 from lorascope.errors import LorascopeError
 
 
@@ -84,27 +83,3 @@ def test_learned_a_similarity_equals_the_dense_float64_svds(spread):
     np.testing.assert_allclose(
         got, sim.phi_grid(factor_svd(As[0].double() - A0s[0].double())[0], dense[1]), atol=2e-6
     )
-
-
-def test_module_map_equals_the_loop_in_order_and_raises_the_first_error():
-    items = list(range(40))
-
-    def work(i):
-        X = torch.randn(32, 256, generator=torch.Generator().manual_seed(i))
-        return torch.linalg.eigvalsh(X @ X.T)
-
-    loop = [work(i) for i in items]
-    for workers in (1, 2, 3):
-        got = module_map(work, items, workers=workers)
-        assert all(torch.equal(a, b) for a, b in zip(got, loop, strict=True))  # bit for bit, in order
-    threads = torch.get_num_threads()
-
-    def fail(i):
-        if i in (7, 30):
-            raise LorascopeError(f"module {i}")
-        return i
-
-    with pytest.raises(LorascopeError, match="module 7"):
-        module_map(fail, items, workers=2)
-    assert torch.get_num_threads() == threads  # restored after an error too
-    assert module_map(str, [], workers=2) == [] and module_map(str, [5], workers=2) == ["5"]
