@@ -53,11 +53,12 @@ def on_one_thread() -> AbstractContextManager:
 
 
 def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> Iterator[Future]:
-    """fn(x) for x in items as futures, in order, each started on one background thread up to `ahead`
-    items before it is asked for: the caller works on one item while the next is prepared. Take
-    each with .result() (which raises what fn raised, there); at most ahead + 1 results are held."""
+    """fn(x) for x in items as futures, in order, each started on a background thread (`ahead` of
+    them) up to `ahead` items before it is asked for: the caller works on one item while the next
+    ones are prepared. Take each with .result() (which raises what fn raised, there); at most
+    ahead + 1 results are held."""
     it = iter(items)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, ahead)) as pool:
         pending: deque[Future] = deque(pool.submit(fn, x) for x in islice(it, max(1, ahead)))
         while pending:
             current = pending.popleft()
