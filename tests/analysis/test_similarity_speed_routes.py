@@ -83,3 +83,40 @@ def test_learned_a_similarity_equals_the_dense_float64_svds(spread):
     np.testing.assert_allclose(
         got, sim.phi_grid(factor_svd(As[0].double() - A0s[0].double())[0], dense[1]), atol=2e-6
     )
+
+
+@pytest.mark.parametrize("factor", ["A", "B", "dA", "dW-right", "dW-left"])
+def test_run_similarity_on_threads_equals_one_thread_and_the_dense_bases(tmp_path, factor):
+    from analysis_fixtures import make_run, shared_directions
+
+    from lorascope.analysis.factors import get_factor
+    from lorascope.compare import run_similarity
+    from lorascope.runs import load_run
+
+    shared = shared_directions(32, 2)
+    a = load_run(make_run(tmp_path, "r4-s0", 4, shared=shared, seed=0))
+    b = load_run(make_run(tmp_path, "r8-s1", 8, shared=shared, seed=1))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = run_similarity(a, b, factor)
+        torch.set_num_threads(3)  # three modules at once, whatever the CPU count
+        pooled = run_similarity(a, b, factor)
+    finally:
+        torch.set_num_threads(threads)
+    spec = get_factor(factor)
+    assert list(pooled.grids) == list(serial.grids)
+    for m, grid in pooled.grids.items():
+        np.testing.assert_array_equal(grid.to_numpy(), serial.grids[m].to_numpy())  # bit for bit
+        inits = [r.init[m] if r.init is not None else None for r in (a, b)]
+        if spec.matrix is not None:  # the straightforward route: float64 SVDs of the factors
+            mats = [spec.matrix(r.adapters[m], i) for r, i in zip((a, b), inits, strict=True)]
+            dense = [factor_svd(torch.as_tensor(X).double(), spec.side)[0] for X in mats]
+        else:  # ... and of ΔW formed densely
+            dense = [_dense_basis(r.adapters[m], spec.side) for r in (a, b)]
+        np.testing.assert_allclose(grid.to_numpy(), sim.phi_grid(*dense), atol=2e-6)
+
+
+def _dense_basis(adapter, side: str) -> torch.Tensor:
+    U, _, Vh = torch.linalg.svd(adapter.delta_weight().double(), full_matrices=False)
+    return (Vh.T if side == "right" else U)[:, : adapter.rank]
