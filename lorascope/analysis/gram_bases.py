@@ -33,8 +33,9 @@ RANK_GAP = 1e-2
 def delta_bases(forms: Sequence, side: str, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """[(basis (n, k_j), σ (k_j,))] of ΔW_j = s_j B_j A_j for factored forms (.A (r, in), .B (out, r),
     .scaling), side "right" (n = in) or "left" (n = out), k_j = min(k, r_j, n); σ float64 descending,
-    the basis float32 where the Gram route ran in float32, else float64 (there a view of a row-major
-    (k_j, n): copy it into rows). Modules of one shape and dtype are batched together."""
+    the basis float32 where the Gram route ran in float32, else float64. A Gram-route basis is the
+    transposed view of a row-major (k_j, n): copied into rows, it copies fast. Modules of one shape
+    and dtype are batched together."""
     out: list = [None] * len(forms)
     groups: dict[tuple, list[int]] = {}
     for j, f in enumerate(forms):
