@@ -456,10 +456,12 @@ def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     adapters = {}
     with one_thread():  # the checks read each factor once: memory-bound, OpenMP only adds waits
         for m, (A, B) in _split_factors(tensors, path, meta).items():
-            check_finite(path, m, "lora_A", A)
-            check_finite(path, m, "lora_B", B)
+            norms = (format_checks.frobenius(A), format_checks.frobenius(B))  # one pass over each
+            if not all(math.isfinite(x) for x in norms):  # a NaN or Inf somewhere: say which factor
+                check_finite(path, m, "lora_A", A)
+                check_finite(path, m, "lora_B", B)
             s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
-            format_checks.check_scale(path, m, A, B, s)
+            format_checks.check_scale(path, m, A, B, s, norms)
             adapters[m] = delta.Adapter(A.float(), B.float(), s)
     return adapters, meta
 

@@ -43,15 +43,20 @@ def test_scale_check_equals_the_float64_bound_and_survives_a_float32_norm_overfl
     g = torch.Generator().manual_seed(0)
     A, B = torch.randn(8, 300, generator=g), torch.randn(200, 8, generator=g)
     exact = float(torch.linalg.vector_norm(A.double()))
-    assert format_checks._norm(A) == pytest.approx(exact, rel=1e-6)
+    assert format_checks.frobenius(A) == pytest.approx(exact, rel=1e-6)
     huge = torch.full((4, 4), 1e20)  # ‖·‖² overflows float32, ‖·‖ = 4e20 does not
     exact = float(torch.linalg.vector_norm(huge.double()))
-    assert format_checks._norm(huge) == pytest.approx(exact, rel=1e-6)
+    assert format_checks.frobenius(huge) == pytest.approx(exact, rel=1e-6)
     format_checks.check_scale("f", "m", huge, torch.full((4, 4), 1e-30), 1.0)  # bound 1.6e-9: fine
     with pytest.raises(LorascopeError, match="overflow"):
         format_checks.check_scale("f", "m", huge, huge, 1.0)  # 1.6e41 > float32's max
     with pytest.raises(LorascopeError, match="overflow"):
         format_checks.check_scale("f", "m", A, B, 1e308)
+    for bad in (float("nan"), float("inf")):  # a finite norm means finite entries, and only then
+        X = A.clone()
+        X[2, 5] = bad
+        assert not np.isfinite(format_checks.frobenius(X))
+    assert np.isfinite(format_checks.frobenius(torch.full((64, 64), 3e38)))  # f32 ‖·‖² overflows: float64
 
 
 def test_learned_part_in_float32_is_the_exact_difference_rounded_once():
@@ -120,3 +125,19 @@ def test_run_similarity_on_threads_equals_one_thread_and_the_dense_bases(tmp_pat
 def _dense_basis(adapter, side: str) -> torch.Tensor:
     U, _, Vh = torch.linalg.svd(adapter.delta_weight().double(), full_matrices=False)
     return (Vh.T if side == "right" else U)[:, : adapter.rank]
+
+
+@pytest.mark.parametrize("part", ["lora_A", "lora_B"])
+def test_reading_a_factor_file_names_the_factor_that_holds_a_nan(tmp_path, part):
+    g = torch.Generator().manual_seed(3)
+    tensors = {"m.lora_A": torch.randn(4, 30, generator=g), "m.lora_B": torch.randn(20, 4, generator=g)}
+    meta = run_format.adapter_metadata(
+        rank=4, alpha=8, scaling=2.0, base_model="x", targets=["m"], init="gaussian", rslora=False
+    )
+    run_format.save_adapter(tmp_path / "good.safetensors", tensors, meta)
+    adapters, _ = run_format.read_adapter(tmp_path / "good.safetensors")
+    torch.testing.assert_close(adapters["m"].A, tensors["m.lora_A"], rtol=0, atol=0)
+    tensors[f"m.{part}"][1, 2] = float("nan")
+    run_format.save_adapter(tmp_path / "bad.safetensors", tensors, meta)
+    with pytest.raises(LorascopeError, match=f"non-finite values .* in {part}"):
+        run_format.read_adapter(tmp_path / "bad.safetensors")
