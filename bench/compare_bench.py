@@ -115,8 +115,9 @@ def child(mode: str, folders: list[Path], k: int) -> dict:
     }
 
 
-def measure(mode: str, root: Path, n: int, k: int) -> dict:
+def measure(mode: str, root: Path, n: int, k: int, threads: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--root", str(root), "--n", str(n), "--k", str(k)]
+    cmd += ["--threads", str(threads)] if threads else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path]))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -128,10 +129,15 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--root", type=Path, help="reuse adapters written there (default: a new temp folder)")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    p.add_argument("--threads", type=int, help="torch threads in both measurements (default: torch's choice)")
     p.add_argument("--child", choices=("load", "map"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         folders = sorted(args.root.glob("a*/adapter"))[: args.n]
         print(json.dumps(child(args.child, folders, args.k)))
         return
@@ -139,7 +145,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     import torch
 
-    report = Report("compare", threads=torch.get_num_threads(), torch_version=torch.__version__)
+    threads = args.threads or torch.get_num_threads()
+    report = Report("compare", threads=threads, torch_version=torch.__version__)
     say = report.say
     with tempfile.TemporaryDirectory(prefix="lorascope-compare-bench-") as tmp:
         root = args.root or Path(tmp)
@@ -164,7 +171,7 @@ def main() -> None:
         )
         ratios = {}
         for n in sizes:
-            load, amap = measure("load", root, n, args.k), measure("map", root, n, args.k)
+            load, amap = (measure(mode, root, n, args.k, args.threads) for mode in ("load", "map"))
             ratios[n] = amap["seconds"] / load["seconds"]
             say(
                 f"{n:>5} {load['seconds']:>7.1f} {amap['seconds']:>7.1f} {amap['bases']:>8.1f} "
