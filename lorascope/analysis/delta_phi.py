@@ -36,8 +36,10 @@ def _transform(G_own: torch.Tensor, G_other: torch.Tensor) -> tuple[torch.Tensor
 
     G_own = X Xᵀ of the factor whose row space holds the basis, G_other the Gram of the other factor
     (`gram_bases.transforms`, for one module)."""
+    if not G_own.numel():
+        return None
     T, sigma, kappa = transforms(G_own[None], G_other[None], G_own.shape[0])
-    if not G_own.numel() or not float(kappa[0]) <= GRAM_MAX_COND:
+    if not float(kappa[0]) <= GRAM_MAX_COND:  # also catches NaN
         return None
     return T[0], sigma[0] ** 2, float(kappa[0])
 
