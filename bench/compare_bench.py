@@ -32,6 +32,7 @@ from report import Report, save_peft_adapter  # bench/report.py: run as a script
 OUT, IN, RANK, LAYERS, GROUPS, SHARED = 4096, 4096, 16, 32, 5, 4
 PROJ = ("q_proj", "v_proj")
 RESULTS = Path(__file__).resolve().parent / "results" / "compare_bench.txt"
+GOAL = 10  # issue 23: the map of 100 7B-shaped adapters within 10x loading them
 
 
 def modules() -> list[str]:
@@ -114,8 +115,9 @@ def child(mode: str, folders: list[Path], k: int) -> dict:
     }
 
 
-def measure(mode: str, root: Path, n: int, k: int) -> dict:
+def measure(mode: str, root: Path, n: int, k: int, threads: int | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, "--root", str(root), "--n", str(n), "--k", str(k)]
+    cmd += ["--threads", str(threads)] if threads else []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), *sys.path]))
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -127,10 +129,15 @@ def main() -> None:
     p.add_argument("--k", type=int, default=8)
     p.add_argument("--root", type=Path, help="reuse adapters written there (default: a new temp folder)")
     p.add_argument("--no-write", action="store_true", help=f"do not write {RESULTS}")
+    p.add_argument("--threads", type=int, help="torch threads in both measurements (default: torch's choice)")
     p.add_argument("--child", choices=("load", "map"), help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         folders = sorted(args.root.glob("a*/adapter"))[: args.n]
         print(json.dumps(child(args.child, folders, args.k)))
         return
@@ -138,7 +145,8 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     import torch
 
-    report = Report("compare", threads=torch.get_num_threads(), torch_version=torch.__version__)
+    threads = args.threads or torch.get_num_threads()
+    report = Report("compare", threads=threads, torch_version=torch.__version__)
     say = report.say
     with tempfile.TemporaryDirectory(prefix="lorascope-compare-bench-") as tmp:
         root = args.root or Path(tmp)
@@ -161,8 +169,10 @@ def main() -> None:
             f"{'N':>5} {'load s':>7} {'map s':>7} {'= bases':>8} {'+ Gram':>7} {'map/load':>9} "
             f"{'s/adapter':>10} {'RSS load MiB':>13} {'RSS map MiB':>12}  within / across / floor   groups"
         )
+        ratios = {}
         for n in sizes:
-            load, amap = measure("load", root, n, args.k), measure("map", root, n, args.k)
+            load, amap = (measure(mode, root, n, args.k, args.threads) for mode in ("load", "map"))
+            ratios[n] = amap["seconds"] / load["seconds"]
             say(
                 f"{n:>5} {load['seconds']:>7.1f} {amap['seconds']:>7.1f} {amap['bases']:>8.1f} "
                 f"{amap['scores']:>7.1f} {amap['seconds'] / load['seconds']:>9.1f} "
@@ -171,6 +181,11 @@ def main() -> None:
                 f"{amap['within']:.3f} / {amap['across']:.3f} / {amap['floor']:.4f}   "
                 f"{'recovered' if amap['recovered'] else 'NOT recovered'}"
             )
+        n = max(sizes)
+        say(
+            f"goal: the map of N = 100 adapters within {GOAL:g}x loading them: N = {n}, {ratios[n]:.1f}x "
+            f"({'met' if ratios[n] <= GOAL else 'MISSED'}{'' if n == 100 else '; not the N of the goal'})"
+        )
         per_adapter = 2 * LAYERS * IN * args.k * 4 / 2**20
         say(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
         say(

@@ -86,14 +86,32 @@ def check_factors(path: Path, module: str, A: torch.Tensor, B: torch.Tensor, ran
         )  # fmt: skip
 
 
-def check_scale(path: Path, module: str, A: torch.Tensor, B: torch.Tensor, scaling: float) -> None:
-    """s · ‖B‖_F · ‖A‖_F bounds ‖ΔW‖_F: where it overflows float32 (α = 1e308), ΔW is not a number."""
-    import torch
-
-    bound = (
-        scaling * float(torch.linalg.vector_norm(A.double())) * float(torch.linalg.vector_norm(B.double()))
-    )
+def check_scale(
+    path: Path,
+    module: str,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scaling: float,
+    norms: tuple[float, float] | None = None,
+) -> None:
+    """s · ‖B‖_F · ‖A‖_F bounds ‖ΔW‖_F: where it overflows float32 (α = 1e308), ΔW is not a number.
+    `norms`: (‖A‖_F, ‖B‖_F) where the caller has them (`frobenius`), so the factors are not read again."""
+    norm_a, norm_b = norms if norms is not None else (frobenius(A), frobenius(B))
+    bound = scaling * norm_a * norm_b
     if not bound <= _F32_MAX:
         raise _fail(
             path, f"module {module}: scaling {scaling:g} makes ΔW overflow (‖ΔW‖_F up to {bound:.3g})"
         )
+
+
+def frobenius(X: torch.Tensor) -> float:
+    """‖X‖_F, in X's own precision when that cannot overflow (no float64 copy of the factor), else in
+    float64: float32's ‖X‖² overflows from ‖X‖ ≈ 1.8e19, fp16's far earlier. Finite exactly when every
+    entry is (NaN and ±Inf propagate; finite float32 entries cannot overflow float64's sum)."""
+    import torch
+
+    if X.dtype == torch.float32:
+        norm = float(torch.linalg.vector_norm(X))
+        if math.isfinite(norm):
+            return norm
+    return float(torch.linalg.vector_norm(X.double()))

@@ -417,8 +417,13 @@ def _per_module(path: Path, meta: dict[str, Any], field: str) -> dict[str, Any]:
 
 def check_finite(path: Path, module: str, name: str, tensor: torch.Tensor) -> None:
     """Refuse NaN or Inf in a saved update: it is the trace of a diverged run, and no SVD of it means
-    anything."""
-    if not bool(tensor.isfinite().all()):
+    anything.
+
+    One pass first: a sum is finite only if no entry is NaN or ±Inf (both propagate), and it reads the
+    tensor once without the bool copy of `isfinite`. A sum that overflows (huge finite entries, or fp16)
+    falls back to the entrywise test, which decides."""
+    total = float(tensor.sum()) if tensor.numel() else 0.0
+    if not math.isfinite(total) and not bool(tensor.isfinite().all()):
         raise LorascopeError(
             f"{path}: module {module} holds non-finite values (NaN or Inf) in {name}: the run diverged, "
             "and its update cannot be analysed"
@@ -443,17 +448,21 @@ def _lorascope_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 def read_adapter(path: Path) -> tuple[dict[str, Adapter], dict[str, Any]]:
     """Adapters by module name and the header metadata of one lorascope adapter file."""
     from lorascope import delta
+    from lorascope.krylov import one_thread  # a leaf below delta
 
     tensors, meta = _lorascope_file(path)
     scaling = format_checks.positive_number(path, "header scaling", meta.get("scaling"))
     per_module = _per_module(path, meta, "module_scaling")
     adapters = {}
-    for m, (A, B) in _split_factors(tensors, path, meta).items():
-        check_finite(path, m, "lora_A", A)
-        check_finite(path, m, "lora_B", B)
-        s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
-        format_checks.check_scale(path, m, A, B, s)
-        adapters[m] = delta.Adapter(A.float(), B.float(), s)
+    with one_thread():  # the checks read each factor once: memory-bound, OpenMP only adds waits
+        for m, (A, B) in _split_factors(tensors, path, meta).items():
+            norms = (format_checks.frobenius(A), format_checks.frobenius(B))  # one pass over each
+            if not all(math.isfinite(x) for x in norms):  # a NaN or Inf somewhere: say which factor
+                check_finite(path, m, "lora_A", A)
+                check_finite(path, m, "lora_B", B)
+            s = format_checks.positive_number(path, f"header module_scaling[{m}]", per_module.get(m, scaling))
+            format_checks.check_scale(path, m, A, B, s, norms)
+            adapters[m] = delta.Adapter(A.float(), B.float(), s)
     return adapters, meta
 
 

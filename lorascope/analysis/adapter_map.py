@@ -93,31 +93,56 @@ def gram_scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`map_scores` from the stacked bases Z (n, N·k) (`stack_bases`) and their widths k_a.
 
-    G = Zᵀ Z (in float64) holds M_ab = U_aᵀ U_b as block (a, b), formed in one matmul (in blocks of
-    Gram rows of at most `block_bytes` when (N·k)² is larger); D_ab is the diagonal of
+    G = Zᵀ Z holds M_ab = U_aᵀ U_b as block (a, b); D_ab is the diagonal of
     cumsum(cumsum(M_ab ∘ M_ab, 0), 1): zero padding adds nothing to it and is never summed past k_ab.
-    No loop over pairs; score is symmetrised, its diagonal 1 up to rounding.
+    G is symmetric, so only its blocks b ≥ a are formed, a block of Gram rows at a time (at most
+    `block_bytes`, and at least GRAM_ROW_BLOCKS blocks: ~(1 + 1/blocks)/2 of the whole product). A
+    float32 Z whose Gram costs more than GRAM_F32_FLOPS is multiplied in float32 over GRAM_CHUNK rows
+    of Z at a time, the chunks summed in float64: products of float32 numbers are exact in float64,
+    and a chunk's float32 round-off stays at ε₃₂ of its own partial sums, so G equals the float64
+    product to ~1e-7 at half its cost (and may change by as much with the padding of Z). Below that
+    cost, and for a float64 Z, the products are float64.
+    No loop over pairs; score is symmetric, its diagonal 1 up to rounding.
     """
     N = len(widths)
     if Z.ndim != 2 or Z.shape[1] != N * k or not all(1 <= w <= k for w in widths):
         raise LorascopeError(f"Z {tuple(Z.shape)} does not hold {N} bases of 1..{k} columns")
-    Z = Z.to(torch.float64)
+    if Z.dtype != torch.float32 or Z.shape[0] * Z.shape[1] ** 2 < GRAM_F32_FLOPS:
+        Z = Z.to(torch.float64)
     kw = torch.tensor([int(w) for w in widths])
     k_pair = torch.minimum(kw[:, None], kw[None, :])  # (N, N)
     inv_t = 1.0 / torch.arange(1, k + 1, dtype=torch.float64)
     score = torch.empty(N, N, dtype=torch.float64)
-    rows = max(1, block_bytes // (8 * N * k * k))  # adapters per block of Gram rows
+    rows = max(1, min(block_bytes // (8 * N * k * k), -(-N // GRAM_ROW_BLOCKS)))  # adapters per block
     for lo in range(0, N, rows):
         hi = min(N, lo + rows)
-        G = Z[:, lo * k : hi * k].T @ Z  # (b·k, N·k): one matmul for the whole block
-        M2 = (G * G).reshape(hi - lo, k, N, k).permute(0, 2, 1, 3)  # (b, N, k, k): (M_ab)²
+        G = _gram_block(Z, lo * k, hi * k)  # (b·k, (N − lo)·k): rows lo..hi against columns lo..N
+        M2 = (G * G).reshape(hi - lo, k, N - lo, k).permute(0, 2, 1, 3)  # (b, N − lo, k, k): (M_ab)²
         del G
-        D = M2.cumsum(-1).cumsum(-2).diagonal(dim1=-2, dim2=-1)  # (b, N, k): D_ab[t]
+        D = M2.cumsum(-1).cumsum(-2).diagonal(dim1=-2, dim2=-1)  # (b, N − lo, k): D_ab[t]
         cum = (D * inv_t).cumsum(-1)  # Σ_{t' ≤ t} φ(t', t')
-        kb = k_pair[lo:hi]
-        score[lo:hi] = cum.gather(-1, (kb - 1)[..., None])[..., 0] / kb
-    score = (score + score.T) / 2  # φ(U_a, U_b) = φ(U_b, U_a); rounding only differs
+        kb = k_pair[lo:hi, lo:]
+        block = cum.gather(-1, (kb - 1)[..., None])[..., 0] / kb
+        score[lo:hi, lo:] = block
+        score[lo:, lo:hi] = block.T
+    score = (score + score.T) / 2  # the diagonal blocks: φ(U_a, U_b) = φ(U_b, U_a) up to rounding
     return score.numpy(), k_pair.numpy().astype(np.int64)
+
+
+GRAM_ROW_BLOCKS = 8  # blocks of Gram rows at least: the blocks below the diagonal are never formed
+GRAM_CHUNK = 256  # rows of Z per float32 product, summed in float64
+GRAM_F32_FLOPS = 1e9  # n (N k)² from which the Gram is formed in float32 chunks (~0.02 s in float64 below)
+
+
+def _gram_block(Z: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """Z[:, c0:c1]ᵀ Z[:, c0:] in float64; a float32 Z in float32 over GRAM_CHUNK rows at a time."""
+    if Z.dtype == torch.float64:
+        return Z[:, c0:c1].T @ Z[:, c0:]
+    G = torch.zeros(c1 - c0, Z.shape[1] - c0, dtype=torch.float64)
+    for r0 in range(0, Z.shape[0], GRAM_CHUNK):
+        chunk = Z[r0 : r0 + GRAM_CHUNK, c0:]
+        G += (chunk[:, : c1 - c0].T @ chunk).double()
+    return G
 
 
 def random_floor(k_pair, n: int) -> np.ndarray:

@@ -1,11 +1,11 @@
 """φ between the singular bases of two ΔW = s·B A from r × r Gram matrices: no QR, no n × r basis.
 
 Right side (dW-right). ΔWᵀ ΔW = s² Aᵀ (Bᵀ B) A, so ΔW's right singular vectors lie in A's row space:
-V = Aᵀ T with T (r, r). With G_A = A Aᵀ = P Σ² Pᵀ and G_B = Bᵀ B,
+V = Aᵀ T with T (r, r). With G_A = A Aᵀ = L Lᵀ (Cholesky) and G_B = Bᵀ B,
 
-    H = Σ Pᵀ G_B P Σ = Q Λ Qᵀ  (eigenvalues descending),   T = P Σ⁻¹ Q,   σ_i(ΔW) = |s| √λ_i,
+    H = Lᵀ G_B L = Q Λ Qᵀ  (eigenvalues descending),   T = L⁻ᵀ Q,   σ_i(ΔW) = |s| √λ_i,
 
-(Vᵀ V = Qᵀ Σ⁻¹ Pᵀ G_A P Σ⁻¹ Q = I), and between two adapters
+(Vᵀ V = Qᵀ L⁻¹ G_A L⁻ᵀ Q = I; κ(A) from G_A's eigenvalues), and between two adapters
 
     V1ᵀ V2 = T1ᵀ (A1 A2ᵀ) T2                                   (r1, r2)
 
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from lorascope.analysis.linalg import one_thread
+from lorascope.analysis.gram_bases import transforms
 from lorascope.analysis.similarity import F32_MAX_COND, GRAM_MAX_COND, GRAM_TOL, _phi_of_cross
+from lorascope.module_pool import on_one_thread
 
 
 def _gram(X: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -33,23 +34,21 @@ def _gram(X: torch.Tensor, Y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _transform(G_own: torch.Tensor, G_other: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float] | None:
     """(T (r, r), λ (r,) descending, κ of the factor) with basis = Xᵀ T, or None if X is ill-conditioned.
 
-    G_own = X Xᵀ of the factor whose row space holds the basis, G_other the Gram of the other factor."""
-    e, P = torch.linalg.eigh(G_own)  # ascending σ²
-    e, P = e.flip(0), P.flip(1)
-    if not e.numel() or e[-1] <= 0 or e[0] > GRAM_MAX_COND**2 * e[-1]:
+    G_own = X Xᵀ of the factor whose row space holds the basis, G_other the Gram of the other factor
+    (`gram_bases.transforms`, for one module)."""
+    if not G_own.numel():
         return None
-    sigma = e.sqrt()
-    H = sigma[:, None] * (P.T @ G_other @ P) * sigma[None, :]
-    lam, Q = torch.linalg.eigh((H + H.T) / 2)
-    lam, Q = lam.flip(0).clamp_min(0), Q.flip(1)
-    return (P / sigma[None, :]) @ Q, lam, float((e[0] / e[-1]).sqrt())
+    T, sigma, kappa = transforms(G_own[None], G_other[None], G_own.shape[0])
+    if not float(kappa[0]) <= GRAM_MAX_COND:  # also catches NaN
+        return None
+    return T[0], sigma[0] ** 2, float(kappa[0])
 
 
 def delta_phi(a1, a2, side: str = "right") -> tuple | None:
     """(φ grid (r1, r2), σ(ΔW1) (r1,), σ(ΔW2) (r2,)) for two factored modules (.A (r, in), .B (out, r),
     .scaling), bases on `side` ("right": input space, "left": output space); None where a factor is
     ill-conditioned (take `linalg.delta_svd` and `similarity.phi_grid` then)."""
-    with one_thread():  # r × r work and r × n products: threads cost more than they give
+    with on_one_thread():  # r × r work and r × n products: threads cost more than they give
         X = [a.A if side == "right" else a.B.T for a in (a1, a2)]  # the basis lives in Xᵀ's span
         Z = [a.B.T if side == "right" else a.A for a in (a1, a2)]  # (r, out) or (r, in)
         low = all(t.dtype == torch.float32 for t in (*X, *Z))

@@ -62,9 +62,21 @@ class Factor:
         return (basis, S) if k is None else (basis[:, :k], S[:k])
 
 
+def learned_part(A, A0) -> torch.Tensor:
+    """A − A0, (r, in): the learned part of A, in float32 when neither is float64.
+
+    The difference of two float32 numbers rounded to float32 is the exact difference to a relative
+    2⁻²⁴ (one rounding, entry by entry): what storing A − A0 in float32 would give, the precision every
+    float32 factor is analysed in, without two float64 copies of the factors (bf16 and fp16 widen
+    exactly to float32 first)."""
+    A, A0 = (t.detach().cpu() if isinstance(t, torch.Tensor) else as_float64(t) for t in (A, A0))
+    if torch.float64 in (A.dtype, A0.dtype):
+        return as_float64(A, "A") - as_float64(A0, "A0")
+    return A.float() - A0.float()
+
+
 def _learned_part(adapter, init) -> torch.Tensor:
-    """A − A0, (r, in): the learned part of A."""
-    return as_float64(adapter.factors.A, "A") - as_float64(init.factors.A, "A0")
+    return learned_part(adapter.factors.A, init.factors.A)
 
 
 FACTORS: dict[str, Factor] = {

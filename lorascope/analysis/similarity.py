@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lorascope.analysis.linalg import as_float64, factor_svd, one_thread
+from lorascope.analysis.factors import learned_part
+from lorascope.analysis.linalg import as_float64, factor_svd
+from lorascope.module_pool import on_one_thread
 from lorascope.errors import LorascopeError
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
             "(compare modules of the same shape)"
         )
     low = Y1.dtype == Y2.dtype == torch.float32  # as stored: products in float32, the r × r core in float64
-    with one_thread():  # r × r work and r × n products: threads cost more than they give
+    with on_one_thread():  # r × r work and r × n products: threads cost more than they give
         for dtype in (torch.float32, torch.float64) if low else (torch.float64,):
             Z1, Z2 = Y1.to(dtype), Y2.to(dtype)
             halves = []
@@ -145,7 +147,7 @@ def b_similarity(B1, B2) -> np.ndarray:
 
 def learned_a_similarity(A1, A1_init, A2, A2_init) -> np.ndarray:
     """φ grid of the right bases of the learned parts A1 − A1_init and A2 − A2_init, (r1, in) and (r2, in)."""
-    return factor_phi(as_float64(A1) - as_float64(A1_init), as_float64(A2) - as_float64(A2_init))
+    return factor_phi(learned_part(A1, A1_init), learned_part(A2, A2_init))
 
 
 def delta_similarity(delta1, delta2, side: str = "right") -> np.ndarray:

@@ -20,9 +20,10 @@ Scores per module, then averaged over modules:
     amap.by_kind             # long: run_a, run_b, kind ("all" and each module kind), similarity, ...
     amap.linkage()           # average-linkage tree on 1 − similarity
 
-Runs are loaded one at a time; only each module's top-k basis (float32, (n, k)) is kept, so
-memory grows linearly in N and the factors never pile up. The numbers come from
-`lorascope.analysis.adapter_map` (one Gram matmul per module, no loop over pairs).
+Runs are loaded one at a time (`map_bases`: the next ones prepared on other threads meanwhile); only
+each module's top-k basis (float32, (n, k)) is kept, so memory grows linearly in N and the factors
+never pile up. The numbers come from `lorascope.analysis.adapter_map` (one Gram product per module,
+above its diagonal, no loop over pairs; the modules side by side on threads).
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,20 +45,18 @@ from lorascope.analysis.adapter_map import (
     map_linkage,
     random_floor,
 )
-from lorascope.analysis.delta_cosine import cosine_matrix, factored_pieces
-from lorascope.analysis.factors import get_factor
-from lorascope.analysis.linalg import numerical_rank, one_thread
-from lorascope.compare.inputs import SameBase, aligned, resolve_sources, unique_names
-from lorascope.delta import rank_bound
+from lorascope.analysis.delta_cosine import cosine_matrix
+from lorascope.analysis.linalg import one_thread
+from lorascope.compare.inputs import SameBase, resolve_sources, unique_names
+from lorascope.compare.map_bases import collect_bases
 from lorascope.errors import LorascopeError
-from lorascope.names import module_kind, selected, shared_modules
+from lorascope.module_pool import module_map
+from lorascope.names import module_kind
 from lorascope.run_format import Run
-from lorascope.runs import load_run
 
 log = logging.getLogger(__name__)
 
 ALL = "all"  # the kind label of the rows averaged over every shared module
-SMALL_GRAM = 5e7  # flops n (N k)² below which the Gram step runs on one thread, like the basis step
 
 
 @dataclass
@@ -152,10 +150,11 @@ def adapter_map(
     paths = [s.path if isinstance(s, Run) else s for s in sources]
     names = unique_names(paths)
     t0 = time.perf_counter()
+    workers = torch.get_num_threads()  # adapters prepared side by side, each op on one thread
     with one_thread():
         same_base = SameBase(allow_other=allow_other_base) if check_base else None
-        kept, skipped, bases, loaded, extra = _collect_bases(
-            sources, names, factor, k, modules, layers, same_base, progress, left_out, signed
+        kept, skipped, bases, loaded, extra = collect_bases(
+            sources, names, factor, k, modules, layers, same_base, progress, left_out, signed, workers
         )
     t1 = time.perf_counter()
     names, paths = [names[i] for i in loaded], [paths[i] for i in loaded]
@@ -169,102 +168,7 @@ def adapter_map(
     return amap
 
 
-_WHAT = {"dW-right": "ΔW", "dW-left": "ΔW", "A": "A", "B": "B"}
 WEIGHTS = ("uniform", "energy")
-
-
-def _collect_bases(
-    sources, names, factor, k, modules, layers, same_base, progress, left_out=None, signed=False
-):
-    """Load the adapters one at a time; keep each shared module's top-k basis (float32, (n, k_a)).
-
-    Returns (modules shared by all, in the first adapter's order; the others; {module: (Z, widths)};
-    the indexes of the adapters loaded; {module: (energies [N], ΔW pieces [N] when signed)}) with Z
-    (n, N·k) the stacked bases (`stack_bases` layout),
-    filled in place: one allocation per module instead of N small ones that would fragment the heap.
-    With `left_out` (a sweep's runs), an adapter that cannot be loaded is added to it and left out."""
-    from tqdm.auto import tqdm
-
-    N = len(names)
-    spec = get_factor(factor)
-    first: tuple[list[str], str | None] | None = None  # the first adapter's module names and base
-    bases: dict[str, tuple[torch.Tensor, list[int]]] = {}
-    kept: list[str] = []
-    every: dict[str, None] = {}  # every module some adapter has, in first-seen order
-    thin = 0  # (adapter, module) pairs whose basis a rank-deficient matrix cuts short
-    loaded: list[int] = []
-    extra: dict[str, tuple[list, list]] = {}  # module -> (top-k energy Σσ², ΔW pieces) per adapter
-    for idx, source in enumerate(tqdm(sources, desc=f"bases {factor}", unit="adapter", disable=not progress)):
-        try:
-            run = source if isinstance(source, Run) else load_run(source)
-        except LorascopeError as e:
-            if left_out is None:
-                raise
-            left_out[names[idx]] = str(e)  # one bad run of a sweep never sinks the map of the others
-            continue
-        i, name = len(loaded), names[idx]  # i: the adapter's place among those loaded (its columns in Z)
-        loaded.append(idx)
-        if first is None:
-            first = (list(run.adapters), run.base_model)
-        else:
-            run = aligned(run, *first)
-        if same_base is not None:
-            same_base.add(run, name)
-        mine = selected(run.adapters, modules, layers)  # layers "0,2-5": cut to the layers this run has
-        every.update(dict.fromkeys(mine))
-        shared = mine if i == 0 else shared_modules([kept, mine])
-        if not shared:
-            before = names[loaded[0]] if i == 1 else f"the {i} adapters before it"
-            raise LorascopeError(
-                f"{name} shares no module with {before} ({mine[0] if mine else '-'} vs {kept[0]}): "
-                "compare adapters of the same base model and targets"
-            )
-        kept = shared
-        for m in [m for m in bases if m not in kept]:
-            del bases[m]  # not shared by all: free its bases now
-            extra.pop(m, None)
-        for m in kept:
-            a = run.adapters[m]
-            # k cut to the rank: a basis never has more columns, and a huge --k must allocate nothing
-            U, S = spec.basis(a, k=min(k, rank_bound(a)))  # factored for LoRA, truncated for a dense ΔW
-            U = U[:, : numerical_rank(S)]
-            if U.shape[1] == 0:
-                raise LorascopeError(f"{name}: module {m}: {_WHAT[factor]} is zero (an untrained adapter?)")
-            thin += U.shape[1] < min(k, rank_bound(a))
-            if i == 0:  # n columns at most per basis in R^n, whatever k asks
-                bases[m] = (torch.zeros(U.shape[0], N * min(k, U.shape[0]), dtype=torch.float32), [])
-            Z, widths = bases[m]
-            if Z.shape[0] != U.shape[0]:
-                raise LorascopeError(
-                    f"module {m}: n = {U.shape[0]} in {name} but {Z.shape[0]} in {names[loaded[0]]} "
-                    "(different base models?)"
-                )
-            stride = Z.shape[1] // N
-            Z[:, i * stride : i * stride + U.shape[1]] = U
-            widths.append(U.shape[1])
-            energies, pieces = extra.setdefault(m, ([], []))
-            energies.append(float(torch.sum(S[: U.shape[1]].double() ** 2)))
-            if signed:
-                pieces.append(factored_pieces(a))
-        del run  # drop the factors: only the (n, k) bases stay
-    skipped = [m for m in every if m not in set(kept)]
-    if skipped:
-        shown = ", ".join(skipped[:4]) + (", ..." if len(skipped) > 4 else "")
-        log.warning(
-            "%d module(s) not shared by all %d adapters, skipped: %s", len(skipped), len(names), shown
-        )
-    if thin:
-        log.warning(
-            "%d module basis(es) have fewer than min(k, r) directions: %s is rank-deficient there "
-            "(σ ≤ 1e-8 σ_1), so k is capped lower for their pairs",
-            thin,
-            _WHAT[factor],
-        )
-    if len(loaded) < 2:
-        raise LorascopeError(f"{len(loaded)} adapter(s) could be read; an adapter map needs at least 2")
-    # Z's columns of the adapters left out are empty: cut them (a view, no copy).
-    bases = {m: (Z[:, : len(loaded) * (Z.shape[1] // N)], w) for m, (Z, w) in bases.items()}
-    return kept, skipped, bases, loaded, extra
 
 
 def _assemble(
@@ -274,12 +178,19 @@ def _assemble(
     N = len(names)
     sums: dict[str, list] = {}  # kind -> [Σ score, Σ floor, min k_pair, count]
     dims = {}
+
+    def scores(m: str):
+        Z, widths = bases[m]
+        return gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
+
+    # Modules side by side, each product on one torch thread: a module's Gram is formed in chunks
+    # too small for OpenMP's barriers, which a shared CPU turns into waits.
+    per_module = dict(zip(kept, module_map(scores, kept), strict=True))
     for m in kept:
-        Z, widths = bases.pop(m)  # freed module by module
+        Z, _ = bases.pop(m)
         dims[m] = int(Z.shape[0])
-        with one_thread() if dims[m] * Z.shape[1] ** 2 < SMALL_GRAM else nullcontext():
-            score, k_pair = gram_scores(Z, widths, Z.shape[1] // N)  # k, or n where k > n
         del Z
+        score, k_pair = per_module.pop(m)
         floor = random_floor(k_pair, dims[m])
         energies, pieces = extra.pop(m)
         if signed:  # the cosine of ΔW_a and ΔW_b; independent random updates average 0

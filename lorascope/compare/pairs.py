@@ -17,13 +17,14 @@ from tqdm.auto import tqdm
 
 from lorascope.analysis.delta_phi import delta_phi
 from lorascope.analysis.factors import get_factor
+from lorascope.module_pool import module_map
 from lorascope.analysis.similarity import (
+    diag_mean_floor,
     factor_phi,
     gaussian_phi_baseline,
     grid_frame,
     long_grid,
     phi_grid,
-    random_phi_baseline,
 )
 from lorascope.delta import directions
 from lorascope.errors import LorascopeError
@@ -50,19 +51,14 @@ class PairSimilarity:
         for like."""
         rows = []
         for m, g in self.grids.items():
-            r_a, r_b = g.shape
+            phi = g.to_numpy()
+            r_a, r_b = phi.shape
             rows.append(
-                {
-                    "module": m,
-                    "r_a": r_a,
-                    "r_b": r_b,
-                    "n": self.dims[m],
-                    "phi_11": float(g.iloc[0, 0]),
-                    "phi_diag_mean": float(np.diag(g.to_numpy()).mean()),
-                    "random_floor": float(np.diag(random_phi_baseline(r_a, r_b, self.dims[m])).mean()),
-                }
-            )
-        return pd.DataFrame(rows).set_index("module")
+                (m, r_a, r_b, self.dims[m], float(phi[0, 0]), float(np.diag(phi).mean()),
+                 diag_mean_floor(min(r_a, r_b), self.dims[m]))
+            )  # fmt: skip
+        columns = ["module", "r_a", "r_b", "n", "phi_11", "phi_diag_mean", "random_floor"]
+        return pd.DataFrame(rows, columns=columns).set_index("module")
 
     def long(self) -> pd.DataFrame:
         """Every φ value: columns module, i, j, phi (i, j from 1)."""
@@ -111,31 +107,41 @@ def run_similarity(
             if run.init is None:
                 raise LorascopeError(f"{run.path}: no adapter_init.safetensors; --factor {factor} needs A0")
     common = select_modules(common, modules, layers)
-    grids, dims = {}, {}
-    for m in tqdm(common, desc=f"phi {factor}", unit="module", disable=not progress):
+
+    def grid(m: str) -> tuple[np.ndarray, int]:
         ads = [run.adapters[m] for run in (run_a, run_b)]
         inits = [run.init.get(m) if run.init is not None else None for run in (run_a, run_b)]
         n1, n2 = (spec.dim(a) for a in ads)
         if n1 != n2:
             raise LorascopeError(f"module {m}: the runs' factors have different shapes ({n1} vs {n2})")
-        gram = None
-        forms = [a.factored_form for a in ads]
-        if spec.matrix is None and k is None and all(f is not None for f in forms):
-            gram = delta_phi(*forms, spec.side)  # ΔW's bases from r × r Gram matrices; None: ill-conditioned
-        if spec.matrix is not None and k is None:  # φ straight from the two factors (the Gram route)
-            X1, X2 = (spec.matrix(a, i) for a, i in zip(ads, inits, strict=True))
-            grids[m] = grid_frame(factor_phi(X1, X2, spec.side, label=f"{m} ({factor})"))
-        elif gram is not None:
-            phi, S1, S2 = gram
-            _warn_rank_deficient(((run_a, S1), (run_b, S2)), m, factor)
-            grids[m] = grid_frame(phi)
-        else:
-            tops = [k or directions(a, DENSE_TOP_K) for a in ads]
-            (U1, S1), (U2, S2) = (spec.basis(a, i, t) for a, i, t in zip(ads, inits, tops, strict=True))
-            _warn_rank_deficient(((run_a, S1), (run_b, S2)), m, factor)
-            grids[m] = grid_frame(phi_grid(U1, U2))
-        dims[m] = n1
+        return _module_phi(spec, m, ads, inits, k, (run_a, run_b)), n1
+
+    bar = (lambda it: tqdm(it, total=len(common), desc=f"phi {factor}", unit="module")) if progress else None
+    results = module_map(grid, common, progress=bar)  # modules side by side, one torch thread each
+    grids = {m: grid_frame(phi) for m, (phi, _) in zip(common, results, strict=True)}
+    dims = {m: n for m, (_, n) in zip(common, results, strict=True)}
     return PairSimilarity(factor, run_a.name, run_b.name, grids, dims, only_a, only_b)
+
+
+def _module_phi(spec, m: str, ads, inits, k: int | None, runs) -> np.ndarray:
+    """φ grid of one module of two runs: from the two factors' Gram matrices (A, B, dA), from the
+    factors of ΔW's Gram matrices (dW-right, dW-left), else (k given, a dense ΔW, ill-conditioned
+    factors) from the two orthonormal bases."""
+    factor = spec.name
+    if spec.matrix is not None and k is None:  # φ straight from the two factors (the Gram route)
+        X1, X2 = (spec.matrix(a, i) for a, i in zip(ads, inits, strict=True))
+        return factor_phi(X1, X2, spec.side, label=f"{m} ({factor})")
+    forms = [a.factored_form for a in ads]
+    if spec.matrix is None and k is None and all(f is not None for f in forms):
+        gram = delta_phi(*forms, spec.side)  # ΔW's bases from r × r Gram matrices; None: ill-conditioned
+        if gram is not None:
+            phi, S1, S2 = gram
+            _warn_rank_deficient(((runs[0], S1), (runs[1], S2)), m, factor)
+            return phi
+    tops = [k or directions(a, DENSE_TOP_K) for a in ads]
+    (U1, S1), (U2, S2) = (spec.basis(a, i, t) for a, i, t in zip(ads, inits, tops, strict=True))
+    _warn_rank_deficient(((runs[0], S1), (runs[1], S2)), m, factor)
+    return phi_grid(U1, U2)
 
 
 def _warn_rank_deficient(runs_sigma, module: str, factor: str) -> None:
