@@ -16,8 +16,8 @@ import torch
 
 from lorascope.analysis.factors import learned_part
 from lorascope.analysis.linalg import as_float64, factor_svd
-from lorascope.module_pool import on_one_thread
 from lorascope.errors import LorascopeError
+from lorascope.module_pool import on_one_thread
 
 log = logging.getLogger(__name__)
 

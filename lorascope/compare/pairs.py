@@ -17,7 +17,6 @@ from tqdm.auto import tqdm
 
 from lorascope.analysis.delta_phi import delta_phi
 from lorascope.analysis.factors import get_factor
-from lorascope.module_pool import module_map
 from lorascope.analysis.similarity import (
     diag_mean_floor,
     factor_phi,
@@ -28,6 +27,7 @@ from lorascope.analysis.similarity import (
 )
 from lorascope.delta import directions
 from lorascope.errors import LorascopeError
+from lorascope.module_pool import module_map
 from lorascope.names import match_modules, select_modules, short_name
 
 log = logging.getLogger(__name__)
