@@ -1,5 +1,5 @@
 """Block Krylov: the top-k singular triplets of a matrix given by its products, and the CPU-thread
-policy of small decompositions (`one_thread`, `per_core`). A leaf (torch only), below the ΔW
+policy of small decompositions (`one_thread`). A leaf (torch only), below the ΔW
 protocol (`lorascope.delta`) and the truncated SVDs of W and W + ΔW (`lorascope.analysis.truncated`).
 
 The top-k come from a randomized block Krylov method (block Lanczos with full
@@ -50,43 +50,6 @@ def one_thread(device: torch.device | None = None):
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def per_core(fn: Callable, items, workers: int | None = None) -> list:
-    """[fn(x) for x in items], `workers` at a time (default: torch's CPU thread count), each on one thread.
-
-    For independent decompositions (one per module, one per Monte Carlo trial): each on its own core
-    keeps every core busy where LAPACK's tridiagonal reductions would leave all but one idle. The
-    thread count is process-wide, so it is set to one around the whole pool, never per item."""
-    items = list(items)
-    workers = min(workers or torch.get_num_threads(), len(items))
-    if workers <= 1:
-        return [fn(x) for x in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with one_thread(), ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
-
-
-def ahead(fn: Callable, items, workers: int):
-    """fn(x) for x in items, yielded in order, up to 2 · workers computed ahead on `workers` threads:
-    independent per-item work (read a file, decompose it) on every core while the caller consumes the
-    results one at a time; memory holds at most 2 · workers results beyond the caller's."""
-    items = list(items)
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque = deque()
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 DEVICES = ("auto", "cpu", "cuda")

@@ -19,7 +19,7 @@ import torch
 from lorascope.analysis import shared_subspace as ss
 from lorascope.analysis.linalg import one_thread
 from lorascope.errors import LorascopeError
-from lorascope.krylov import per_core
+from lorascope.module_pool import module_map
 
 BAND_SD = 3.0  # the Monte Carlo band: mean ± BAND_SD standard deviations over the trials
 TRIALS = 16  # Monte Carlo trials of the floor unless asked
@@ -95,7 +95,7 @@ def random_floor(
         Z *= sqrt_w[None, :]
         return ss.spectrum(Z, eigenvalues_only=True)[0]
 
-    eigs = per_core(trial, range(trials))  # the trials are independent: one per core
+    eigs = module_map(trial, list(range(trials)))  # the trials are independent: one per core
     energies = [np.cumsum(lam) / len(widths) for lam in eigs]
     E, L = np.stack(energies), np.stack(eigs)
     return SubspaceFloor(n, widths, trials, seed, E.mean(0), E.std(0, ddof=1), L.mean(0), L.std(0, ddof=1))

@@ -40,7 +40,7 @@ from lorascope.compare.many import (
     _sources,
 )
 from lorascope.errors import LorascopeError
-from lorascope.krylov import ahead, per_core
+from lorascope.module_pool import module_map, prefetched
 from lorascope.names import layer_index, module_kind
 from lorascope.run_format import Run
 from lorascope.runs import load_run
@@ -232,10 +232,11 @@ def run_subspace(
 
     cores = torch.get_num_threads()
     with one_thread():
-        loaded = ahead(bases, sources, cores)  # adapters read and decomposed ahead, one per core
-        for i, (run, found) in enumerate(
+        loaded = prefetched(bases, sources, ahead=cores)  # adapters read and decomposed ahead, one per core
+        for i, future in enumerate(
             tqdm(loaded, total=N, desc=f"bases {side}", unit="adapter", disable=not progress)
         ):
+            run, found = future.result()
             if check_base:
                 same_base.add(run, names[i])
             if i == 0:
@@ -272,7 +273,7 @@ def run_subspace(
         return result
 
     # modules are independent, and their eigendecompositions run on one thread each: one per core
-    results = dict(zip(shared.kept, per_core(one, shared.kept), strict=True))
+    results = dict(zip(shared.kept, module_map(one, shared.kept), strict=True))
     bar.close()
     floors = _floors(results, weights, weighted, trials, seed, progress)
     ms = {mod: m or max(r.widths) for mod, r in results.items()}
