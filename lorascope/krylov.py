@@ -14,8 +14,10 @@ one block to the next (or Q spans the whole space, or stops growing, where the r
 With G = Û Σ² Ûᵀ, U = Q Û_k and V = Z Û_k Σ_k⁻¹ (= Mᵀ U Σ⁻¹). Each block costs two products with M, i.e.
 O(out · in · b); a dense SVD costs O(out · in · min(out, in)).
 
-Everything is float64, on the CPU or on CUDA (`device`): the same code and dtype on both, so the
-numbers agree to rounding. Every decomposition of a W-sized matrix is counted in SVD_CALLS, so
+Everything is float64 by default, on the CPU or on CUDA (`device`): the same code and dtype on both,
+so the numbers agree to rounding. `dtype=float32` builds the space in float32 (the Gram matrix and
+its eigh stay float64), for a caller that computes the numbers again in float64 from the returned
+Ritz vectors (`truncated.weight_top_svd`). Every decomposition of a W-sized matrix is counted in SVD_CALLS, so
 tests can check that a cached analysis does none.
 """
 
@@ -110,6 +112,7 @@ def block_krylov_svd(
     max_blocks: int = 200,
     dtype: torch.dtype = torch.float64,
     keep: int | None = None,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k singular triplets of the (out, in) operator M given by its products, float64 on `device`.
 
@@ -119,8 +122,10 @@ def block_krylov_svd(
     dtype: of the blocks and of the products' arguments (float32 for `truncated.weight_top_svd`,
     which refines the numbers in float64; the Gram matrix and its eigh are float64 either way);
     keep (≥ k, default k): how many Ritz triplets to return, the convergence test watching the top k.
+    block: columns per block (default min(k + OVERSAMPLE, BLOCK_MAX)).
     """
-    args = (matmul, rmatmul, shape, k, device, seed, tol, max_blocks, dtype, keep or k)
+    b = min(min(shape), block or min(k + OVERSAMPLE, BLOCK_MAX))
+    args = (matmul, rmatmul, shape, k, device, seed, tol, max_blocks, dtype, keep or k, b)
     if shape[0] * shape[1] < SMALL:  # every operation is small: threads cost more than they give
         with one_thread(device):
             return _block_krylov(*args)
@@ -138,13 +143,13 @@ def _block_krylov(
     max_blocks: int,
     dtype: torch.dtype,
     keep: int,
+    b: int,
 ):
-    """`block_krylov_svd` itself, on the threads the caller chose."""
+    """`block_krylov_svd` itself, on the threads the caller chose, with blocks of b columns."""
     out, n_in = shape
     m = min(out, n_in)
     if not 1 <= k <= m:
         raise LorascopeError(f"k must be in 1..{m}, got {k}")
-    b = min(m, k + OVERSAMPLE, BLOCK_MAX)
     g = torch.Generator().manual_seed(seed)  # CPU generator: the same start on every device
     omega = torch.randn(n_in, b, generator=g, dtype=torch.float64).to(device, dtype)
     X = _orthonormal(matmul(omega), torch.empty(out, 0, dtype=dtype, device=device))

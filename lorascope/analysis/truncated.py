@@ -2,11 +2,13 @@
 
     top_svd(W, k)                      top-k of W (out, in): (U (out, k), S (k,), V (in, k))
     top_svd(W, k, delta=d)             top-k of W + ΔW, never forming it: products W x + d.matvec(x)
+    weight_top_svd(W, k)               W's top-k as top_svd(W, k) gives them: for a large W, a float32
+                                       Krylov space and float64 numbers
     left_basis(W)                      every left singular vector of W (intruder dimensions need them all)
 
 The top-k come from the randomized block Krylov method of `lorascope.krylov` (float64, on the
-CPU or on CUDA); every decomposition of a W-sized matrix is counted in SVD_CALLS, so tests can check
-that a cached analysis does none.
+CPU or on CUDA; W's own top-k from a float32 space refined in float64); every decomposition of a
+W-sized matrix is counted in SVD_CALLS, so tests can check that a cached analysis does none.
 """
 
 from __future__ import annotations
