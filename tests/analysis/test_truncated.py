@@ -194,3 +194,20 @@ def test_auto_precision_keeps_small_w_in_float64_and_a_bf16_w_is_read_as_stored(
         truncated.weight_top_svd(W, 5, precision="half")
     with pytest.raises(LorascopeError, match="k must be"):
         truncated.weight_top_svd(W, 41, precision="mixed")
+
+
+@pytest.mark.parametrize("block", [3, 7, 20])
+def test_block_krylov_any_block_size_and_extra_ritz_triplets(block):
+    """The block size (the structured eigenproblem of intruder dimensions uses k + 2) changes the
+    work, not the answer; keep > k returns the next Ritz triplets too, orthonormal."""
+    from lorascope import krylov
+
+    W, U, sigma, V = planted(80, 60, seed=4)
+    cpu = torch.device("cpu")
+    Uk, S, Vk = krylov.block_krylov_svd(
+        lambda X: W @ X, lambda Y: W.T @ Y, (80, 60), 5, device=cpu, block=block, keep=9
+    )
+    assert Uk.shape == (80, 9) and S.shape == (9,) and Vk.shape == (60, 9)
+    np.testing.assert_allclose(S[:5].numpy(), sigma[:5].numpy(), rtol=1e-12)
+    _same_columns(Uk[:, :5], U[:, :5], 1e-10)
+    np.testing.assert_allclose((Vk.T @ Vk).numpy(), np.eye(9), atol=1e-10)
