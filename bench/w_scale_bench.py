@@ -235,7 +235,7 @@ def child(route: str, adapter: Path) -> None:
     run = load_run(adapter)
     layers = set(range(CFG["analysed"]))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out: dict = {}
     if route == "read":
         import re
@@ -270,7 +270,7 @@ def child(route: str, adapter: Path) -> None:
         m = modules()[0]
         W = base_weights(run, [m])[m]  # float32: bf16 exactly
         a = run.adapters[m]
-        t0 = time.perf_counter()  # the decomposition only: reading is the floor's business
+        t0, cpu0 = time.perf_counter(), time.process_time()  # the decomposition only: reading is the floor's
         if route == "dense-amplification":
             out.update(_dense_amplification(W, a.A, a.B, a.scaling, CFG["rank"]))
         elif route == "dense-intruders":
@@ -291,6 +291,7 @@ def child(route: str, adapter: Path) -> None:
     else:
         raise SystemExit(f"unknown route {route}")
     out["seconds"] = time.perf_counter() - t0
+    out["cpu_seconds"] = time.process_time() - cpu0  # all threads; steadier than wall time when shared
     out["rss_start_gb"] = rss0 / 2**20
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     out["threads"] = torch.get_num_threads()

@@ -14,8 +14,10 @@ one block to the next (or Q spans the whole space, or stops growing, where the r
 With G = Û Σ² Ûᵀ, U = Q Û_k and V = Z Û_k Σ_k⁻¹ (= Mᵀ U Σ⁻¹). Each block costs two products with M, i.e.
 O(out · in · b); a dense SVD costs O(out · in · min(out, in)).
 
-Everything is float64, on the CPU or on CUDA (`device`): the same code and dtype on both, so the
-numbers agree to rounding. Every decomposition of a W-sized matrix is counted in SVD_CALLS, so
+Everything is float64 by default, on the CPU or on CUDA (`device`): the same code and dtype on both,
+so the numbers agree to rounding. `dtype=float32` builds the space in float32 (the Gram matrix and
+its eigh stay float64), for a caller that computes the numbers again in float64 from the returned
+Ritz vectors (`truncated.weight_top_svd`). Every decomposition of a W-sized matrix is counted in SVD_CALLS, so
 tests can check that a cached analysis does none.
 """
 
@@ -108,14 +110,22 @@ def block_krylov_svd(
     seed: int = 0,
     tol: float = TOL,
     max_blocks: int = 200,
+    dtype: torch.dtype = torch.float64,
+    keep: int | None = None,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k singular triplets of the (out, in) operator M given by its products, float64 on `device`.
 
     Returns U (out, k), S (k,) descending, V (in, k) with M ≈ U diag(S) Vᵀ on the top-k.
     See the module docstring for the method; `tol` bounds the last change of the Ritz values σ²
     relative to σ₁². A warning is logged if `max_blocks` blocks did not converge.
+    dtype: of the blocks and of the products' arguments (float32 for `truncated.weight_top_svd`,
+    which refines the numbers in float64; the Gram matrix and its eigh are float64 either way);
+    keep (≥ k, default k): how many Ritz triplets to return, the convergence test watching the top k.
+    block: columns per block (default min(k + OVERSAMPLE, BLOCK_MAX)).
     """
-    args = (matmul, rmatmul, shape, k, device, seed, tol, max_blocks)
+    b = min(min(shape), block or min(k + OVERSAMPLE, BLOCK_MAX))
+    args = (matmul, rmatmul, shape, k, device, seed, tol, max_blocks, dtype, keep or k, b)
     if shape[0] * shape[1] < SMALL:  # every operation is small: threads cost more than they give
         with one_thread(device):
             return _block_krylov(*args)
@@ -123,25 +133,34 @@ def block_krylov_svd(
 
 
 def _block_krylov(
-    matmul: Matmul, rmatmul: Matmul, shape, k: int, device, seed: int, tol: float, max_blocks: int
+    matmul: Matmul,
+    rmatmul: Matmul,
+    shape,
+    k: int,
+    device,
+    seed: int,
+    tol: float,
+    max_blocks: int,
+    dtype: torch.dtype,
+    keep: int,
+    b: int,
 ):
-    """`block_krylov_svd` itself, on the threads the caller chose."""
+    """`block_krylov_svd` itself, on the threads the caller chose, with blocks of b columns."""
     out, n_in = shape
     m = min(out, n_in)
     if not 1 <= k <= m:
         raise LorascopeError(f"k must be in 1..{m}, got {k}")
-    b = min(m, k + OVERSAMPLE, BLOCK_MAX)
     g = torch.Generator().manual_seed(seed)  # CPU generator: the same start on every device
-    omega = torch.randn(n_in, b, generator=g, dtype=torch.float64).to(device)
-    X = _orthonormal(matmul(omega), torch.empty(out, 0, dtype=torch.float64, device=device))
+    omega = torch.randn(n_in, b, generator=g, dtype=torch.float64).to(device, dtype)
+    X = _orthonormal(matmul(omega), torch.empty(out, 0, dtype=dtype, device=device))
     Q = X  # (out, t·b) orthonormal basis of the Krylov space
-    Z = torch.empty(n_in, 0, dtype=torch.float64, device=device)  # Mᵀ Q
+    Z = torch.empty(n_in, 0, dtype=dtype, device=device)  # Mᵀ Q
     G = torch.empty(0, 0, dtype=torch.float64, device=device)  # Zᵀ Z = Qᵀ M Mᵀ Q
     previous, converged = None, False
     for _ in range(max_blocks):
         Zx = rmatmul(X)  # (in, b): the new block of Z = Mᵀ Q
-        cross = Z.T @ Zx
-        G = torch.cat([torch.cat([G, cross], 1), torch.cat([cross.T, Zx.T @ Zx], 1)], 0)
+        cross, square = (Z.T @ Zx).double(), (Zx.T @ Zx).double()
+        G = torch.cat([torch.cat([G, cross], 1), torch.cat([cross.T, square], 1)], 0)
         Z = torch.cat([Z, Zx], 1)
         if Q.shape[1] >= m:  # Q spans all of M's column space: the Ritz pairs are exact
             converged = True
@@ -164,7 +183,7 @@ def _block_krylov(
     # Rayleigh–Ritz: Qᵀ M = Zᵀ, and G = Zᵀ Z = Û Σ² Ûᵀ gives U = Q Û, V = Z Û Σ⁻¹ (= Mᵀ U Σ⁻¹).
     with one_thread(device):
         _, vecs = torch.linalg.eigh(G)
-    vecs = vecs[:, -k:].flip(1)  # (t·b, k), by descending σ
+    vecs = vecs[:, -min(keep, G.shape[0]) :].flip(1).to(dtype)  # (t·b, keep), by descending σ
     U = Q @ vecs
     ZU = Z @ vecs  # (in, k) = Mᵀ U
     S = torch.linalg.vector_norm(ZU, dim=0)  # σ_i = ‖Mᵀ u_i‖: as accurate as u_i, unlike √eigenvalue
@@ -182,8 +201,14 @@ def _orthonormal(Y: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
         Y = Y - Q @ (Q.T @ Y)
     with one_thread(Y.device):
         X, R = torch.linalg.qr(Y)
-    keep = R.diagonal().abs() > 1e-10 * scale
+    keep = R.diagonal().abs() > DROP[Y.dtype] * scale
     return X[:, keep]
+
+
+# A new direction below DROP · (the largest column's norm) is taken for rounding: what two
+# orthogonalisations leave of a column inside span(Q) is ~eps · √n at most (1e-14 in float64,
+# 1e-5 in float32 at n = 4096) and typically far less.
+DROP = {torch.float64: 1e-10, torch.float32: 1e-5}
 
 
 def dense_top_svd(

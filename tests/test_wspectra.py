@@ -195,3 +195,25 @@ def test_a_cache_folder_that_cannot_be_looked_into_costs_time_never_the_analysis
     assert all(torch.allclose(g.abs(), w.abs(), atol=1e-8) for g, w in zip(got, want, strict=True))
     assert entry.left().shape == (W.shape[0], min(W.shape))
     assert entry.random_projection(3) > 0
+
+
+def test_entries_carry_an_xxh3_checksum_and_an_older_sha256_one_still_checks_out(tmp_path):
+    cache = wspectra.SpectraCache(tmp_path)
+    W = _W()
+    U, S, V = cache.entry(W).top(4)
+    (path,) = tmp_path.rglob("top-4.safetensors")
+    tensors, meta = run_format.read_tensors(path)
+    assert meta["checksum"].startswith(wspectra.CHECKSUM)
+    # An entry written before the checksum changed: a bare sha256 hex digest, still served.
+    meta["checksum"] = wspectra._checksum(tensors, "sha256")
+    assert len(meta["checksum"]) == 64
+    save_file(tensors, str(path), metadata={run_format.HEADER_KEY: json.dumps(meta)})
+    stats = wspectra.STATS.copy()
+    assert torch.equal(cache.entry(W).top(4)[1], S)
+    assert wspectra.STATS - stats == {"hit": 1}
+    # ... and a changed number under it is caught as before.
+    tensors["S"] = tensors["S"] * 2
+    save_file(tensors, str(path), metadata={run_format.HEADER_KEY: json.dumps(meta)})
+    stats = wspectra.STATS.copy()
+    assert torch.equal(cache.entry(W).top(4)[1], S)
+    assert wspectra.STATS - stats == {"corrupt": 1, "miss": 1}

@@ -141,7 +141,8 @@ def amplification_table(
         k_top = min(k_w, min(W.shape))
         ks = {int(k) if k is not None else _rank(a) for a in adapters.values()} - {None}
         if entry is None or not entry.has("top", k_top) or any(not entry.has("random", q, seed) for q in ks):
-            # Cold: W converted to float64 once, shared by the top-k, the random floor and the numbers.
+            # Cold: W converted to float64 once, shared by the top-k (whose float32 Krylov space rounds
+            # it once more, `truncated.weight_top_svd`), the random floor and the numbers.
             W = W.to(device=dev, dtype=torch.float64)
             entry = entry.converted(W) if entry else None
         w_top = entry.top(k_top, device=dev) if entry else None

@@ -147,3 +147,67 @@ def test_stream_product_is_the_float64_product_and_norm_in_one_pass(dtype):
     assert norm == pytest.approx(float(torch.linalg.matrix_norm(W64)), rel=1e-14)
     with pytest.raises(LorascopeError, match="want W"):
         truncated.stream_product(W, X[:-1])
+
+
+def _decaying_bf16(out, n_in, seed=0):
+    """A bf16-valued W (float32 holding bf16 numbers, as read from a checkpoint) with σ_i ∝ i^-0.7 over
+    a small bulk: a slowly decaying spectrum, 1-2 % gaps around k = 32, the case the mixed route is for."""
+    g = torch.Generator().manual_seed(seed)
+    rank = min(out, n_in) // 2
+    left, right = torch.randn(out, rank, generator=g), torch.randn(n_in, rank, generator=g)
+    sigma = torch.arange(1, rank + 1, dtype=torch.float32) ** -0.7
+    bulk = 0.01 * torch.randn(out, n_in, generator=g) / n_in**0.5
+    W = (left / out**0.5 * sigma) @ (right / n_in**0.5).T + bulk
+    return W.to(torch.bfloat16).float()
+
+
+@pytest.mark.parametrize("shape", [(600, 400), (400, 600), (512, 512)])
+def test_mixed_precision_top_k_equals_the_dense_svd(shape):
+    """A float32 Krylov space and one float64 Rayleigh–Ritz: each σ as a float64 SVD's to 1e-7 and
+    √Σσ² (amplification's proj_w) to 1e-10, the leading singular vectors to 1e-8, U and V
+    orthonormal, U = W V / σ in float64."""
+    W = _decaying_bf16(*shape)
+    W64 = W.double()
+    U_ref, S_ref, Vh_ref = torch.linalg.svd(W64, full_matrices=False)
+    k = 32
+    before = truncated.SVD_CALLS.copy()
+    U, S, V = truncated.weight_top_svd(W, k, device="cpu", precision="mixed")
+    assert truncated.SVD_CALLS - before == {"top": 1}
+    assert U.dtype == S.dtype == V.dtype == torch.float64
+    np.testing.assert_allclose(S.numpy(), S_ref[:k].numpy(), rtol=1e-7)
+    assert float(S.norm()) == pytest.approx(float(S_ref[:k].norm()), rel=1e-10)
+    _same_columns(U[:, :16], U_ref[:, :16], 1e-8)  # well-separated leading directions
+    _same_columns(V[:, :16], Vh_ref[:16].T, 1e-8)
+    np.testing.assert_allclose((U.T @ U).numpy(), np.eye(k), atol=1e-12)
+    np.testing.assert_allclose((V.T @ V).numpy(), np.eye(k), atol=1e-12)
+    torch.testing.assert_close(W64 @ V, U * S, rtol=0, atol=1e-12)
+
+
+def test_auto_precision_keeps_small_w_in_float64_and_a_bf16_w_is_read_as_stored():
+    W = _decaying_bf16(60, 40)
+    auto = truncated.weight_top_svd(W, 5, device="cpu")
+    dense = truncated.dense_top_svd(W, 5, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(auto, dense, strict=True))
+    mixed = truncated.weight_top_svd(W.to(torch.bfloat16), 5, device="cpu", precision="mixed")
+    np.testing.assert_allclose(mixed[1].numpy(), auto[1].numpy(), rtol=1e-12)
+    with pytest.raises(LorascopeError, match="precision"):
+        truncated.weight_top_svd(W, 5, precision="half")
+    with pytest.raises(LorascopeError, match="k must be"):
+        truncated.weight_top_svd(W, 41, precision="mixed")
+
+
+@pytest.mark.parametrize("block", [3, 7, 20])
+def test_block_krylov_any_block_size_and_extra_ritz_triplets(block):
+    """The block size (the structured eigenproblem of intruder dimensions uses k + 2) changes the
+    work, not the answer; keep > k returns the next Ritz triplets too, orthonormal."""
+    from lorascope import krylov
+
+    W, U, sigma, V = planted(80, 60, seed=4)
+    cpu = torch.device("cpu")
+    Uk, S, Vk = krylov.block_krylov_svd(
+        lambda X: W @ X, lambda Y: W.T @ Y, (80, 60), 5, device=cpu, block=block, keep=9
+    )
+    assert Uk.shape == (80, 9) and S.shape == (9,) and Vk.shape == (60, 9)
+    np.testing.assert_allclose(S[:5].numpy(), sigma[:5].numpy(), rtol=1e-12)
+    _same_columns(Uk[:, :5], U[:, :5], 1e-10)
+    np.testing.assert_allclose((Vk.T @ Vk).numpy(), np.eye(9), atol=1e-10)
