@@ -29,12 +29,9 @@ from lorascope.analysis.stats import N_NULL, Interval, NullSummary, null_summary
 from lorascope.names import kind_label, layer_index, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.full_pairs import NO_FULL, pairing_note, seed_pairs
-from lorascope.paper.intruder_figs import fig_intruders, per_column
-from lorascope.paper.spectrum_figs import fig_spectrum
+from lorascope.paper.intruder_figs import per_column
 from lorascope.paper.sweep import Sweep
 from lorascope.paper.verdicts import decide
-
-__all__ = ["NO_FULL", "fig_intruders", "fig_lora_vs_full", "fig_spectrum", "lora_vs_full"]
 
 TOP_J = 64  # full fine-tuning's top directions compared with LoRA's (its ΔW has min(out, in) of them)
 SIDES = ("input", "output")  # ΔW's right (V) and left (U) singular vectors: factors dW-right, dW-left

@@ -19,7 +19,8 @@ from lorascope.paper.findings_beyond import (
     spectrum_section,
     trajectory_section,
 )
-from lorascope.paper.lora_vs_full import fig_intruders, fig_lora_vs_full, fig_spectrum
+from lorascope.paper.intruder_figs import fig_intruders
+from lorascope.paper.lora_vs_full import fig_lora_vs_full
 from lorascope.paper.many_adapters import (
     fig_merge,
     fig_shared_subspace,
@@ -31,6 +32,7 @@ from lorascope.paper.rank_overlap import fig3
 from lorascope.paper.rank_table import rank_table
 from lorascope.paper.seed_overlap import fig4
 from lorascope.paper.similarity_figs import fig6, fig7
+from lorascope.paper.spectrum_figs import fig_spectrum
 from lorascope.paper.sweep import Sweep
 from lorascope.paper.trajectory_figs import trajectories
 from lorascope.paper.w_and_delta import fig8, table7
