@@ -31,7 +31,7 @@ from lorascope.analysis.stats import pair_interval
 from lorascope.compare.pairs import run_similarity
 from lorascope.names import kind_label, module_kind
 from lorascope.paper.artifact import Artifact, Skipped
-from lorascope.paper.frozen_a import COMMAND, frozen_a, twin_seeds
+from lorascope.paper.frozen_a import COMMAND, METRICS, frozen_a, twin_seeds
 from lorascope.paper.sweep import Sweep
 from lorascope.paper.verdicts import ABOVE_TEXT, ONE_SEED, decide, interval, null, verdict
 from lorascope.paper.verdicts import fmt as _fmt
@@ -153,9 +153,10 @@ def frozen_a_section(sweep: Sweep) -> list[str]:
     results = [frozen_a(sweep, rank, seeds) for rank, seeds in ranks.items()]
     out += [
         "Each seed's run with A frozen at its start A0 (only B learns) against its twin with A trained: "
-        "same rank, seed, A0 and batches. The held-out metric of frozen minus trained, mean over seeds with "
-        "a 95 % bootstrap interval; B alone matches when the whole interval lies within the tolerance of "
-        "0 on the bad side.",
+        "same rank, seed, A0 and batches. The effect is the held-out metric of frozen minus trained, mean "
+        "over seeds with a 95 % bootstrap interval; B alone matches when the whole interval lies above "
+        f"−{_fmt(METRICS['val_accuracy'][1])} for accuracy or below +{_fmt(METRICS['val_loss'][1])} for "
+        "the held-out loss (nats), and fails when it lies wholly beyond.",
         "",
         "| r | seeds | metric | frozen A | trained A | frozen − trained | tolerance | verdict |",
         "|---|---|---|---|---|---|---|---|",
