@@ -70,8 +70,15 @@ class Sweep:
                 continue
             table[key] = run
         if not found:
-            why = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
-            raise LorascopeError(f"{path}: no complete LoRA run ({why})")
+            why = [f"{k}: {v}" for k, v in skipped.items()]
+            why += [
+                f"{r.name}: trains one factor only (its twin: `python sweep.py rank={rank} seed={seed}`)"
+                for t in variants.values()
+                for (rank, seed), r in t.items()
+            ]
+            raise LorascopeError(
+                f"{path}: no complete LoRA run training both factors ({', '.join(why) or 'none'})"
+            )
         for name, why in skipped.items():
             log.warning("skipping %s: %s", name, why)
         variants = {v: dict(sorted(t.items())) for v, t in sorted(variants.items())}

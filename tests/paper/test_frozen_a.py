@@ -4,11 +4,14 @@ planted shared output directions."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from factories import lora_run
 
 from lorascope.compare.sweeps import sweep_table
+from lorascope.errors import LorascopeError
 from lorascope.paper.findings_beyond import frozen_a_section
 from lorascope.paper.frozen_a import COMMAND, frozen_a, twin_seeds
 from lorascope.paper.sweep import Sweep
@@ -128,3 +131,10 @@ def test_without_frozen_a_runs_the_section_names_the_command(tmp_path):
     lora_run(root, f"r{RANK}-s0", final, config={"rank": RANK, "seed": 0})
     text = "\n".join(frozen_a_section(Sweep.load(root)))
     assert "Not testable" in text and f"`{COMMAND}`" in text and "r8-s<seed>-frozenA" in text
+
+
+def test_a_sweep_of_frozen_a_runs_only_says_which_twins_to_train(tmp_path):
+    sweep = _sweep(tmp_path, {1: (0.9, 0.9)})
+    shutil.rmtree(sweep.path / "r4-s1")
+    with pytest.raises(LorascopeError, match=r"r4-s1-frozenA: trains one factor only .*rank=4 seed=1"):
+        Sweep.load(sweep.path)
