@@ -94,9 +94,10 @@ def small_modules(sweep: Sweep) -> bool:
     """Whether every adapted module of the sweep (LoRA and full fine-tuning) has out · in < SMALL.
 
     Then every decomposition the recipes make is small (r-column QRs and SVDs, 384² for MiniLM) and
-    runs on one CPU thread: on 2 cores shared with another process, two OpenMP threads made the demo's
-    recipes 7× slower than one (144 s against 19 s of compute, measured side by side), and on an idle
-    machine a second thread gains at most 2× on these sizes. A 7B base keeps torch's threads."""
+    runs on one CPU thread. `lorascope figures` on the demo sweep, 2 cores, side by side: with three
+    other busy processes 577 s (240 s CPU) on torch's two threads against 255 s (79 s CPU) on one, the
+    OpenMP threads waiting on each other; on an idle machine 55 s against 60 s. A 7B base keeps torch's
+    threads."""
     runs = [*sweep.runs.values(), *sweep.full.values(), *sweep.frozen_A.values()]
     return all(a.out_features * a.in_features < SMALL for r in runs for a in r.adapters.values())
 
