@@ -152,7 +152,12 @@ class SweepConfig:
     seed: int = 0  # seeds LoRA init, head init, dropout and batch order
     runs_dir: str = "runs"
     name: str = "${model.name}-${task.name}"  # sweep folder under runs_dir
-    run_name: str = "${run_folder:${method},${rank},${seed}}"  # r{rank}-s{seed}, or full-s{seed}
+    # r{rank}-s{seed} (r{rank}-s{seed}-frozenA with lora.train_A=false, -frozenB with train_B=false), or
+    # full-s{seed}; oc.select: a full fine-tuning run's lora may be null
+    run_name: str = (
+        "${run_folder:${method},${rank},${seed},"
+        "${oc.select:lora.train_A,true},${oc.select:lora.train_B,true}}"
+    )
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     lora: LoraConfig | None = field(default_factory=LoraConfig)  # null for method=full
@@ -167,12 +172,35 @@ QUANTIZATIONS = ("nf4", "int8")
 STRATEGIES = ("ddp", "fsdp")
 
 
-def run_folder(method: str, rank, seed) -> str:
-    """The run folder's name: r{rank}-s{seed} for LoRA, full-s{seed} for full fine-tuning (no rank)."""
-    return f"full-s{seed}" if method == "full" else f"r{rank}-s{seed}"
+FROZEN_A, FROZEN_B = "frozenA", "frozenB"  # the LoRA variants that train one factor only
 
 
-# `${run_folder:${method},${rank},${seed}}` in the schema and in conf/config.yaml's Hydra settings.
+def lora_variant(train_A=True, train_B=True) -> str:
+    """'' for LoRA training both factors, FROZEN_A when A stays at A0 (Zhu et al. 2024's test: only B
+    learns), FROZEN_B when B does: such runs are another experiment than r{rank}-s{seed} and get a
+    folder (and a place in `lorascope.paper.sweep.Sweep`) of their own."""
+    if not _as_bool(train_A):
+        return FROZEN_A
+    return FROZEN_B if not _as_bool(train_B) else ""
+
+
+def _as_bool(x) -> bool:
+    """A flag as a config, a resolver or a run header gives it; None (not recorded) reads as true."""
+    if isinstance(x, str):
+        return x.strip().lower() not in ("false", "0", "no")
+    return x is None or bool(x)
+
+
+def run_folder(method: str, rank, seed, train_A=True, train_B=True) -> str:
+    """The run folder's name: r{rank}-s{seed} for LoRA (r{rank}-s{seed}-frozenA when A is frozen,
+    -frozenB when B is), full-s{seed} for full fine-tuning (no rank, no factors)."""
+    if method == "full":
+        return f"full-s{seed}"
+    variant = lora_variant(train_A, train_B)
+    return f"r{rank}-s{seed}" + (f"-{variant}" if variant else "")
+
+
+# `${run_folder:${method},${rank},${seed},…}` in the schema and in conf/config.yaml's Hydra settings.
 if not OmegaConf.has_resolver("run_folder"):
     OmegaConf.register_new_resolver("run_folder", run_folder)
 

@@ -31,7 +31,8 @@ from lorascope.run_format import (
     read_summary,
 )
 
-_RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)")
+# r{rank}-s{seed}, and r{rank}-s{seed}-frozenA / -frozenB for runs that train one factor only
+_RUN_NAME = re.compile(r"r(?P<rank>\d+)-s(?P<seed>\d+)(?:-(?P<variant>frozen[AB]))?")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -88,7 +89,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 def _run_sort_key(path: Path):
     m = _RUN_NAME.fullmatch(path.name)
-    return (0, int(m["rank"]), int(m["seed"]), "") if m else (1, 0, 0, path.name)
+    return (0, int(m["rank"]), int(m["seed"]), m["variant"] or "") if m else (1, 0, 0, path.name)
 
 
 def list_runs(sweep: str | os.PathLike) -> list[Path]:
@@ -100,6 +101,6 @@ def list_runs(sweep: str | os.PathLike) -> list[Path]:
 
 
 def parse_run_name(name: str) -> tuple[int, int] | None:
-    """(rank, seed) from a folder named r{rank}-s{seed}, else None."""
+    """(rank, seed) from a folder named r{rank}-s{seed} (or r{rank}-s{seed}-frozenA / -frozenB), else None."""
     m = _RUN_NAME.fullmatch(name)
     return (int(m["rank"]), int(m["seed"])) if m else None

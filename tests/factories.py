@@ -61,13 +61,15 @@ def lora_run(
     snapshots: dict[int, Factors] | None = None,
     config: dict | None = None,
     summary: dict | None = None,
+    meta: dict | None = None,
 ) -> Path:
     """A lorascope LoRA run folder: adapter.safetensors (s = α / r of the first module's rank),
     adapter_init.safetensors if `init`, checkpoints/step-<N>/adapter.safetensors per `snapshots`,
-    config.yaml (`config`, default rank and alpha) and summary.json (default: complete)."""
+    config.yaml (`config`, default rank and alpha) and summary.json (default: complete); `meta`
+    adds header entries (seed, train_A, ...)."""
     run = Path(root) / name
     rank = next(iter(factors.values()))[0].shape[0]
-    meta = _lora_meta(rank, alpha, base, fingerprint, targets)
+    meta = {**_lora_meta(rank, alpha, base, fingerprint, targets), **(meta or {})}
     run_format.save_adapter(run / run_format.ADAPTER_FILE, _tensors(factors), meta)
     if init is not None:
         run_format.save_adapter(run / run_format.INIT_FILE, _tensors(init), meta)

@@ -17,7 +17,6 @@ import functools
 import numpy as np
 import torch
 
-from lorascope.analysis.similarity import gaussian_phi_samples
 from lorascope.analysis.stats import N_NULL
 from lorascope.errors import LorascopeError
 
@@ -61,16 +60,44 @@ def gaussian_phi_draws(
     """φ grids between the bases of `n_draws` pairs of N(0, 1) matrices of `shape` (r, n) (side
     "right") or (n, r) ("left"): (n_draws, r, r), read-only (cached: a figure and its finding share
     the draws). The paper's Fig. 4 right panel is one such draw."""
-    draws = gaussian_phi_samples(tuple(shape), tuple(shape), n_seeds=n_draws, seed=seed, side=side)
+    draws = _phi_draws(tuple(shape), n_draws, seed, side)
     draws.flags.writeable = False
     return draws
+
+
+def _phi_draws(shape: tuple[int, int], n_draws: int, seed: int, side: str) -> np.ndarray:
+    """`similarity.gaussian_phi_samples(shape, shape, n_draws, seed, side)` batched: the same
+    matrices from the same generator (drawn in its order: X1, X2 of each pair), decomposed in one
+    batched thin QR and one batched r × r SVD per side instead of 2 · n_draws factor SVDs."""
+    if side not in ("left", "right"):
+        raise LorascopeError(f"side must be 'left' or 'right', got {side!r}")
+    g = torch.Generator().manual_seed(seed)
+    X = torch.stack(
+        [torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(2 * n_draws)]
+    )  # (2m, rows, cols): X1, X2, X1, X2, …
+    if side == "right":
+        X = X.transpose(1, 2)  # the right basis of X is the left basis of Xᵀ
+    Q, R = torch.linalg.qr(X)  # (2m, n, r), (2m, r, r): X = Q R, R = u σ vᵀ, left basis Q u
+    u = torch.linalg.svd(R)[0]
+    bases = Q @ u  # (2m, n, r), columns by descending σ
+    M = bases[0::2].transpose(1, 2) @ bases[1::2]  # (m, r, r): U1ᵀ U2 of each pair
+    P = torch.cumsum(torch.cumsum(M * M, dim=1), dim=2)  # ‖U1[:, :i]ᵀ U2[:, :j]‖²_F
+    k = M.shape[1]
+    i = torch.arange(1, k + 1, dtype=torch.float64)
+    return (P / torch.minimum(i[:, None], i[None, :])).numpy()
 
 
 def gaussian_energy_rank(
     shape: tuple[int, int], energy: float = 0.9, n_draws: int = 5, seed: int = 0
 ) -> float:
     """The `energy`-rank of a same-shape N(0, 1) matrix (mean over draws): the smallest k with
-    Σ_{i≤k} σ_i² ≥ energy · Σ σ²; the control for Biderman et al.'s 90 %-energy rank (384 × 384: ~196)."""
+    Σ_{i≤k} σ_i² ≥ energy · Σ σ²; the control for Biderman et al.'s 90 %-energy rank (384 × 384: ~196).
+    Cached: findings.md asks for it once per module kind, mostly of one shape."""
+    return _energy_rank(tuple(int(d) for d in shape), float(energy), int(n_draws), int(seed))
+
+
+@functools.lru_cache(maxsize=16)
+def _energy_rank(shape: tuple[int, int], energy: float, n_draws: int, seed: int) -> float:
     g = torch.Generator().manual_seed(seed)
     ranks = []
     for _ in range(n_draws):

@@ -1,4 +1,5 @@
-"""findings.md beyond Section 7: LoRA against full fine-tuning, and how the adapters formed.
+"""findings.md beyond Section 7: LoRA against full fine-tuning, and how the adapters formed (LoRA's
+asymmetry: `findings_asymmetry`).
 
 spectrum      Biderman et al. 2024: full fine-tuning's ΔW needs a rank 10–100× a typical LoRA rank to
               hold 90 % of its energy. Holds when the interval over full seeds of full's 90 %-energy rank
@@ -11,10 +12,6 @@ lora_vs_full  does a low-rank adapter find full fine-tuning's top directions? φ
               interval lies above 0.5.
 intruders     Shuttleworth et al. 2024: full fine-tuning has fewer intruder dimensions than LoRA, from
               the interval of the paired difference full − LoRA at several ε, and where its sign changes.
-asymmetry     Zhu et al. 2024 from their own across-seed test: B's learned subspace agrees across seeds
-              more than A's (A stays near its random start). Statistic: mean φ(t, t), t ≤ r, of B between
-              seeds minus the same of A, with its interval over seeds. Their other test (A frozen,
-              `lora.train_A=false`, against trained-A runs) needs a sweep trained both ways.
 trajectory    lorascope's own quantities (not a published test): when the final top direction appeared
               (φ(1, 1) to the final ΔW ≥ 0.9 from then on), ‖A_T − A0‖/‖A0‖, φ(A_T, A0) and the part
               of ΔW_T due to A moving, ‖s·B(A − A0)‖/‖ΔW‖.
@@ -22,13 +19,9 @@ trajectory    lorascope's own quantities (not a published test): when the final 
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 
-from lorascope.analysis.stats import N_NULL, Interval, pair_interval
-from lorascope.compare.pairs import run_similarity
-from lorascope.names import module_kind
+from lorascope.analysis.stats import N_NULL, Interval
 from lorascope.paper.artifact import Artifact, Skipped
 from lorascope.paper.intruder_figs import REPORT_EPS
 from lorascope.paper.lora_vs_full import FOUND
@@ -76,49 +69,6 @@ def spectrum_section(arts: list, sweep: Sweep | None = None) -> list[str]:
             f"rank {res.typical}: **{rule}**{' (one full fine-tuning run)' if rule == ONE_SEED else ''}; as "
             f"rank / n: {interval(scale)} against the Gaussian control's {_fmt(gauss)} / {n} = "
             f"{_fmt(gauss / n)}: below the control (ΔW has low-rank structure): **{control}**."
-        )
-    return out + [""]
-
-
-ZHU_FACTORS = ("A", "B")
-
-
-def asymmetry_section(sweep: Sweep) -> list[str]:
-    """Zhu et al. 2024 from the factors across seeds: does B agree across seeds more than A?"""
-    out = ["## LoRA's asymmetry: B learns, A stays random (Zhu et al. 2024)", ""]
-    rank = next((r for r in reversed(sweep.ranks) if len(sweep.seeds(r)) >= 2), None)
-    if rank is None:
-        return out + [
-            "Not testable: needs two seeds at one rank: run `python sweep.py rank=8 seed=0,1,2`.",
-            "",
-        ]
-    seeds = sweep.seeds(rank)
-    S = len(seeds)
-    diag = {f: {} for f in ZHU_FACTORS}  # factor -> kind -> (S, S, layers)
-    for (ia, a), (ib, b) in itertools.combinations(enumerate(seeds), 2):
-        for f in ZHU_FACTORS:
-            sim = run_similarity(sweep.run(rank, a), sweep.run(rank, b), factor=f)
-            per: dict[str, list] = {}
-            for m in sweep.modules:
-                per.setdefault(module_kind(m), []).append(float(np.diag(sim.grids[m].to_numpy()).mean()))
-            for kind, v in per.items():
-                diag[f].setdefault(kind, np.full((S, S, len(v)), np.nan))[ia, ib] = v
-    out += [
-        f"Their across-seed test at r = {rank}, seeds {', '.join(map(str, seeds))}: mean φ(t, t), t ≤ r, "
-        "between seeds for B (output side) and for A (input side), over every pair of seeds and layer, with "
-        "a bootstrap interval over seeds (3 seeds for one). It holds when B − A lies above 0. Their other "
-        "test, A frozen (`python sweep.py rank=8 seed=0,1,2 lora.train_A=false` in a sweep of its own) "
-        "against trained A, is not run by the demo.",
-        "",
-        "| module | φ of B across seeds | φ of A across seeds | B − A | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    for kind in diag["A"]:
-        B, A = diag["B"][kind], diag["A"][kind]
-        d = pair_interval(B - A)
-        out.append(
-            f"| {kind.rsplit('.', 1)[-1]} | {interval(pair_interval(B))} | {interval(pair_interval(A))} | "
-            f"{interval(d)} | {decide(d, 0.0)} |"
         )
     return out + [""]
 

@@ -1,4 +1,9 @@
-"""A sweep as the paper's analyses see it: complete runs by (rank, seed), modules by (layer, kind)."""
+"""A sweep as the paper's analyses see it: complete runs by (rank, seed), modules by (layer, kind).
+
+LoRA runs that train one factor only (`lora.train_A=false`: A stays at A0, Zhu et al. 2024's test;
+`lora.train_B=false`) are another experiment: they are held apart by variant (`Sweep.variants`,
+`Sweep.frozen_A`), keyed by (rank, seed) like the runs, and no figure of the paper's Section 7 reads
+them (`runs`, `ranks`, `seeds`, `modules` are the runs that train both factors)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from lorascope.base_identity import disagreement, recorded
+from lorascope.config import FROZEN_A, lora_variant
 from lorascope.errors import LorascopeError
 from lorascope.names import layer_index, module_kind
 from lorascope.run_format import Run, read_summary
@@ -19,12 +25,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class Sweep:
     """The complete runs of one sweep folder: LoRA runs keyed by (rank, seed), full fine-tuning runs
-    by seed."""
+    by seed, and LoRA runs that froze a factor by variant (FROZEN_A, FROZEN_B), then (rank, seed)."""
 
     path: Path
     runs: dict[tuple[int, int], Run]
     skipped: dict[str, str] = field(default_factory=dict)  # run folder -> why it is not analysed
     full: dict[int, Run] = field(default_factory=dict)
+    variants: dict[str, dict[tuple[int, int], Run]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path) -> Sweep:
@@ -34,6 +41,7 @@ class Sweep:
             raise LorascopeError(f"{path}: holds no runs (train some with `python sweep.py rank=1,4,8,64`)")
         found: dict[tuple[int, int], Run] = {}
         full: dict[int, Run] = {}
+        variants: dict[str, dict[tuple[int, int], Run]] = {}
         skipped: dict[str, str] = {}
         for folder in folders:
             try:  # one unreadable run is reported and left out, never fatal for the sweep
@@ -46,21 +54,40 @@ class Sweep:
             except LorascopeError as e:
                 skipped[folder.name] = str(e)
                 continue
-            other = _other_base(run, next(iter([*found.values(), *full.values()]), None))
+            first = [*found.values(), *full.values(), *(r for v in variants.values() for r in v.values())]
+            other = _other_base(run, next(iter(first), None))
             if other:
                 skipped[folder.name] = other
                 continue
-            table, key = (full, _seed_of(run)) if run.method == "full" else (found, (run.rank, _seed_of(run)))
+            variant = variant_of(run)
+            if run.method == "full":
+                table, key = full, _seed_of(run)
+            else:
+                table = variants.setdefault(variant, {}) if variant else found
+                key = (run.rank, _seed_of(run))
             if key in table:
-                skipped[folder.name] = f"same method, rank and seed as {table[key].name}"
+                skipped[folder.name] = f"same method, variant, rank and seed as {table[key].name}"
                 continue
             table[key] = run
         if not found:
-            why = ", ".join(f"{k}: {v}" for k, v in skipped.items()) or "none"
-            raise LorascopeError(f"{path}: no complete LoRA run ({why})")
+            why = [f"{k}: {v}" for k, v in skipped.items()]
+            why += [
+                f"{r.name}: trains one factor only (its twin: `python sweep.py rank={rank} seed={seed}`)"
+                for t in variants.values()
+                for (rank, seed), r in t.items()
+            ]
+            raise LorascopeError(
+                f"{path}: no complete LoRA run training both factors ({', '.join(why) or 'none'})"
+            )
         for name, why in skipped.items():
             log.warning("skipping %s: %s", name, why)
-        return cls(path, dict(sorted(found.items())), skipped, dict(sorted(full.items())))
+        variants = {v: dict(sorted(t.items())) for v, t in sorted(variants.items())}
+        return cls(path, dict(sorted(found.items())), skipped, dict(sorted(full.items())), variants)
+
+    @property
+    def frozen_A(self) -> dict[tuple[int, int], Run]:
+        """The runs trained with A frozen at its start A0 (`lora.train_A=false`), by (rank, seed)."""
+        return self.variants.get(FROZEN_A, {})
 
     @property
     def name(self) -> str:
@@ -124,6 +151,12 @@ def _other_base(run: Run, first: Run | None) -> str | None:
         return None
     m, a, b = found
     return f"trained on another base than {first.name} (‖W‖_F of {m}: {a:.6g} vs {b:.6g})"
+
+
+def variant_of(run: Run) -> str:
+    """'' for a run that trains both factors (and for full fine-tuning, PEFT folders, old runs whose
+    header does not say), FROZEN_A / FROZEN_B for one that froze A / B (its header's train_A, train_B)."""
+    return lora_variant(run.meta.get("train_A", True), run.meta.get("train_B", True))
 
 
 def _seed_of(run: Run) -> int:

@@ -64,7 +64,7 @@ def verdict(parts) -> str:
     parts = [HOLDS if p is True else FAILS if p is False else p for p in parts]
     if not parts:
         return "**not testable**"
-    for same in (HOLDS, FAILS, ONE_SEED, ONE_PAIR):
+    for same in (HOLDS, FAILS, UNDECIDED, ONE_SEED, ONE_PAIR):
         if all(p == same for p in parts):
             return f"**{same}**"
     if HOLDS in parts and FAILS not in parts and UNDECIDED not in parts:
