@@ -187,7 +187,7 @@ def main() -> None:
             f"({'met' if ratios[n] <= GOAL else 'MISSED'}{'' if n == 100 else '; not the N of the goal'})"
         )
         per_adapter = 2 * LAYERS * IN * args.k * 4 / 2**20
-        say(f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores shared with other work)")
+        say(f"load average at the end: {os.getloadavg()[0]:.1f}")
         say(
             f"RSS after imports, before any work: {amap['rss_imports']:.0f} MiB. Bases kept: "
             f"{2 * LAYERS} modules x {IN}x{args.k} float32 = {per_adapter:.0f} MiB per adapter."

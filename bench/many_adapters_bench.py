@@ -321,8 +321,8 @@ def main() -> None:
         if args.partial:
             partial(args, say)
         say(
-            f"load average at the end: {os.getloadavg()[0]:.1f} (2 cores shared with other helpers' work: "
-            "wall times stretch with it; CPU s is the process's own CPU time)"
+            f"load average at the end: {os.getloadavg()[0]:.1f} (wall times stretch with it where the cores "
+            "are shared; CPU s is the process's own CPU time)"
         )
     if not args.no_write:
         if args.append and RESULTS.is_file():
