@@ -40,6 +40,7 @@ def _rank_main(rank: int, size: int, cfg: dict, out: str, resuming: bool, result
 
     from lorascope.train import RunFailed, train
 
+    DECIDED = (LorascopeError, RunFailed, KeyboardInterrupt)  # re-raised by the supervisor as they are
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level if rank == 0 else max(level, logging.WARNING))
@@ -51,8 +52,8 @@ def _rank_main(rank: int, size: int, cfg: dict, out: str, resuming: bool, result
             result.put(("summary", summary))
     except BaseException as e:
         if rank == 0:  # a decision every rank takes alike (bad input, divergence) keeps its own words
-            kind = type(e).__name__ if isinstance(e, LorascopeError | RunFailed | KeyboardInterrupt) else ""
-            result.put((kind or "error", f"{type(e).__name__}: {e}".splitlines()[0] if not kind else str(e)))
+            kind = next((k.__name__ for k in DECIDED if isinstance(e, k)), None)  # subclasses too
+            result.put((kind, str(e)) if kind else ("error", f"{type(e).__name__}: {e}".splitlines()[0]))
         log.error("rank %d of %s failed: %s", rank, out, f"{type(e).__name__}: {e}".splitlines()[0])
         sys.exit(1)
     finally:
