@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorascope import data as data_mod
-from lorascope import models, resume, run_format, trackers
+from lorascope import initial_eval, models, resume, run_format, trackers
 from lorascope.base_model import open_named
 from lorascope.config import SweepConfig, from_dict, to_dict
 from lorascope.distributed import World
@@ -244,7 +244,7 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
             run_format.write_config(out, to_dict(cfg))
             if update.method == "lora":  # ΔW_0 = 0 for full fine-tuning: nothing to keep
                 update.save(out / run_format.INIT_FILE, meta)
-        first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
+        first = _initial_evaluation(model, task, cfg, out, world, device, autocast)
         _check_finite("evaluation", first, 0)
         if main:
             run_format.append_metrics(out, {"step": 0, **first})
@@ -318,6 +318,24 @@ def _train(cfg, out: Path, resume_run: bool, world: World, device, autocast, t_s
                       extra, main)  # fmt: skip
     trackers.finish(tracking, summary)
     return summary
+
+
+def _initial_evaluation(model, task, cfg, out: Path, world: World, device, autocast) -> dict[str, float]:
+    """The step-0 held-out metrics, read from the sweep's cache where an identical network was evaluated
+    on the same data with the same settings (`lorascope.initial_eval`), else computed and cached. A run
+    sharded over processes evaluates itself: no rank holds the whole state to key it by."""
+    tc = cfg.train
+    if world.distributed:
+        return data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
+    digest = initial_eval.key(model, task, {"batch_size": tc.eval_batch_size, "dtype": tc.dtype,
+                                            "device": device.type})  # fmt: skip
+    cached = initial_eval.load(out.parent, digest)
+    if cached is not None:
+        log.info("step 0: the same network and held-out set as %s's step 0: its evaluation reused", cached[1])
+        return cached[0]
+    first = data_mod.evaluate(model, task, tc.eval_batch_size, device, autocast)
+    initial_eval.store(out.parent, digest, first, out.name)
+    return first
 
 
 def _testing_kill(world: World, step: int) -> None:

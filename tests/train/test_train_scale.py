@@ -147,14 +147,16 @@ def test_gradient_checkpointing_gives_the_same_losses(tiny_llama, corpus_txt, tm
     monkeypatch.setattr(modeling_llama.LlamaMLP, "forward", counted)
     plain = train(_lm_config(tiny_llama, corpus_txt, steps=4), tmp_path / "plain")
     n_plain = len(calls)
-    ckpt = train(_lm_config(tiny_llama, corpus_txt, steps=4, grad_checkpointing=True), tmp_path / "ckpt")
+    # In a sweep folder of its own: beside "plain" it would reuse plain's step-0 evaluation (same network).
+    ckpt_cfg = _lm_config(tiny_llama, corpus_txt, steps=4, grad_checkpointing=True)
+    ckpt = train(ckpt_cfg, tmp_path / "own" / "ckpt")
     # Each training step runs each of the 2 layers once more, recomputing it in backward.
     assert len(calls) - n_plain == n_plain + 4 * 2
     assert ckpt["grad_checkpointing"] is True and plain["grad_checkpointing"] is False
-    a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "ckpt")
+    a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "own" / "ckpt")
     assert len(a) == 4 and a == pytest.approx(b, abs=1e-5)
     A1 = runs.load_run(tmp_path / "plain").adapters["model.layers.1.self_attn.v_proj"].B
-    A2 = runs.load_run(tmp_path / "ckpt").adapters["model.layers.1.self_attn.v_proj"].B
+    A2 = runs.load_run(tmp_path / "own" / "ckpt").adapters["model.layers.1.self_attn.v_proj"].B
     assert float((A1 - A2).abs().max()) < 1e-5 and float(A1.abs().max()) > 0  # LoRA got gradients
 
 
