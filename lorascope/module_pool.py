@@ -66,3 +66,45 @@ def prefetched(fn: Callable[[T], R], items: Iterable[T], ahead: int = 1) -> Iter
                 pending.append(pool.submit(fn, x))
                 break
             yield current
+
+
+def side_by_side(
+    fn: Callable[[T], R], items: Iterable[T], small: Callable[[T], bool], workers: int | None = None
+) -> Iterator[R]:
+    """fn(x) for x in items, in order, as the items come (a generator that reads W one module at a
+    time): the items `small` says are small run `workers` at a time (default: torch's thread count)
+    on a pool, torch on one thread meanwhile; any other runs alone, on every thread, once the pool
+    has drained. At most `workers` items are in flight, so memory stays that of `workers` modules.
+
+    For work whose parts differ in size: a warm intruder module (n × r products, a Krylov of N × 2r
+    products: one thread each, two modules at once) beside a cold one (an eigh of W Wᵀ, which
+    LAPACK spreads over every thread). The results are those of the plain loop up to the rounding of
+    one-thread against many-thread BLAS."""
+    threads = torch.get_num_threads()
+    workers = max(1, int(workers or threads))
+    if workers == 1:
+        yield from (fn(x) for x in items)
+        return
+    pending: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        try:
+            for x in items:
+                if small(x):
+                    torch.set_num_threads(1)
+                    pending.append(pool.submit(fn, x))
+                    while len(pending) > workers:
+                        yield pending.popleft().result()
+                    continue
+                while pending:
+                    yield pending.popleft().result()
+                torch.set_num_threads(threads)
+                yield fn(x)
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+            wait_all = [f for f in pending if not f.cancelled()]
+            for f in wait_all:
+                f.exception()  # let the running ones finish before the thread count is restored
+            torch.set_num_threads(threads)

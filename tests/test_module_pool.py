@@ -61,3 +61,38 @@ def test_prefetched_yields_in_order_raises_at_result_and_holds_at_most_ahead_plu
     assert got == [0, 1, 4, 16, 25, 36, 49] and errors == ["item 3"]
     assert sorted(started) == list(range(8))
     assert list(prefetched(work, [])) == []
+
+
+def test_side_by_side_runs_small_items_two_at_a_time_and_large_ones_alone_on_every_thread():
+    from lorascope.module_pool import side_by_side
+
+    torch.set_num_threads(2)
+    seen, lock, running, most = [], threading.Lock(), [0], [0]
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            seen.append((i, torch.get_num_threads(), running[0]))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    items = [0, 1, 2, 3, 10, 4, 5]  # 10 is large: it waits for the pool and runs alone
+    got = list(side_by_side(work, iter(items), small=lambda i: i < 10, workers=2))
+    assert got == [i * i for i in items]  # in order
+    assert most[0] == 2  # never more than `workers` in flight
+    large = next(s for s in seen if s[0] == 10)
+    assert large[1:] == (2, 1)  # alone, on every thread
+    assert all(s[1] == 1 for s in seen if s[0] != 10)  # the small ones on one torch thread each
+    assert torch.get_num_threads() == 2
+
+    def fail(i):
+        if i == 3:
+            raise LorascopeError("module 3")
+        return i
+
+    with pytest.raises(LorascopeError, match="module 3"):
+        list(side_by_side(fail, iter(range(8)), small=lambda i: True, workers=2))
+    assert torch.get_num_threads() == 2  # restored after an error too

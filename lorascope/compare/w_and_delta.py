@@ -35,6 +35,7 @@ from lorascope.base_identity import check_weight
 from lorascope.base_model import Checkpoint, iter_base_weights, open_base
 from lorascope.delta import directions
 from lorascope.errors import LorascopeError
+from lorascope.module_pool import side_by_side
 from lorascope.names import select_modules, shared_modules
 from lorascope.wspectra import SpectraCache
 
@@ -195,19 +196,34 @@ def intruder_tables(
       curve  long format, one row per (run, module, ε in eps_grid): run, module, eps, count
     W's whole decomposition comes from the cache (computed once per base weight); the top-k of
     W + s·BA from it with no product with W (`analysis.w_plus_delta`), of a dense W + ΔW from the
-    matrix-free truncated SVD.
+    matrix-free truncated SVD. Warm CPU modules run two at a time on one torch thread each
+    (`module_pool.side_by_side`): their n × r products and N × 2r Krylov leave a second core idle
+    otherwise; a cold one (the eigh of W Wᵀ) runs alone on every thread.
     """
     runs = _labelled(runs)
     names = _modules(runs, modules, layers)
     dev = resolve_device(device)
     store = _cache(cache)
-    rows, curve = [], []
-    for m, W, key in _weights(runs, names, progress, "intruders", store, base=base):
+
+    def one_module(item) -> tuple[str, list]:
+        m, W, key = item
         basis = store.entry(W, key).basis(device=dev) if store else None  # W = U Σ Vᵀ whole
+        cached = {"U_w": basis[0], "w_basis": basis} if basis else {}
+        found = []
         for label, run in runs.items():
             a = run.adapters[m]
-            cached = {"U_w": basis[0], "w_basis": basis} if basis else {}
-            res = intruder_dimensions(W, a, k=k, eps=eps, device=dev, **cached)
+            found.append((label, a, intruder_dimensions(W, a, k=k, eps=eps, device=dev, **cached)))
+        return m, found
+
+    def warm(item) -> bool:
+        """W's decomposition stored, on the CPU: then modules run two at a time (`side_by_side`)."""
+        m, W, key = item
+        return dev.type == "cpu" and store is not None and store.entry(W, key).has("basis", min(W.shape))
+
+    rows, curve = [], []
+    weights = _weights(runs, names, progress, "intruders", store, base=base)
+    for m, results in side_by_side(one_module, weights, warm):
+        for label, a, res in results:
             rows.append(
                 {
                     "run": label,

@@ -175,3 +175,20 @@ def test_a_base_of_another_shape_is_refused(base, tmp_path):
     run = runs.load_run(lorascope_run(tmp_path, str(folder), other))
     with pytest.raises(LorascopeError, match="the run's base model"):
         amplification_table(run)
+
+
+def test_warm_intruders_two_modules_at_a_time_equal_the_plain_loop(peft_run):
+    cold, _ = intruder_tables(peft_run, k=10, eps=0.5)  # one thread (the fixture): the plain loop
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        calls = truncated.SVD_CALLS.copy()
+        side, side_curve = intruder_tables(peft_run, k=10, eps=0.5)  # warm: modules on a pool of 2
+        assert truncated.SVD_CALLS - calls == {}
+    finally:
+        torch.set_num_threads(threads)
+    assert list(side["module"]) == list(cold["module"]) and list(side["count"]) == list(cold["count"])
+    assert list(side["intruders"]) == list(cold["intruders"])
+    # The float32 products with the cached U round differently on one thread and on two: ~1e-8.
+    np.testing.assert_allclose(side["min_max_cos"], cold["min_max_cos"], rtol=0, atol=1e-6)
+    assert len(side_curve) == len(llama_modules()) * 17
