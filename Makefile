@@ -60,13 +60,14 @@ demo-stream-r64: setup
 # The sweep the findings need for intervals over seeds (experiment=paper_ranks: ranks 1, 2, 4, 8, 64 with
 # three seeds each, snapshots every 10 steps), full fine-tuning with three seeds beside it, r = 8 with A
 # frozen at its start for Zhu et al.'s test (folders r8-s<seed>-frozenA beside r8-s<seed>), then every figure.
-# About an hour on 2 cores; `make demo` (two seeds at r = 64 only) stays within 10 minutes.
+# The runs `make demo` trained are the same experiments here (tests/train/test_demo_targets.py), found done.
 demo-paper: setup
 	$(BIN)/python sweep.py experiment=paper_ranks train.snapshot_every=10 \
 		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
-	$(BIN)/python sweep.py method=full seed=0,1,2 hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
-	$(BIN)/python sweep.py rank=8 seed=0,1,2 lora.train_A=false hydra/launcher=joblib hydra.launcher.n_jobs=2 \
-		train.threads=1
+	$(BIN)/python sweep.py method=full seed=0,1,2 train.snapshot_every=10 \
+		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
+	$(BIN)/python sweep.py rank=8 seed=0,1,2 lora.train_A=false train.snapshot_every=10 \
+		hydra/launcher=joblib hydra.launcher.n_jobs=2 train.threads=1
 	$(BIN)/lorascope figures runs/minilm-bbc
 
 # The quick benchmarks; bench/w_scale_bench.py (a 13.5 GB base, ~22 minutes) runs by hand.
