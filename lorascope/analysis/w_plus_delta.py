@@ -32,7 +32,9 @@ from lorascope.analysis.linalg import one_thread
 from lorascope.analysis.truncated import block_krylov_svd
 from lorascope.errors import LorascopeError
 
-DENSE_N = 1024  # N at or below which D + C K Cᵀ is formed and decomposed whole (eigh of 1024²: ~0.1 s)
+DENSE_N = 128  # N at or below which D + C K Cᵀ is formed and decomposed whole: an eigh of N² costs
+# O(N³), block Krylov O(N·r) per product (measured on one thread for k = 10, r = 16..64: N = 512 44 ms
+# against 3-6 ms, N = 1024 250-280 ms against 5-25 ms, N = 2048 2.5 s against 7-13 ms)
 BLOCK_EXTRA = 2  # Krylov blocks of k + 2 columns: for k = 10, N = 4096, r = 64, 18 products of 12 columns
 # took 74 ms (one thread) against 110 ms for 14 of 18 (the default k + 8): narrow products cost less each
 
