@@ -20,6 +20,16 @@ from lorascope.errors import LorascopeError
 from lorascope.module_pool import on_one_thread
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # labels warned about: a figure compares one factor with many, once each
+
+
+def _first_time(label: str) -> bool:
+    """True the first time a label is seen in this process: one warning per module and factor."""
+    if label in _WARNED:
+        return False
+    _WARNED.add(label)
+    return True
+
 
 # How far from orthonormal a basis may be (max |UᵀU − I|), by the precision it was computed in: round-off
 # of an SVD or QR stays orders of magnitude below these; a factor passed where a basis belongs does not.
@@ -110,7 +120,7 @@ def factor_phi(X1, X2, side: str = "right", label: str = "") -> np.ndarray:
                 e, U = torch.linalg.eigh((Y @ Y.T).double())  # ascending σ²
                 e, U = e.flip(0), U.flip(1)
                 if not e.numel() or e[-1] <= 0 or e[0] > GRAM_MAX_COND**2 * e[-1]:
-                    if e.numel() and e[-1] <= 1e-24 * max(float(e[0]), 1e-300):
+                    if e.numel() and e[-1] <= 1e-24 * max(float(e[0]), 1e-300) and _first_time(label or side):
                         log.warning(
                             "%s: factor is rank-deficient; its trailing directions are arbitrary",
                             label or side,

@@ -225,14 +225,19 @@ def test_factor_phi_gram_route_equals_the_basis_route(side):
 
 
 def test_factor_phi_falls_back_for_rank_deficient_and_wide_factors(caplog):
+    from lorascope.analysis import similarity
     from lorascope.analysis.linalg import factor_svd
     from lorascope.analysis.similarity import factor_phi, phi_grid
 
+    similarity._WARNED.discard("q")
     g = torch.Generator().manual_seed(1)
     X1, X2 = torch.randn(4, 12, generator=g), torch.randn(4, 12, generator=g)
     X1[3] = 0  # rank 3: the Gram route would divide by σ = 0
     grid = factor_phi(X1, X2, label="q")
     np.testing.assert_allclose(grid, phi_grid(factor_svd(X1)[0], factor_svd(X2)[0]), atol=1e-12)
     assert "q: factor is rank-deficient" in caplog.text
+    for _ in range(5):  # a figure compares one factor with many: said once, not once per comparison
+        factor_phi(X1, torch.randn(4, 12, generator=g), label="q")
+    assert caplog.text.count("q: factor is rank-deficient") == 1
     wide = torch.randn(16, 8, generator=g)  # r > n: at most n directions
     assert factor_phi(wide, wide).shape == (8, 8)
