@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lorascope import run_format
 from lorascope.lora import lora_layers
 
 log = logging.getLogger(__name__)
@@ -45,7 +44,7 @@ def _zero_update(layer) -> bool:
 def _state(model: nn.Module):
     """(name, tensor) of the model's state, a zero-update LoRA layer reduced to its base layer under the
     name the plain model gives it, so a rank-r adapter at step 0 has the key of the model without it."""
-    reduced = {name + ".": name + "." for name, layer in lora_layers(model).items() if _zero_update(layer)}
+    reduced = tuple(name + "." for name, layer in lora_layers(model).items() if _zero_update(layer))
     for name, t in model.state_dict().items():
         prefix = next((p for p in reduced if name.startswith(p)), None)
         if prefix is not None:
@@ -61,9 +60,7 @@ def _feed(h, t: Any) -> None:
         t = t.detach()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
         if t.numel():
-            flat = t.contiguous().view(-1)
-            h.update(flat.view(torch.uint8).cpu().numpy().tobytes() if flat.dtype != torch.uint8
-                     else flat.cpu().numpy().tobytes())  # fmt: skip
+            h.update(t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes())
     else:
         h.update(json.dumps(t, sort_keys=True, default=str).encode())
 
@@ -100,17 +97,9 @@ def load(folder: Path, digest: str) -> tuple[dict[str, float], str] | None:
 
 
 def store(folder: Path, digest: str, metrics: dict[str, float], run: str) -> None:
-    """Write the entry whole (temporary file, then rename); a folder that cannot hold it is logged."""
+    """Write the entry whole (`run_format.atomic_write_text`); a folder that cannot hold it is logged."""
     path = _path(folder, digest)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"run": run, "metrics": metrics}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        run_format.atomic_write_text(path, json.dumps({"run": run, "metrics": metrics}))
     except OSError as e:
         log.debug("step-0 evaluation not cached in %s: %s", path.parent, e)

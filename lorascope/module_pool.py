@@ -86,25 +86,21 @@ def side_by_side(
         yield from (fn(x) for x in items)
         return
     pending: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        try:
-            for x in items:
-                if small(x):
-                    torch.set_num_threads(1)
-                    pending.append(pool.submit(fn, x))
-                    while len(pending) > workers:
-                        yield pending.popleft().result()
-                    continue
-                while pending:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for x in items:
+            if small(x):
+                torch.set_num_threads(1)
+                pending.append(pool.submit(fn, x))
+                while len(pending) > workers:
                     yield pending.popleft().result()
-                torch.set_num_threads(threads)
-                yield fn(x)
+                continue
             while pending:
                 yield pending.popleft().result()
-        finally:
-            for f in pending:
-                f.cancel()
-            wait_all = [f for f in pending if not f.cancelled()]
-            for f in wait_all:
-                f.exception()  # let the running ones finish before the thread count is restored
             torch.set_num_threads(threads)
+            yield fn(x)
+        while pending:
+            yield pending.popleft().result()
+    finally:  # on an error too: the running ones finish, the queued ones never start, then the threads
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
