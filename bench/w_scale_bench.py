@@ -378,7 +378,7 @@ def main() -> None:
     build_adapter(adapter, base)
     size = sum(f.stat().st_size for f in base.glob("*.safetensors")) / 1e9
     n = len(modules())
-    int_layers = min(args.intruder_layers or CFG["analysed"], CFG["analysed"])
+    int_layers = min(args.intruder_layers or CFG["analysed"], CFG["layers"])  # more or fewer than --layers
     n_int = len(modules(int_layers)) // (len(TARGETS) if args.intruder_modules else 1)  # a regex: q or v
     say(
         f"base: {base} ({size:.1f} GB bf16, {CFG['layers']} layers, hidden {CFG['hidden']}, "

@@ -162,6 +162,16 @@ class Entry:
     def top(self, k: int, *, device: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """W's top-k (U (out, k), S (k,), V (in, k)): from a stored top-k' (k' ≥ k), else computed by
         the truncated SVD (`truncated.weight_top_svd`) and stored."""
+        found = self.stored_top(k)
+        if found is not None:
+            return found
+        U, S, V = truncated.weight_top_svd(self.W, int(k), device=device)
+        self.put_top(U, S, V)
+        return U, S, V
+
+    def stored_top(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """W's top-k from a stored top-k' (k' ≥ k) that checks out, else None (nothing computed);
+        counted in STATS as a "hit" or a "miss"."""
         k = int(k)
         if not 1 <= k <= min(self.W.shape):
             raise LorascopeError(f"k must be in 1..{min(self.W.shape)}, got {k}")
@@ -172,9 +182,13 @@ class Entry:
                     STATS["hit"] += 1
                     return found["U"][:, :k], found["S"][:k], found["V"][:, :k]
         STATS["miss"] += 1
-        U, S, V = truncated.weight_top_svd(self.W, k, device=device)
+        return None
+
+    def put_top(self, U: torch.Tensor, S: torch.Tensor, V: torch.Tensor) -> None:
+        """Store W's top-k (U (out, k), S (k,), V (in, k)) as computed elsewhere (e.g. by
+        `analysis.amplification.amplifications`, in the same pass as its own products)."""
+        k = int(S.shape[0])
         self._save(self.folder / f"top-{k}.safetensors", {"U": U, "S": S, "V": V}, "top", k)
-        return U, S, V
 
     def left(self, *, device: str = "auto") -> torch.Tensor:
         """All min(out, in) left singular vectors of W, (out, m) by descending σ (stored in float32)."""
@@ -203,15 +217,27 @@ class Entry:
     def random_projection(self, k: int, seed: int = 0, *, device: str = "auto") -> float:
         """‖U_rᵀ W V_r‖_F for amplification's seeded random bases (`amplification.random_projection`):
         W's data too, stored so that a warm Table 7 needs one product with W, not two."""
+        found = self.stored_random(k, seed)
+        if found is not None:
+            return found
+        value = random_projection(self.W, int(k), int(seed), device=device)
+        self.put_random(k, seed, value)
+        return value
+
+    def stored_random(self, k: int, seed: int = 0) -> float | None:
+        """The stored `random_projection(W, k, seed)`, else None (nothing computed)."""
         path = self.folder / f"random-{int(k)}-{int(seed)}.safetensors"
         found = self._load(path, "random", int(k), seed) if _is_file(path) else None
-        if found is not None:
-            STATS["hit"] += 1
-            return float(found["proj"][0])
-        STATS["miss"] += 1
-        value = random_projection(self.W, int(k), int(seed), device=device)
-        self._save(path, {"proj": torch.tensor([value], dtype=torch.float64)}, "random", int(k), seed)
-        return value
+        if found is None:
+            STATS["miss"] += 1
+            return None
+        STATS["hit"] += 1
+        return float(found["proj"][0])
+
+    def put_random(self, k: int, seed: int, value: float) -> None:
+        """Store `random_projection(W, k, seed)` = value, computed elsewhere."""
+        tensors = {"proj": torch.tensor([float(value)], dtype=torch.float64)}
+        self._save(self.folder / f"random-{int(k)}-{int(seed)}.safetensors", tensors, "random", int(k), seed)
 
     def has(self, kind: str, k: int, seed: int = 0) -> bool:
         """Whether a "top" entry with k' ≥ k, a "random" one of (k, seed) or the "basis" is stored

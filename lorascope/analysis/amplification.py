@@ -13,14 +13,22 @@ cache (`w_top=`, e.g. `lorascope.wspectra.SpectraCache().entry(W).top(k)`), neve
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from lorascope.analysis.linalg import random_orthonormal
 from lorascope.analysis.similarity import phi_grid
-from lorascope.analysis.truncated import full_svd, resolve_device, stream_product, top_svd
+from lorascope.analysis.truncated import (
+    full_svd,
+    resolve_device,
+    stream_product,
+    top_svd,
+    weight_top_and_products,
+)
 from lorascope.delta import Delta, check_shape, frobenius_norm
 from lorascope.errors import LorascopeError
 
@@ -57,13 +65,19 @@ def weight_svd(W) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return full_svd(W, device="cpu")
 
 
+@functools.lru_cache(maxsize=8)
+def _random_bases(out: int, n_in: int, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """amplification's seeded random orthonormal U_r (out, k) and V_r (in, k), float64 CPU: the same for
+    every module of a shape, so drawn (a Gaussian and a QR each) once per shape. Read-only."""
+    return random_orthonormal(out, k, seed), random_orthonormal(n_in, k, seed + 1)
+
+
 def random_projection(W, k: int, seed: int = 0, *, device: str = "auto") -> float:
     """‖U_rᵀ W V_r‖_F for the seeded random orthonormal U_r (out, k) and V_r (in, k) of `amplification`
     (`random_orthonormal(out, k, seed)`, `random_orthonormal(in, k, seed + 1)`): a function of W alone."""
     dev = resolve_device(device)
     W = _matrix(W)
-    U_r = random_orthonormal(W.shape[0], k, seed).to(dev)
-    V_r = random_orthonormal(W.shape[1], k, seed + 1).to(dev)
+    U_r, V_r = (t.to(dev) for t in _random_bases(*W.shape, int(k), int(seed)))
     return float(torch.linalg.matrix_norm(U_r.T @ stream_product(W, V_r, device=dev)[0]))
 
 
@@ -90,15 +104,29 @@ class Amplification:
 DENSE_ALGORITHM = "krylov"
 
 
-def _top_of_delta(delta: Delta, k: int | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ΔW's top-k (U (out, k), S, V (in, k)); k None: every direction of its factored form (a dense
-    ΔW has none to default to: k must be given)."""
-    if k is None and delta.rank is None:
-        raise LorascopeError("a dense ΔW has no rank to default to: give k")
-    U, S, V = delta.svd(k, algorithm=DENSE_ALGORITHM)
-    if k is not None and S.shape[0] < int(k):
+def _top_of_delta(delta: Delta, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """ΔW's top-k (U (out, k), S (k,), V (in, k)) and ‖ΔW‖_F. A factored ΔW is decomposed once: its
+    whole σ gives the norm (`frobenius_norm` would decompose it again)."""
+    if delta.rank is not None:
+        U, S, V = delta.svd(None, algorithm=DENSE_ALGORITHM)
+        dw_norm = float(torch.linalg.vector_norm(S))
+        U, S, V = U[:, :k], S[:k], V[:, :k]
+    else:
+        U, S, V = delta.svd(k, algorithm=DENSE_ALGORITHM)
+        dw_norm = frobenius_norm(delta)
+    if S.shape[0] < k:
         raise LorascopeError(f"k = {k} exceeds the rank of ΔW ({S.shape[0]}): use k ≤ {S.shape[0]}")
-    return U, S, V
+    return U, S, V, dw_norm
+
+
+@dataclass
+class WSide:
+    """What `amplifications` computed of W alone, for a cache to keep (`lorascope.wspectra`):
+    top  W's top-k (U, S, V) when neither `w_top` nor `w_svd` was given, else None;
+    random  {k: ‖U_rᵀ W V_r‖_F} for the floors it computed (seeded as asked)."""
+
+    top: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    random: dict[int, float] = field(default_factory=dict)
 
 
 def amplification(
@@ -118,8 +146,9 @@ def amplification(
     W's top-k come from `w_top` (U (out, k'), S, V (in, k'), k' ≥ k, e.g. cached), `w_svd` (a full
     `weight_svd(W)`), or else the truncated SVD; `proj_random`: the cached
     `random_projection(W, k, seed)`, if known. The products run in float64 on `device` ("auto":
-    CUDA when available); W may be in any dtype (bf16 as stored): one pass over it gives both W V
-    and ‖W‖_F, converting a block of rows at a time (`truncated.stream_product`). Returns an
+    CUDA when available); W may be in any dtype (bf16 as stored): one pass over it gives W V,
+    ‖W‖_F, the random floor's W V_r and, when W's top-k are computed, their Rayleigh–Ritz
+    (`truncated.weight_top_and_products`), converting a block of rows at a time. Returns an
     `Amplification`:
       w_norm       ‖W‖_F
       dw_norm      ‖ΔW‖_F
@@ -129,34 +158,93 @@ def amplification(
       amplification  dw_norm / proj_dw (inf if proj_dw = 0; proj_dw and this are nan if ΔW = 0)
       k
     """
-    dev = resolve_device(device)
     W = _matrix(W)
     check_shape(delta, tuple(W.shape))
-    if k is not None and not 1 <= int(k) <= min(W.shape):
-        raise LorascopeError(f"k must be in 1..{min(W.shape)}, got {k}")
-    U, S, V = _top_of_delta(delta, k)
-    k = S.shape[0] if k is None else int(k)
-    dw_norm = frobenius_norm(delta)
-    _, sigma_w, _ = _top_of_w(W, k, w_svd, w_top, dev)
-    if proj_random is None:
-        proj_random = random_projection(W, k, seed, device=dev)
-
-    WV, w_norm = stream_product(W, V, device=dev)  # the one pass over W
-    if dw_norm == 0:
-        # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
-        proj_dw, amp = float("nan"), float("nan")
-    else:
-        proj_dw = float(torch.linalg.matrix_norm(U.to(dev).T @ WV))  # ‖Uᵀ W V‖_F
-        amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
-    return Amplification(
-        w_norm=w_norm,
-        dw_norm=dw_norm,
-        proj_dw=proj_dw,
-        proj_w=float(torch.linalg.vector_norm(sigma_w)),
-        proj_random=float(proj_random),
-        amplification=amp,
-        k=k,
+    k = _resolve_k(delta, k, W.shape)
+    random = {k: float(proj_random)} if proj_random is not None else None
+    numbers, _ = amplifications(
+        W, {"": delta}, k=k, seed=seed, w_svd=w_svd, w_top=w_top, random=random, device=device
     )
+    return numbers[""]
+
+
+def _resolve_k(delta: Delta, k: int | None, shape) -> int:
+    """k as given (checked against W's shape), else every direction of ΔW's factored form."""
+    if k is not None:
+        if not 1 <= int(k) <= min(shape):
+            raise LorascopeError(f"k must be in 1..{min(shape)}, got {k}")
+        return int(k)
+    if delta.rank is None:
+        raise LorascopeError("a dense ΔW has no rank to default to: give k")
+    return min(delta.rank, *shape)
+
+
+def amplifications(
+    W,
+    deltas: Mapping[str, Delta],
+    *,
+    k: int | Mapping[str, int | None] | None = None,
+    seed: int = 0,
+    w_svd=None,
+    w_top=None,
+    random: Mapping[int, float] | None = None,
+    top_k: int | None = None,
+    device: str = "auto",
+) -> tuple[dict[str, Amplification], WSide]:
+    """`amplification` of several ΔW of one W ({label: delta}, e.g. a sweep's runs of one module),
+    from one pass over W whatever their number: returns ({label: Amplification}, WSide).
+
+    k: as for `amplification`, for every ΔW (None: each its own rank), or {label: k}; `random`: known floors
+    {k: random_projection(W, k, seed)}; `top_k`: how many of W's top singular triplets to compute
+    when neither `w_top` nor `w_svd` is given (default: the largest k; a cache keeps them for the
+    next analysis: `WSide.top`). Every ΔW's V, the random V_r of each missing floor and, when W's
+    top-k are computed, their Rayleigh–Ritz basis are stacked into one block of columns."""
+    dev = resolve_device(device)
+    W = _matrix(W)
+    sides = {}
+    for label, delta in deltas.items():
+        check_shape(delta, tuple(W.shape))
+        k_d = _resolve_k(delta, k.get(label) if isinstance(k, Mapping) else k, W.shape)
+        sides[label] = (k_d, *_top_of_delta(delta, k_d))
+    ks = sorted({side[0] for side in sides.values()})
+    if w_svd is None and w_top is not None and w_top[1].shape[0] < max(ks):
+        raise LorascopeError(f"w_top holds W's top-{w_top[1].shape[0]}, but k = {max(ks)} are needed")
+    known = dict(random or {})
+    missing = [q for q in ks if q not in known]
+    bases = {q: _random_bases(*W.shape, q, int(seed)) for q in missing}
+    columns = [side[3] for side in sides.values()] + [bases[q][1] for q in missing]
+    X = torch.cat([c.to(dev, torch.float64) for c in columns], 1)
+    computed = WSide()
+    if w_svd is None and w_top is None:
+        top_k = max(ks) if top_k is None else int(top_k)
+        *w_top, (WX, w_norm) = weight_top_and_products(W, top_k, X, device=dev)
+        computed.top = w_top = tuple(w_top)
+    else:
+        WX, w_norm = stream_product(W, X, device=dev)  # the one pass over W
+    offsets = torch.tensor([0, *(c.shape[1] for c in columns)]).cumsum(0).tolist()
+    blocks = [WX[:, offsets[i] : offsets[i + 1]] for i in range(len(columns))]
+    for i, q in enumerate(missing):
+        U_r = bases[q][0].to(dev)
+        known[q] = computed.random[q] = float(torch.linalg.matrix_norm(U_r.T @ blocks[len(sides) + i]))
+    numbers = {}
+    for i, (label, (k_d, U, _, _, dw_norm)) in enumerate(sides.items()):
+        _, sigma_w, _ = _top_of_w(W, k_d, w_svd, w_top, dev)
+        if dw_norm == 0:
+            # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
+            proj_dw, amp = float("nan"), float("nan")
+        else:
+            proj_dw = float(torch.linalg.matrix_norm(U.to(dev).T @ blocks[i]))  # ‖Uᵀ W V‖_F
+            amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
+        numbers[label] = Amplification(
+            w_norm=w_norm,
+            dw_norm=dw_norm,
+            proj_dw=proj_dw,
+            proj_w=float(torch.linalg.vector_norm(sigma_w)),
+            proj_random=known[k_d],
+            amplification=amp,
+            k=k_d,
+        )
+    return numbers, computed
 
 
 def w_delta_similarity(
@@ -183,7 +271,7 @@ def w_delta_similarity(
     dev = resolve_device(device)
     W = _matrix(W)  # converted to float64 only where W itself is decomposed (not when w_top is given)
     check_shape(delta, tuple(W.shape))
-    U, _, V = _top_of_delta(delta, k)
+    U, _, V, _ = _top_of_delta(delta, _resolve_k(delta, k, W.shape))
     if top_w is None and w_svd is None:
         w_svd = full_svd(W, device=dev)
     top_w = min(W.shape) if top_w is None else int(top_w)

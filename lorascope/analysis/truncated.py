@@ -72,10 +72,14 @@ def stream_product(
     out = torch.empty(W.shape[0], X.shape[1], dtype=torch.float64, device=device)
     Xt = X.T.contiguous()
     squares = torch.zeros((), dtype=torch.float64, device=device)
+    # One float64 block, refilled: a fresh 8 MiB tensor per block would be fresh pages each time.
+    block = torch.empty(min(rows, W.shape[0]), W.shape[1], dtype=torch.float64, device=device)
     for i in range(0, W.shape[0], rows):
-        block = W[i : i + rows].to(torch.float64)
-        squares += torch.linalg.vector_norm(block).square()
-        out[i : i + rows] = (Xt @ block.T).T  # short-wide, as in `apply`
+        b = block[: min(rows, W.shape[0] - i)]
+        b.copy_(W[i : i + rows])
+        flat = b.view(-1)
+        squares += torch.dot(flat, flat)  # Σ w² in float64: no cancellation, no overflow for weights
+        out[i : i + rows] = (Xt @ b.T).T  # short-wide, as in `apply`
     return out, float(squares.sqrt())
 
 
@@ -118,7 +122,24 @@ def weight_top_svd(
     Ritz values err by the square of the subspace's angle, so σ agrees with a float64 SVD to about
     1e-12 where the float32 space is good to 1e-6 (the top-k of a 4096² bf16 W with a 1.7 % gap at
     k = 64: √Σσ² to 1e-9, each σ to 2e-7, 12 float32 products of 48 columns against 18 in float64).
-    Counted as "top" in SVD_CALLS."""
+    Counted as "top" in SVD_CALLS. `weight_top_and_products` also returns W X for given columns X."""
+    U, S, V, _ = weight_top_and_products(W, k, None, device=device, seed=seed, precision=precision)
+    return U, S, V
+
+
+def weight_top_and_products(
+    W,
+    k: int,
+    X: torch.Tensor | None,
+    *,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    precision: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, float] | None]:
+    """(U, S, V) as `weight_top_svd` gives them and, for columns X (in, c), (W X, ‖W‖_F) in float64 on
+    `device` from the same float64 pass over W as the Rayleigh–Ritz (None for X None): an analysis
+    that needs W's top-k and products of its own with W (amplification's W V, the random floor's
+    W V_r) pays for one conversion and one stream over W, not one each."""
     dev = resolve_device(device)
     W = W.detach() if isinstance(W, torch.Tensor) else torch.as_tensor(W)
     if W.ndim != 2:
@@ -126,26 +147,38 @@ def weight_top_svd(
     if precision not in ("auto", "mixed", "float64"):
         raise LorascopeError(f"precision must be auto, mixed or float64, got {precision!r}")
     if precision == "float64" or (precision == "auto" and W.shape[0] * W.shape[1] < SMALL):
-        return dense_top_svd(W, k, device=dev, seed=seed)
+        U, S, V = dense_top_svd(W, k, device=dev, seed=seed)
+        return U, S, V, (stream_product(W, X, device=dev) if X is not None else None)
     m, k = min(W.shape), int(k)
     if not 1 <= k <= m:
         raise LorascopeError(f"k must be in 1..{m}, got {k}")
     SVD_CALLS["top"] += 1
-    Wf = W.to(dev, torch.float32)
-    _, _, V32 = block_krylov_svd(
-        lambda X: apply(Wf, X), lambda Y: apply_t(Wf, Y), tuple(W.shape), k, device=dev, seed=seed,
-        tol=TOL32, dtype=torch.float32, keep=min(m, k + REFINE),
-    )  # fmt: skip
+    V32 = _float32_ritz_vectors(W, k, dev, seed, keep=min(m, k + REFINE))
     with one_thread(dev):
         V_p = torch.linalg.qr(V32.double())[0]  # (in, p)
-    Z, _ = stream_product(W, V_p, device=dev)  # (out, p) = W V_p in float64: W as given, not rounded
+    p = V_p.shape[1]
+    columns = V_p if X is None else torch.cat([V_p, as_f64(X, dev, "X")], 1)
+    ZX, w_norm = stream_product(W, columns, device=dev)  # W [V_p, X] in float64: W as given, not rounded
+    Z = ZX[:, :p]  # (out, p) = W V_p
     with one_thread(dev):
         _, Y = torch.linalg.eigh(Z.T @ Z)
     Y = Y[:, -k:].flip(1)  # (p, k) by descending σ
     ZY = Z @ Y
     S = torch.linalg.vector_norm(ZY, dim=0)  # σ_i = ‖W v_i‖
     U = ZY / torch.where(S > 0, S, torch.ones_like(S))
-    return U.cpu(), S.cpu(), (V_p @ Y).cpu()
+    products = None if X is None else (ZX[:, p:], w_norm)
+    return U.cpu(), S.cpu(), (V_p @ Y).cpu(), products
+
+
+def _float32_ritz_vectors(W, k: int, device, seed: int, keep: int) -> torch.Tensor:
+    """The top `keep` right Ritz vectors (in, keep) of W's float32 block Krylov space (its float32
+    copy freed on return, before the float64 pass)."""
+    Wf = W.to(device, torch.float32)
+    _, _, V32 = block_krylov_svd(
+        lambda X: apply(Wf, X), lambda Y: apply_t(Wf, Y), tuple(W.shape), k, device=device, seed=seed,
+        tol=TOL32, dtype=torch.float32, keep=keep,
+    )  # fmt: skip
+    return V32
 
 
 def left_basis(W, *, method: str = "auto", device: str | torch.device = "auto") -> torch.Tensor:

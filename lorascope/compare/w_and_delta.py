@@ -19,12 +19,11 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 
 from lorascope.analysis.amplification import (
     ENERGY_COLUMNS,
     FIG8_SIDE,
-    amplification,
+    amplifications,
     energy_share,
     svd_from_basis,
     w_delta_similarity,
@@ -136,29 +135,30 @@ def amplification_table(
     rows = []
     for m, W, key in _weights(runs, names, progress, "amplification", store, check=False, base=base):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
+        entry = store.entry(W, key) if store else None
         # One top-k of W serves every run: the largest k any of them needs.
         k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
-        entry = store.entry(W, key) if store else None
         k_top = min(k_w, min(W.shape))
-        ks = {int(k) if k is not None else _rank(a) for a in adapters.values()} - {None}
-        if entry is None or not entry.has("top", k_top) or any(not entry.has("random", q, seed) for q in ks):
-            # Cold: W converted to float64 once, shared by the top-k (whose float32 Krylov space rounds
-            # it once more, `truncated.weight_top_svd`), the random floor and the numbers.
-            W = W.to(device=dev, dtype=torch.float64)
-            entry = entry.converted(W) if entry else None
-        w_top = entry.top(k_top, device=dev) if entry else None
+        # Each run's k: as given, else its trained rank (a DoRA's or a shifted init's ΔW has another).
+        k_runs = {label: int(k) if k is not None else _rank(a) for label, a in adapters.items()}
+        ks = {q for q in k_runs.values() if q is not None and q <= min(W.shape)}
+        w_top = entry.stored_top(k_top) if entry else None
+        random = {q: v for q in ks if entry and (v := entry.stored_random(q, seed)) is not None}
+        # Every run's W V, the missing floors and (cold) the top-k's Rayleigh–Ritz: one pass over W.
+        numbers, computed = amplifications(
+            W, adapters, k=k_runs, seed=seed, w_top=w_top, random=random, top_k=k_top, device=dev
+        )
+        if entry is not None:
+            if computed.top is not None:
+                entry.put_top(*computed.top)
+            for q, value in computed.random.items():
+                entry.put_random(q, seed, value)
+        _check_fingerprints(runs, m, next(iter(numbers.values())).w_norm)  # ‖W‖_F from that pass
         w_svd = _full_svd(W, entry, dev) if energy else None
         for label, a in adapters.items():
-            k_a = int(k) if k is not None else _rank(a)
-            cached = {"w_top": w_top, "device": dev, "seed": seed, "k": k_a}
-            if entry and k_a and k_a <= min(W.shape):
-                cached["proj_random"] = entry.random_projection(k_a, seed, device=dev)
-            numbers = amplification(W, a, **cached)
-            if not rows or rows[-1]["module"] != m:  # ‖W‖_F from amplification's pass over W
-                _check_fingerprints(runs, m, numbers.w_norm)
-            row = {"run": label, "module": m, "rank": _rank(a), **numbers.asdict()}
+            row = {"run": label, "module": m, "rank": _rank(a), **numbers[label].asdict()}
             if energy:
-                r = min(int(k) if k is not None else (_rank(a) or numbers.k), min(W.shape))
+                r = min(int(k) if k is not None else (_rank(a) or numbers[label].k), min(W.shape))
                 row.update(energy_share(w_svd, a, r))
             rows.append(row)
     columns = [*AMPLIFICATION_COLUMNS, *(ENERGY_COLUMNS if energy else ())]

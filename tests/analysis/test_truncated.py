@@ -183,6 +183,21 @@ def test_mixed_precision_top_k_equals_the_dense_svd(shape):
     torch.testing.assert_close(W64 @ V, U * S, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("precision", ["mixed", "float64"])
+def test_top_k_and_products_share_one_pass_and_equal_their_own(precision):
+    """`weight_top_and_products`: the top-k as `weight_top_svd` gives them, and W X, ‖W‖_F in float64
+    as the dense products, from the one float64 stream of the Rayleigh–Ritz."""
+    W = _decaying_bf16(300, 200)
+    X = torch.randn(200, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    U, S, V, (WX, w_norm) = truncated.weight_top_and_products(W, 12, X, device="cpu", precision=precision)
+    alone = truncated.weight_top_svd(W, 12, device="cpu", precision=precision)
+    for got, want in zip((U, S, V), alone, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(WX, W.double() @ X, rtol=0, atol=1e-12)
+    assert w_norm == pytest.approx(float(torch.linalg.matrix_norm(W.double())), rel=1e-14)
+    assert truncated.weight_top_and_products(W, 12, None, device="cpu", precision=precision)[3] is None
+
+
 def test_auto_precision_keeps_small_w_in_float64_and_a_bf16_w_is_read_as_stored():
     W = _decaying_bf16(60, 40)
     auto = truncated.weight_top_svd(W, 5, device="cpu")

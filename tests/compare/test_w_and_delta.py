@@ -1,5 +1,6 @@
 """ΔW against W for runs: a PEFT adapter on a sharded bf16 Llama, read lazily, cached, as dense answers."""
 
+import importlib
 import json
 
 import numpy as np
@@ -165,6 +166,39 @@ def test_several_runs_share_one_read_of_each_w(base, tmp_path):
         ref = la.phi_grid(torch.linalg.svd(W)[0][:, :8], la.delta_svd(a.A, a.B, a.scaling)[0])
         got = frame[frame["run"] == label].pivot(index="i", columns="j", values="phi").to_numpy()
         np.testing.assert_allclose(got, ref, atol=1e-9)
+
+
+def test_several_runs_cold_and_warm_make_one_pass_over_each_w(base, tmp_path, monkeypatch):
+    """Every run's W V, the random floors of each k and (cold) W's top-k: one stream over W per
+    module, whatever the number of runs, and each run's numbers as its own dense answer."""
+    folder, state = base
+    modules = llama_modules(("q_proj",))
+    r4 = lorascope_run(tmp_path, str(folder), random_adapters(state, modules, 4, seed=3), state, "r4-s0")
+    r8 = lorascope_run(tmp_path, str(folder), random_adapters(state, modules, 8, seed=4), state, "r8-s0")
+    both = {"r=4": runs.load_run(r4), "r=8": runs.load_run(r8)}
+    amp_module = importlib.import_module(
+        "lorascope.analysis.amplification"
+    )  # the package's name is the function
+    passes = []
+    for owner in (truncated, amp_module):
+        real = owner.stream_product
+        monkeypatch.setattr(
+            owner,
+            "stream_product",
+            lambda W, X, real=real, **kw: passes.append(X.shape[1]) or real(W, X, **kw),
+        )
+    # cold: the 4 + 8 columns of the two ΔW and the floors' V_r of k = 4 and 8 (a tiny W's top-8 come
+    # from the float64 Krylov, not a stream); warm: the floors are cached, the ΔW columns alone
+    for state_of_cache, columns in (("cold", 4 + 8 + 4 + 8), ("warm", 4 + 8)):
+        passes.clear()
+        table = amplification_table(both, layers={0, 2})
+        assert passes == [columns] * 2, state_of_cache
+        for row in table.itertuples():
+            a = both[row.run].adapters[row.module]
+            W = state[row.module + ".weight"].double()
+            ref = la.amplification(W, a, w_svd=torch.linalg.svd(W, full_matrices=False))
+            for key in ("w_norm", "dw_norm", "proj_dw", "proj_w", "proj_random", "amplification", "k"):
+                assert getattr(row, key) == pytest.approx(ref[key], rel=1e-9), (row.module, key)
 
 
 def test_a_base_of_another_shape_is_refused(base, tmp_path):
