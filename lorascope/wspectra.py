@@ -241,16 +241,11 @@ class Entry:
 
     def has(self, kind: str, k: int, seed: int = 0) -> bool:
         """Whether a "top" entry with k' ≥ k, a "random" one of (k, seed) or the "basis" is stored
-        (a name, not checked: reading it checks it). Lets a caller convert W once for the misses."""
+        (a name, not checked: reading it checks it). Lets a caller plan its work before reading anything."""
         if kind == "top":
             return any(k_stored >= k for k_stored, _ in self._stored_tops())
         name = "basis.safetensors" if kind == "basis" else f"random-{int(k)}-{int(seed)}.safetensors"
         return _is_file(self.folder / name)
-
-    def converted(self, W: torch.Tensor) -> Entry:
-        """This entry over W converted exactly (e.g. the bf16 W as stored, as float64), same key: one
-        conversion shared by every decomposition a cold analysis computes."""
-        return Entry(self.cache, W, self.key)
 
     # ------------------------------------------------------------------ files
 

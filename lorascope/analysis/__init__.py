@@ -7,6 +7,7 @@ Every analysis of ΔW takes one module's update `d` as an object of the ΔW prot
     from lorascope import analysis as la
     la.spectrum(d)                       # Spectrum: σ(ΔW), energy / stable / effective rank
     la.amplification(W, d, k=None)       # Amplification: Table 7 (w_norm, dw_norm, proj_dw, ...)
+    la.amplifications(W, {"r8": d8, "r64": d64})  # the same for several ΔW of one W, one pass over W
     la.w_delta_similarity(W, d)          # Fig. 8: φ(W's top-i, ΔW's top-j) on la.FIG8_SIDE
     la.intruder_dimensions(W, d)         # Intruders: Shuttleworth et al. 2024
     la.delta_similarity(d1, d2, "right") # φ grid of ΔW1's and ΔW2's singular vectors
@@ -27,6 +28,7 @@ from lorascope.analysis.amplification import (
     FIG8_SIDE,
     Amplification,
     amplification,
+    amplifications,
     w_delta_similarity,
     weight_svd,
 )
@@ -59,6 +61,7 @@ __all__ = [
     "Intruders",
     "Spectrum",
     "amplification",
+    "amplifications",
     "b_similarity",
     "delta_similarity",
     "delta_svd",

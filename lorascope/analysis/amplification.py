@@ -8,6 +8,8 @@ amplification = ‖ΔW‖_F / ‖Uᵀ W V‖_F: large when ΔW boosts directions
 Only W's top-k singular values are needed for the ceiling, and only W's top singular vectors
 for Figure 8 with `top_w`: they come from the truncated SVD (`truncated.top_svd`), or from a
 cache (`w_top=`, e.g. `lorascope.wspectra.SpectraCache().entry(W).top(k)`), never from a dense SVD of W.
+`amplifications` does several ΔW of one W at once: every product with W (each ΔW's W V, the random
+floor's W V_r, W's top-k Rayleigh–Ritz when they are not cached) in one float64 pass over it.
 """
 
 from __future__ import annotations
@@ -201,6 +203,8 @@ def amplifications(
     top-k are computed, their Rayleigh–Ritz basis are stacked into one block of columns."""
     dev = resolve_device(device)
     W = _matrix(W)
+    if not deltas:
+        raise LorascopeError("amplifications: no ΔW given")
     sides = {}
     for label, delta in deltas.items():
         check_shape(delta, tuple(W.shape))
@@ -216,7 +220,7 @@ def amplifications(
     X = torch.cat([c.to(dev, torch.float64) for c in columns], 1)
     computed = WSide()
     if w_svd is None and w_top is None:
-        top_k = max(ks) if top_k is None else int(top_k)
+        top_k = max(ks) if top_k is None else max(int(top_k), max(ks))  # every ΔW's k is served
         *w_top, (WX, w_norm) = weight_top_and_products(W, top_k, X, device=dev)
         computed.top = w_top = tuple(w_top)
     else:

@@ -4,6 +4,7 @@
     top_svd(W, k, delta=d)             top-k of W + ΔW, never forming it: products W x + d.matvec(x)
     weight_top_svd(W, k)               W's top-k as top_svd(W, k) gives them: for a large W, a float32
                                        Krylov space and float64 numbers
+    weight_top_and_products(W, k, X)   the same, and W X, ‖W‖_F from the float64 pass of its numbers
     left_basis(W)                      every left singular vector of W (intruder dimensions need them all)
 
 The top-k come from the randomized block Krylov method of `lorascope.krylov` (float64, on the
@@ -209,7 +210,10 @@ def left_spectrum(
     if method == "svd":
         U, S, _ = torch.linalg.svd(W, full_matrices=False)
         return U.cpu(), S.cpu()
-    lam, vecs = torch.linalg.eigh(W @ W.T)  # ascending σ²
+    G = W @ W.T
+    del W  # a float64 copy of a bf16 W is not needed by the eigh: 0.5 GB less at the peak for 8192²
+    lam, vecs = torch.linalg.eigh(G)  # ascending σ²
+    del G
     m = min(out, n_in)
     return vecs.flip(1)[:, :m].cpu(), lam.flip(0)[:m].clamp_min(0).sqrt().cpu()
 

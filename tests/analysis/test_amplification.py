@@ -8,6 +8,7 @@ import torch
 
 from lorascope import analysis as la
 from lorascope.analysis import truncated
+from lorascope.analysis.amplification import random_projection
 from lorascope.errors import LorascopeError
 from lorascope.run_format import Adapter, DenseDelta
 
@@ -175,3 +176,37 @@ def test_a_bf16_w_as_stored_gives_the_numbers_of_its_float64_copy():
     np.testing.assert_allclose(
         phi, la.w_delta_similarity(W16.double(), Adapter(A, B, 0.5), top_w=8), atol=1e-12
     )
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (1100, 1000)])  # the float64 Krylov, and the mixed route
+def test_several_deltas_of_one_w_equal_their_dense_answers_and_return_what_they_computed(shape):
+    """`amplifications`: each ΔW's numbers as its own dense reference; W's top-k and the floors it
+    computed handed back (for a cache), equal to `top_svd` and `random_projection`; a known floor and
+    a known top-k are used, not recomputed."""
+    g = torch.Generator().manual_seed(7)
+    Wb = torch.randn(*shape, generator=g).to(torch.bfloat16)
+    factors = {
+        f"r{r}": (torch.randn(r, shape[1], generator=g), torch.randn(shape[0], r, generator=g))
+        for r in (3, 6)
+    }
+    deltas = {label: Adapter(A, 0.01 * B, 2.0) for label, (A, B) in factors.items()}
+    numbers, computed = la.amplifications(Wb, deltas, top_k=8, device="cpu")
+    for label, (A, B) in factors.items():
+        dense = _dense_reference(Wb, A, 0.01 * B, 2.0, A.shape[0])
+        for key, value in dense.items():
+            assert numbers[label][key] == pytest.approx(value, rel=1e-9), (label, key)
+    U, S, V = computed.top
+    assert S.shape == (8,)
+    ref_U, ref_S, ref_V = truncated.top_svd(Wb, 8, device="cpu")
+    np.testing.assert_allclose(S.numpy(), ref_S.numpy(), rtol=1e-12)
+    np.testing.assert_allclose((U * V.sum(0)).abs().numpy(), (ref_U * ref_V.sum(0)).abs().numpy(), atol=1e-9)
+    assert set(computed.random) == {3, 6}
+    for q, value in computed.random.items():
+        assert value == pytest.approx(random_projection(Wb, q), rel=1e-12)
+    before = truncated.SVD_CALLS.copy()
+    again, nothing = la.amplifications(Wb, deltas, w_top=computed.top, random={3: 1.5}, device="cpu")
+    assert truncated.SVD_CALLS - before == {} and nothing.top is None and set(nothing.random) == {6}
+    assert again["r3"].proj_random == 1.5 and again["r6"].proj_random == pytest.approx(computed.random[6])
+    assert again["r6"].proj_dw == pytest.approx(numbers["r6"].proj_dw, rel=1e-12)
+    with pytest.raises(LorascopeError, match="no ΔW"):
+        la.amplifications(Wb, {})
