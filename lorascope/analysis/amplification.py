@@ -181,6 +181,23 @@ def _resolve_k(delta: Delta, k: int | None, shape) -> int:
     return min(delta.rank, *shape)
 
 
+PASS_COLUMNS = 1024  # columns of one pass over W (ΔW's V, the floors' V_r): a sweep of many runs takes
+# several passes rather than W X for all of them at once (1024 float64 columns of an 8192-row W: 64 MiB)
+
+
+def _passes(widths: list[int], cap: int) -> list[list[int]]:
+    """Consecutive groups of the indices of `widths`, each at most `cap` wide (one wider alone)."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, w in enumerate(widths):
+        if groups[-1] and used + w > cap:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += w
+    return groups
+
+
 def amplifications(
     W,
     deltas: Mapping[str, Delta],
@@ -194,13 +211,15 @@ def amplifications(
     device: str = "auto",
 ) -> tuple[dict[str, Amplification], WSide]:
     """`amplification` of several ΔW of one W ({label: delta}, e.g. a sweep's runs of one module),
-    from one pass over W whatever their number: returns ({label: Amplification}, WSide).
+    from one pass over W for up to PASS_COLUMNS columns of them: returns ({label: Amplification}, WSide).
 
     k: as for `amplification`, for every ΔW (None: each its own rank), or {label: k}; `random`: known floors
     {k: random_projection(W, k, seed)}; `top_k`: how many of W's top singular triplets to compute
     when neither `w_top` nor `w_svd` is given (default: the largest k; a cache keeps them for the
     next analysis: `WSide.top`). Every ΔW's V, the random V_r of each missing floor and, when W's
-    top-k are computed, their Rayleigh–Ritz basis are stacked into one block of columns."""
+    top-k are computed, their Rayleigh–Ritz basis are stacked into one block of columns (a sweep
+    wider than PASS_COLUMNS takes one more stream over W per PASS_COLUMNS columns); each product
+    W V is reduced to its norm ‖Uᵀ W V‖_F as soon as it is made."""
     dev = resolve_device(device)
     W = _matrix(W)
     if not deltas:
@@ -216,28 +235,32 @@ def amplifications(
     known = dict(random or {})
     missing = [q for q in ks if q not in known]
     bases = {q: _random_bases(*W.shape, q, int(seed)) for q in missing}
-    columns = [side[3] for side in sides.values()] + [bases[q][1] for q in missing]
-    X = torch.cat([c.to(dev, torch.float64) for c in columns], 1)
-    computed = WSide()
-    if w_svd is None and w_top is None:
-        top_k = max(ks) if top_k is None else max(int(top_k), max(ks))  # every ΔW's k is served
-        *w_top, (WX, w_norm) = weight_top_and_products(W, top_k, X, device=dev)
-        computed.top = w_top = tuple(w_top)
-    else:
-        WX, w_norm = stream_product(W, X, device=dev)  # the one pass over W
-    offsets = torch.tensor([0, *(c.shape[1] for c in columns)]).cumsum(0).tolist()
-    blocks = [WX[:, offsets[i] : offsets[i + 1]] for i in range(len(columns))]
-    for i, q in enumerate(missing):
-        U_r = bases[q][0].to(dev)
-        known[q] = computed.random[q] = float(torch.linalg.matrix_norm(U_r.T @ blocks[len(sides) + i]))
+    # ‖Lᵢᵀ W Rᵢ‖_F for each pair: every ΔW's (U, V), then each missing floor's (U_r, V_r).
+    pairs = [(side[1], side[3]) for side in sides.values()] + [bases[q] for q in missing]
+    norms, computed, w_norm = [], WSide(), None
+    for n, group in enumerate(_passes([R.shape[1] for _, R in pairs], PASS_COLUMNS)):
+        X = torch.cat([pairs[i][1].to(dev, torch.float64) for i in group], 1)
+        if n == 0 and w_svd is None and w_top is None:
+            top_k = max(ks) if top_k is None else max(int(top_k), max(ks))  # every ΔW's k is served
+            *w_top, (WX, w_norm) = weight_top_and_products(W, top_k, X, device=dev)
+            computed.top = w_top = tuple(w_top)
+        else:
+            WX, w_norm = stream_product(W, X, device=dev)
+        start = 0
+        for i in group:
+            L, width = pairs[i][0], pairs[i][1].shape[1]
+            norms.append(float(torch.linalg.matrix_norm(L.to(dev).T @ WX[:, start : start + width])))
+            start += width
+    for j, q in enumerate(missing):
+        known[q] = computed.random[q] = norms[len(sides) + j]
     numbers = {}
-    for i, (label, (k_d, U, _, _, dw_norm)) in enumerate(sides.items()):
+    for i, (label, (k_d, _, _, _, dw_norm)) in enumerate(sides.items()):
         _, sigma_w, _ = _top_of_w(W, k_d, w_svd, w_top, dev)
         if dw_norm == 0:
             # ΔW = 0 (B = 0 at init) has no singular directions: U, V above are arbitrary.
             proj_dw, amp = float("nan"), float("nan")
         else:
-            proj_dw = float(torch.linalg.matrix_norm(U.to(dev).T @ blocks[i]))  # ‖Uᵀ W V‖_F
+            proj_dw = norms[i]  # ‖Uᵀ W V‖_F
             amp = dw_norm / proj_dw if proj_dw > 0 else float("inf")
         numbers[label] = Amplification(
             w_norm=w_norm,

@@ -1,5 +1,6 @@
 """Amplification (paper Table 7) on planted W and ΔW with hand-computed answers."""
 
+import importlib
 import math
 
 import numpy as np
@@ -210,3 +211,28 @@ def test_several_deltas_of_one_w_equal_their_dense_answers_and_return_what_they_
     assert again["r6"].proj_dw == pytest.approx(numbers["r6"].proj_dw, rel=1e-12)
     with pytest.raises(LorascopeError, match="no ΔW"):
         la.amplifications(Wb, {})
+
+
+def test_a_sweep_wider_than_one_pass_takes_several_and_gives_the_same_numbers(monkeypatch):
+    """PASS_COLUMNS caps the columns of one pass over W: 5 ΔW of rank 3 and their floor (18 columns) in
+    passes of at most 7 columns give the numbers of the single pass."""
+    amp_module = importlib.import_module("lorascope.analysis.amplification")
+    g = torch.Generator().manual_seed(8)
+    Wb = torch.randn(120, 90, generator=g, dtype=torch.float64)
+    deltas = {
+        f"s{i}": Adapter(torch.randn(3, 90, generator=g), 0.1 * torch.randn(120, 3, generator=g), 1.0)
+        for i in range(5)
+    }
+    one, one_side = la.amplifications(Wb, deltas, device="cpu")
+    passes = []
+    real = amp_module.stream_product
+    monkeypatch.setattr(
+        amp_module, "stream_product", lambda W, X, **kw: passes.append(X.shape[1]) or real(W, X, **kw)
+    )
+    monkeypatch.setattr(amp_module, "PASS_COLUMNS", 7)
+    several, several_side = la.amplifications(Wb, deltas, w_top=one_side.top, device="cpu")
+    assert passes == [6, 6, 6]  # two ΔW a pass; the last with the floor's V_r
+    for label in deltas:
+        for key, value in one[label].asdict().items():
+            assert several[label][key] == pytest.approx(value, rel=1e-12), (label, key)
+    assert several_side.random == pytest.approx(one_side.random, rel=1e-12)
