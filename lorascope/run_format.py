@@ -267,24 +267,21 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def base_fingerprint(W: torch.Tensor, rows: int = 256) -> float:
     """‖W‖_F in float64: cheap, dtype-robust, and enough to tell two base models apart.
 
-    Summed over blocks of `rows` rows, each copied into one reused float64 buffer and summed as a dot
-    product: a bf16 W of a 7B model (32 MiB) is never copied whole to float64 (128 MiB, 6x as long as
-    the sum), and no block is a fresh allocation (fresh pages) or a scaled norm (measured: 30 ms per
-    4096² bf16 W with a new float64 block and vector_norm each, against about 10)."""
+    Summed over blocks of `rows` rows converted into one reused float64 buffer
+    (`krylov.float64_rows`): a bf16 W of a 7B model (32 MiB) is never copied whole to float64
+    (128 MiB, 6x as long as the sum)."""
     import torch
+
+    from lorascope.krylov import float64_rows, square_sum
 
     W = W.detach().cpu()
     if W.ndim < 2:
         return float(torch.linalg.vector_norm(W.double()))
     if W.ndim > 2:  # a convolution's (out, in, kh, kw): its rows, flattened
         W = W.reshape(W.shape[0], -1)
-    buffer = torch.empty(min(rows, W.shape[0]), W.shape[1], dtype=torch.float64)
     total = torch.zeros((), dtype=torch.float64)
-    for i in range(0, W.shape[0], rows):
-        block = buffer[: min(rows, W.shape[0] - i)]
-        block.copy_(W[i : i + rows])
-        flat = block.view(-1)
-        total += torch.dot(flat, flat)  # Σ w²: no cancellation, and no overflow for weights
+    for _, block in float64_rows(W, rows):
+        total += square_sum(block)
     return math.sqrt(float(total))
 
 

@@ -22,6 +22,7 @@ from lorascope.krylov import (  # noqa: F401  (re-exported: the analyses' names 
     BLOCK_MAX,
     DEVICES,
     OVERSAMPLE,
+    ROWS,
     SMALL,
     SVD_CALLS,
     TOL,
@@ -31,8 +32,10 @@ from lorascope.krylov import (  # noqa: F401  (re-exported: the analyses' names 
     as_f64,
     block_krylov_svd,
     dense_top_svd,
+    float64_rows,
     one_thread,
     resolve_device,
+    square_sum,
 )
 
 
@@ -51,7 +54,7 @@ def linear_map(W: torch.Tensor, delta=None) -> tuple[Matmul, Matmul, tuple[int, 
     )
 
 
-STREAM_ROWS = 256  # rows of W converted to float64 at a time by `stream_product`: 8 MiB for in = 4096,
+STREAM_ROWS = ROWS  # rows of W converted to float64 at a time by `stream_product`: 8 MiB for in = 4096,
 # which stays in cache between the conversion and the product (measured, bf16 4096² W and 64 columns,
 # 2 cores: 40 ms for read + convert + norm + product at 256 rows, 44 at 128 or 512, 71 at 1024,
 # 72 ms for a whole float64 copy followed by the product)
@@ -73,14 +76,9 @@ def stream_product(
     out = torch.empty(W.shape[0], X.shape[1], dtype=torch.float64, device=device)
     Xt = X.T.contiguous()
     squares = torch.zeros((), dtype=torch.float64, device=device)
-    # One float64 block, refilled: a fresh 8 MiB tensor per block would be fresh pages each time.
-    block = torch.empty(min(rows, W.shape[0]), W.shape[1], dtype=torch.float64, device=device)
-    for i in range(0, W.shape[0], rows):
-        b = block[: min(rows, W.shape[0] - i)]
-        b.copy_(W[i : i + rows])
-        flat = b.view(-1)
-        squares += torch.dot(flat, flat)  # Σ w² in float64: no cancellation, no overflow for weights
-        out[i : i + rows] = (Xt @ b.T).T  # short-wide, as in `apply`
+    for i, block in float64_rows(W, rows, device):
+        squares += square_sum(block)
+        out[i : i + rows] = (Xt @ block.T).T  # short-wide, as in `apply`
     return out, float(squares.sqrt())
 
 

@@ -136,11 +136,10 @@ def amplification_table(
     for m, W, key in _weights(runs, names, progress, "amplification", store, check=False, base=base):
         adapters = {label: run.adapters[m] for label, run in runs.items()}
         entry = store.entry(W, key) if store else None
-        # One top-k of W serves every run: the largest k any of them needs.
-        k_w = max(int(k) if k is not None else (_rank(a) or 1) for a in adapters.values())
-        k_top = min(k_w, min(W.shape))
         # Each run's k: as given, else its trained rank (a DoRA's or a shifted init's ΔW has another).
         k_runs = {label: int(k) if k is not None else _rank(a) for label, a in adapters.items()}
+        # One top-k of W serves every run: the largest k any of them needs.
+        k_top = min(max(q or 1 for q in k_runs.values()), min(W.shape))
         ks = {q for q in k_runs.values() if q is not None and q <= min(W.shape)}
         w_top = entry.stored_top(k_top) if entry else None
         random = {q: v for q in ks if entry and (v := entry.stored_random(q, seed)) is not None}
